@@ -19,13 +19,17 @@ def connect(
     temp_dir: str | Path | None = None,
     log_to_driver: bool = True,
 ) -> dict[str, Any]:
-    """Initialise Ray once per process; return what was connected to (address, dashboard)."""
+    """Initialise Ray unless it already is; return what was connected to.
+
+    ``owned`` is true when this call started the connection: only its caller shuts it down.
+    """
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         os.environ.setdefault(LOOPBACK_ENV, "0")
     import ray
 
-    if not ray.is_initialized():
+    owned = not ray.is_initialized()
+    if owned:
         # Workers import the project as installed in the environment (`make install`).
         kwargs: dict[str, Any] = {"log_to_driver": log_to_driver}
         if address is None:
@@ -48,6 +52,7 @@ def connect(
         "address": ray.get_runtime_context().gcs_address,
         "dashboard_url": f"http://{dashboard}" if dashboard else None,
         "resources": ray.cluster_resources(),
+        "owned": owned,
     }
 
 

@@ -36,8 +36,9 @@ class LabelledImages:
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DataError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
-                            f"{self.images.shape}")
+            raise DataError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}"
+            )
         if len(self.images) != len(self.labels):
             raise DataError("images and labels differ in length")
 
@@ -90,7 +91,7 @@ def _stratified_split(
     for cls in np.unique(labels):
         idx = np.flatnonzero(labels == cls)
         rng.shuffle(idx)
-        n_test = int(round(len(idx) * test_fraction))
+        n_test = round(len(idx) * test_fraction)
         test_idx.append(idx[:n_test])
         train_idx.append(idx[n_test:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
@@ -137,11 +138,11 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     c, h, w = shape
     if c not in (1, 3):
         raise DataError(f"image folders support 1 or 3 channels, not {c}")
-    with Image.open(path) as im:
-        im = im.convert("L" if c == 1 else "RGB")
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.uint8)
+    with Image.open(path) as f:
+        im = f.convert("L" if c == 1 else "RGB")
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None, :, :] if c == 1 else arr.transpose(2, 0, 1)
 
 
@@ -213,8 +214,8 @@ def split_normal(
         )
     rng = np.random.default_rng(seed)
     idx = rng.permutation(idx)
-    n_cal = max(1, int(round(len(idx) * calibration_fraction)))
-    n_val = max(1, int(round(len(idx) * validation_fraction)))
+    n_cal = max(1, round(len(idx) * calibration_fraction))
+    n_val = max(1, round(len(idx) * validation_fraction))
     if len(idx) - n_cal - n_val < 1:
         raise NoNormalImagesError(
             f"too few normal images ({len(idx)}) to train, validate and calibrate"

@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from trainer.checkpoint import LoadedModel
-from trainer.data import LabelledImages, to_float
+from trainer.data import DataError, LabelledImages, to_float
 from trainer.model import _VLAEBase
 
 SCORE_KINDS = ("recon", "kl", "score")
@@ -70,7 +70,7 @@ def score_images(
 def detection_metrics(scores: Scores, is_anomaly: np.ndarray) -> dict[str, dict[str, float]]:
     """AUROC and average precision of each score kind (anomalies are the positive class)."""
     if is_anomaly.all() or not is_anomaly.any():
-        raise ValueError("the test set needs both normal and anomalous images")
+        raise DataError("the test set needs both normal and anomalous images")
     out: dict[str, dict[str, float]] = {"auroc": {}, "average_precision": {}}
     for kind in SCORE_KINDS:
         s = getattr(scores, kind)
@@ -87,9 +87,7 @@ def evaluate(loaded: LoadedModel, test: LabelledImages) -> dict[str, Any]:
     scores = score_images(loaded.model, test.images)
     metrics = detection_metrics(scores, is_anomaly)
     df = scores.frame().assign(label=labels)
-    per_class = (
-        df.groupby("label")[list(SCORE_KINDS)].mean().round(3).to_dict(orient="index")
-    )
+    per_class = df.groupby("label")[list(SCORE_KINDS)].mean().round(3).to_dict(orient="index")
     return {
         "model_version": loaded.version,
         "normal_classes": normal,

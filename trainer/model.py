@@ -12,6 +12,7 @@ over pixels, as in the deck's ``loss_function``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -77,7 +78,7 @@ def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
 
 def _mlp(sizes: list[int], batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+    for a, b in itertools.pairwise(sizes):
         layers.append(nn.Linear(a, b))
         if batch_norm:
             layers.append(nn.BatchNorm1d(b))
@@ -217,7 +218,7 @@ class ConvVLAE(_VLAEBase):
         )
         dec: list[nn.Module] = []
         chans = list(reversed(config.channels))
-        for a, b in zip(chans[:-1], chans[1:], strict=True):
+        for a, b in itertools.pairwise(chans):
             dec += [nn.ConvTranspose2d(a, b, 4, 2, 1)]
             if config.batch_norm:
                 dec.append(nn.BatchNorm2d(b))

@@ -7,6 +7,8 @@ It works in one process (rank 0 of 1) or as one rank of a data-parallel group.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -27,7 +29,7 @@ class TrainConfig:
     """Optimisation settings. ``beta`` weights the KL term (the deck's disentangled loss)."""
 
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # global: split across data-parallel workers
     lr: float = 1e-3
     beta: float = 1.0
     lr_schedule: LRSchedule = "plateau"
@@ -145,18 +147,22 @@ def fit(
     per_rank = n // ctx.world_size
     if per_rank < 1:
         raise ValueError(f"{n} training images cannot be split over {ctx.world_size} workers")
-    steps = math.ceil(per_rank / cfg.batch_size)
+    # batch_size is the global batch: N workers take the same steps as one process would.
+    local_batch = max(1, cfg.batch_size // ctx.world_size)
+    steps = math.ceil(per_rank / local_batch)
     t_start = time.monotonic()
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
+        # Sampling noise seeded per epoch and rank: a resumed run repeats the same steps.
+        torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, ctx.rank]).integers(2**62)))
         mine = torch.from_numpy(perm[ctx.rank :: ctx.world_size][:per_rank])
         sums = torch.zeros(3 * len(members), device=device)
         for m in members:
             m.model.train()
         for step in range(steps):
-            idx = mine[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            idx = mine[step * local_batch : (step + 1) * local_batch]
             x = data.train_x[idx].to(device, non_blocking=True)
             c = None if data.train_c is None else data.train_c[idx].to(device)
             for j, m in enumerate(members):
@@ -195,7 +201,7 @@ def fit(
                 f"{metrics['epoch_s']:.1f}s/epoch  eta {metrics['eta_s']:.0f}s"
             )
         if ctx.report is not None:
-            ctx.report(metrics, lambda e=epoch: _state(members, e, history))
+            ctx.report(metrics, functools.partial(_state, members, epoch, history))
 
     return FitResult(
         state_dicts={m.name: _cpu_state(m.core) for m in members},
@@ -236,7 +242,8 @@ def _state(members: list[_Member], epoch: int, history: list[dict[str, float]]) 
         "epoch": epoch,
         "history": list(history),
         "models": {m.name: _cpu_state(m.core) for m in members},
-        "optimizers": {m.name: m.optimizer.state_dict() for m in members},
+        # Deep copies: an optimizer's state dict holds its live moment tensors.
+        "optimizers": {m.name: copy.deepcopy(m.optimizer.state_dict()) for m in members},
         "schedulers": {
             m.name: m.scheduler.state_dict() for m in members if m.scheduler is not None
         },

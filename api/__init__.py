@@ -1,0 +1,1 @@
+"""FastAPI service: alerts, thresholds, previews and metrics over the score stream."""

@@ -1,0 +1,1 @@
+"""Ray Serve scoring of image batches; results published to Redis streams."""

@@ -1,0 +1,1 @@
+"""The VLAE family, its data, its training loop and the Ray Train launcher."""

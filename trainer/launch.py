@@ -1,0 +1,146 @@
+"""Ray Train launches the plain training loop (``train.fit``) on N data-parallel workers.
+
+Workers are GPU workers when the cluster has a GPU for each, CPU workers otherwise. Rank 0
+writes the whole loop state as a checkpoint every epoch through ``ray.train.report``; a run
+started again under the same name and storage path resumes from its newest checkpoint, and a
+worker that dies is replaced and resumes the same way (``FailureConfig``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.model import ModelConfig, config_from_dict, config_to_dict
+from trainer.train import FitResult, LoopContext, TrainArrays, TrainConfig, fit
+
+STATE_FILE = "state.pt"
+
+
+def new_run_name(prefix: str = "vlaewatch-train") -> str:
+    """A run name no earlier run has: reusing a name resumes that run."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class RayLaunch:
+    """How Ray Train runs the loop."""
+
+    storage_path: str | Path
+    run_name: str
+    num_workers: int = 2
+    cpus_per_worker: float = 1.0
+    use_gpu: bool | None = None  # None: GPU workers when the cluster has a GPU for each
+    max_failures: int = 1
+    checkpoints_to_keep: int = 2
+    log_level: str = "WARNING"
+
+
+def _load_state(directory: str | Path) -> dict[str, Any]:
+    # weights_only: a checkpoint holds tensors and plain numbers, never code.
+    state: dict[str, Any] = torch.load(Path(directory) / STATE_FILE, weights_only=True)
+    return state
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """What each Ray Train worker runs: fetch the data, restore, call the plain loop."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+
+    restore = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            restore = _load_state(d)
+
+    def report(metrics: dict[str, float], state_fn: Any) -> None:
+        # Every rank reports (it is a barrier); only rank 0 carries the checkpoint.
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state_fn(), Path(d) / STATE_FILE)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    refs = config["arrays"]
+    arrays = TrainArrays(
+        train_x=ray.get(refs["train_x"]),
+        val_x=ray.get(refs["val_x"]),
+        train_c=None if refs["train_c"] is None else ray.get(refs["train_c"]),
+        val_c=None if refs["val_c"] is None else ray.get(refs["val_c"]),
+    )
+    ctx = LoopContext(
+        rank=rank,
+        world_size=world,
+        device=ray.train.torch.get_device(),
+        wrap=ray.train.torch.prepare_model,
+        report=report,
+        restore=restore,
+        # stderr: the driver's stdout stays machine-readable (the CLI prints JSON there).
+        log=lambda line: print(f"[train] {line}", file=sys.stderr, flush=True),
+    )
+    fit(config_from_dict(config["model"]), TrainConfig(**config["train"]), arrays, ctx)
+
+
+def fit_with_ray(
+    model_cfg: ModelConfig, cfg: TrainConfig, data: TrainArrays, launch: RayLaunch
+) -> FitResult:
+    """Run ``fit`` under a Ray Train ``TorchTrainer``; Ray must already be initialised."""
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchTrainer
+
+    from trainer.cluster import cluster_gpus
+
+    use_gpu = launch.use_gpu
+    if use_gpu is None:
+        use_gpu = cluster_gpus() >= launch.num_workers
+    resources: dict[str, float] = {"CPU": launch.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1.0
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={
+            "model": config_to_dict(model_cfg),
+            "train": cfg.to_dict(),
+            # The arrays go through the object store once, not pickled into each worker's task.
+            "arrays": {name: None if a is None else ray.put(a) for name, a in vars(data).items()},
+            "threads": launch.cpus_per_worker,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=launch.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=launch.run_name,
+            storage_path=str(Path(launch.storage_path).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=launch.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=launch.max_failures),
+            # Ray logs every report at INFO; the loop prints its own progress line per epoch.
+            logging_config=LoggingConfig(log_level=launch.log_level),  # type: ignore[call-arg]
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {launch.run_name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = _load_state(d)
+    return FitResult(state_dicts=state["models"], history=list(state["history"]))

