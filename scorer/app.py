@@ -1,0 +1,447 @@
+"""The Ray Serve application: replicas score image batches and stream every result to Redis.
+
+A replica loads the model in ``reconfigure`` (its ``user_config``), so pointing the deployment
+at a new version swaps the model in place: a batch already running finishes on the model it
+started with, and every result names the version that scored it. Two ingestion paths feed the
+same ``@serve.batch`` method: ``POST /v1/score`` and the ``{prefix}:frames`` consumer group,
+read by a background task in every replica.
+"""
+
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from fastapi import FastAPI, HTTPException, Query, Request
+from ray import serve
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.datastructures import UploadFile
+
+from scorer.config import ScorerConfig
+from scorer.decode import InputError, Limits, decode_array, decode_image, load_npy, split_batch
+from scorer.previews import render
+from scorer.schemas import (
+    DEFAULT_LINE,
+    FRAMES_GROUP,
+    DeadLetterRecord,
+    FrameRecord,
+    Health,
+    ItemError,
+    ItemPreview,
+    ItemScore,
+    PreviewRequest,
+    PreviewResponse,
+    RecordError,
+    ScoreRecord,
+    ScoreResponse,
+    StreamKeys,
+    valid_item_id,
+    valid_line,
+)
+from scorer.streams import ScoreSink, ensure_group, entry_ms, read_frames
+from trainer.checkpoint import CheckpointError, LoadedModel, load_checkpoint, resolve_checkpoint
+from trainer.evaluate import score_images
+
+logger = logging.getLogger("ray.serve")
+
+NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
+
+app = FastAPI(
+    title="vlaewatch scorer",
+    description="Scores image batches with a VLAE (score = recon + KL) and streams results.",
+    version="1",
+)
+
+
+@dataclass
+class _Item:
+    item_id: str
+    line: str
+    ts_ingested: float
+    image: np.ndarray  # uint8 (C, H, W)
+
+
+@dataclass
+class _Raw:
+    item_id: str
+    line: str
+    payload: bytes | np.ndarray
+    ts_ingested: float
+
+
+def _count_items(chunks: list[list[_Item]]) -> int:
+    """Batch size in images, not calls: one call may carry many images."""
+    return sum(len(c) for c in chunks)
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _error(item: _Raw, exc: InputError) -> ItemError:
+    return ItemError(item_id=item.item_id, line=item.line, status=exc.status, error=exc.reason)
+
+
+@serve.deployment(name="Scorer", health_check_period_s=5)
+@serve.ingress(app)
+class Scorer:
+    """One replica: a model, a Redis client, and a frames consumer task."""
+
+    def __init__(self) -> None:
+        self._cfg: ScorerConfig | None = None
+        self._loaded: LoadedModel | None = None
+        self._load_error: str | None = None
+        self._client: aioredis.Redis | None = None
+        self._sink: ScoreSink | None = None
+        self._keys = StreamKeys()
+        self._consumer: asyncio.Task[None] | None = None
+
+    # --- configuration and model swap ----------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new ``user_config``: load a new model version, resize batches, reconnect."""
+        cfg = ScorerConfig.model_validate(user_config)
+        old = self._cfg
+        if cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        if old is None or (cfg.checkpoint, cfg.model_version) != (
+            old.checkpoint,
+            old.model_version,
+        ):
+            try:
+                loaded = await asyncio.to_thread(self._load, cfg)
+            except CheckpointError as exc:
+                if self._loaded is None:
+                    raise
+                # Keep serving the version we have; health and logs say why nothing changed.
+                self._load_error = str(exc)
+                logger.error("model swap refused, still serving %s: %s", self.version, exc)
+            else:
+                self._loaded, self._load_error = loaded, None
+                logger.info("serving model %s from %s", loaded.version, loaded.path)
+        if old is None or (cfg.redis_url, cfg.key_prefix) != (old.redis_url, old.key_prefix):
+            if self._client is not None:
+                await self._client.aclose()
+            self._client = aioredis.from_url(
+                cfg.redis_url, health_check_interval=10, socket_keepalive=True
+            )
+            self._keys = StreamKeys(cfg.key_prefix)
+        assert self._client is not None
+        self._sink = ScoreSink(
+            self._client, self._keys, cfg.scores_maxlen, cfg.deadletter_maxlen, cfg.retention_s
+        )
+        batcher: Any = self._score_chunks  # serve.batch adds these setters at runtime
+        batcher.set_max_batch_size(cfg.max_batch_size)
+        batcher.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self._cfg = cfg
+        if cfg.consume_frames and self._consumer is None:
+            self._consumer = asyncio.create_task(self._consume_frames())
+        elif not cfg.consume_frames and self._consumer is not None:
+            self._consumer.cancel()
+            self._consumer = None
+
+    @staticmethod
+    def _load(cfg: ScorerConfig) -> LoadedModel:
+        import ray
+        import torch
+
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        return load_checkpoint(resolve_checkpoint(cfg.checkpoint, cfg.model_version), device)
+
+    @property
+    def version(self) -> str:
+        return self._loaded.version if self._loaded else "none"
+
+    def check_health(self) -> None:
+        if self._loaded is None:
+            raise RuntimeError("no model loaded")
+
+    async def __del__(self) -> None:
+        if self._consumer is not None:
+            self._consumer.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- scoring -------------------------------------------------------------------------
+
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_count_items)
+    async def _score_chunks(self, chunks: list[list[_Item]]) -> list[list[ItemScore]]:
+        loaded, sink = self._loaded, self._sink
+        assert loaded is not None and sink is not None
+        items = [it for chunk in chunks for it in chunk]
+        images = np.stack([it.image for it in items])
+        scores = await asyncio.to_thread(score_images, loaded.model, images, None, len(images))
+        now, version = time.time(), loaded.version
+        recon, kl, total = scores.recon.tolist(), scores.kl.tolist(), scores.score.tolist()
+        records = [
+            ScoreRecord(
+                item_id=it.item_id, line=it.line, ts_ingested=it.ts_ingested, ts_scored=now,
+                score=total[i], recon=recon[i], kl=kl[i], model_version=version,
+            )
+            for i, it in enumerate(items)
+        ]  # fmt: skip
+        # Published before anyone is answered: an acknowledged item is in the stream.
+        await sink.publish(records, images)
+        results = [
+            ItemScore(item_id=r.item_id, line=r.line, score=r.score, recon=r.recon, kl=r.kl,
+                      model_version=version)
+            for r in records
+        ]  # fmt: skip
+        out, start = [], 0
+        for chunk in chunks:
+            out.append(results[start : start + len(chunk)])
+            start += len(chunk)
+        return out
+
+    async def _score_items(self, items: list[_Item]) -> list[ItemScore]:
+        """Score any number of items: chunks of at most one batch, batched with other calls."""
+        assert self._cfg is not None
+        size = self._cfg.max_batch_size
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        parts = await asyncio.gather(*(self._score_chunks(c) for c in chunks))
+        return [r for part in parts for r in part]
+
+    def _decode(self, raws: list[_Raw], limits: Limits) -> tuple[list[_Item], dict[int, ItemError]]:
+        """Validate ids and decode images; errors by position, one per bad item."""
+        assert self._loaded is not None
+        shape = tuple(self._loaded.card["image_shape"])
+        items: list[_Item] = []
+        errors: dict[int, ItemError] = {}
+        seen: set[str] = set()
+        for i, raw in enumerate(raws):
+            try:
+                if not valid_item_id(raw.item_id):
+                    raise InputError(
+                        f"item_id {raw.item_id[:40]!r}: use 1-128 of A-Z a-z 0-9 . _ : -"
+                    )
+                if raw.item_id in seen:
+                    raise InputError(f"item_id {raw.item_id!r} appears twice in this request")
+                if not valid_line(raw.line):
+                    raise InputError(f"line {raw.line[:40]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+                seen.add(raw.item_id)
+                if isinstance(raw.payload, np.ndarray):
+                    image = decode_array(raw.payload, shape, limits)
+                else:
+                    image = decode_image(raw.payload, shape, limits)
+                items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image))
+            except InputError as exc:
+                errors[i] = _error(raw, exc)
+        return items, errors
+
+    async def _dead_letter(self, errors: list[ItemError], source: str, ids: list[str]) -> None:
+        assert self._sink is not None
+        now = time.time()
+        await self._sink.dead_letter(
+            [
+                DeadLetterRecord(item_id=e.item_id, line=e.line, source=source,  # type: ignore[arg-type]
+                                 reason=e.error, status=e.status, ts=now, frame_id=fid)
+                for e, fid in zip(errors, ids, strict=True)
+            ]
+        )  # fmt: skip
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    @app.post(
+        "/v1/score",
+        response_model=ScoreResponse,
+        responses={
+            400: {"description": "no images in the request"},
+            413: {"description": "request too large"},
+            415: {"description": "unsupported content type"},
+            503: {"description": "the score stream (Redis) is unavailable"},
+        },
+    )
+    async def score(
+        self,
+        request: Request,
+        line: Annotated[str, Query(description="camera line id")] = DEFAULT_LINE,
+        item_id: Annotated[
+            list[str] | None, Query(description="client item ids, one per image")
+        ] = None,
+    ) -> ScoreResponse:
+        """Score a batch: multipart files in field ``files`` (PNG/JPEG), or an NPY body
+        (uint8 N x H x W[x C]). Each item gets a score or its own error."""
+        assert self._cfg is not None and self._loaded is not None
+        ts = time.time()
+        limits = self._cfg.limits()
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > limits.max_request_bytes:
+            raise HTTPException(413, f"request larger than {limits.max_request_bytes} bytes")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            payloads, line, item_id = await self._read_form(request, limits, line, item_id or [])
+        elif ctype in NPY_TYPES:
+            body = await request.body()
+            try:
+                payloads = list(
+                    split_batch(load_npy(body, limits), tuple(self._loaded.card["image_shape"]))
+                )
+            except InputError as exc:
+                raise HTTPException(exc.status, exc.reason) from None
+        else:
+            raise HTTPException(
+                415, "send multipart/form-data (field 'files') or application/x-npy"
+            )
+        if not payloads:
+            raise HTTPException(400, "no images: add one or more files in the field 'files'")
+        if len(payloads) > limits.max_items:
+            raise HTTPException(413, f"{len(payloads)} images; at most {limits.max_items}")
+        if item_id and len(item_id) != len(payloads):
+            raise HTTPException(400, f"{len(item_id)} item ids for {len(payloads)} images")
+        ids = item_id or [_new_id() for _ in payloads]
+        raws = [_Raw(i, line, p, ts) for i, p in zip(ids, payloads, strict=True)]
+        items, errors = await asyncio.to_thread(self._decode, raws, limits)
+        try:
+            if errors:
+                await self._dead_letter(list(errors.values()), "http", [""] * len(errors))
+            scored = iter(await self._score_items(items)) if items else iter([])
+        except (RedisError, OSError) as exc:
+            raise HTTPException(503, f"score stream unavailable: {exc}") from None
+        results: list[ItemScore | ItemError] = [
+            errors[i] if i in errors else next(scored) for i in range(len(raws))
+        ]
+        return ScoreResponse(
+            model_version=self.version,
+            n_scored=len(items),
+            n_failed=len(errors),
+            results=results,
+        )
+
+    async def _read_form(
+        self, request: Request, limits: Limits, line: str, item_id: list[str]
+    ) -> tuple[list[bytes | np.ndarray], str, list[str]]:
+        try:
+            form = await request.form(max_files=limits.max_items, max_fields=limits.max_items + 8)
+        except Exception as exc:  # starlette raises MultiPartException and HTTPException variants
+            raise HTTPException(400, f"cannot read multipart form: {exc}") from None
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        payloads: list[bytes | np.ndarray] = []
+        for f in files:
+            payloads.append(await f.read(limits.max_image_bytes + 1))
+        form_line = form.get("line")
+        if isinstance(form_line, str) and form_line:
+            line = form_line
+        form_ids = [v for v in form.getlist("item_id") if isinstance(v, str)]
+        if len(form_ids) == 1 and "," in form_ids[0]:
+            form_ids = form_ids[0].split(",")
+        return payloads, line, form_ids or item_id
+
+    @app.post("/v1/preview", response_model=PreviewResponse)
+    async def preview(self, req: PreviewRequest) -> PreviewResponse:
+        """PNG previews (base64) of stored items: original, reconstruction, denoised, error map,
+        and the four side by side as a panel."""
+        assert self._sink is not None and self._loaded is not None
+        loaded = self._loaded
+        out = []
+        for item_id in req.item_ids:
+            try:
+                stored = await self._sink.load_item(item_id)
+            except (RedisError, OSError) as exc:
+                raise HTTPException(503, f"item store unavailable: {exc}") from None
+            if stored is None:
+                out.append(ItemPreview(item_id=item_id, ok=False, status=404,
+                                       error="no such item: never scored, or expired from "
+                                             "retention"))  # fmt: skip
+                continue
+            if list(stored.image.shape) != list(loaded.card["image_shape"]):
+                reason = (f"item shape {list(stored.image.shape)} differs from the model's "
+                          f"{loaded.card['image_shape']}")  # fmt: skip
+                out.append(ItemPreview(item_id=item_id, ok=False, status=409, error=reason))
+                continue
+            pngs = await asyncio.to_thread(render, loaded, stored.image, req.scale)
+            out.append(
+                ItemPreview(
+                    item_id=item_id, ok=True, model_version=loaded.version, line=stored.line,
+                    images={k: base64.b64encode(v).decode() for k, v in pngs.items()},
+                )
+            )  # fmt: skip
+        return PreviewResponse(previews=out)
+
+    @app.get("/v1/health", response_model=Health)
+    async def health(self) -> Health:
+        """The version this replica serves."""
+        assert self._loaded is not None
+        return Health(
+            status="ok",
+            model_version=self._loaded.version,
+            variant=str(self._loaded.card.get("variant")),
+            image_shape=list(self._loaded.card["image_shape"]),
+            consuming_frames=self._consumer is not None and not self._consumer.done(),
+            load_error=self._load_error,
+        )
+
+    # --- the frames consumer -------------------------------------------------------------
+
+    async def _consume_frames(self) -> None:
+        """Read ``{prefix}:frames`` as one consumer of the group; ack after publishing."""
+        ctx = serve.get_replica_context()
+        consumer = f"scorer-{ctx.replica_id.unique_id}"
+        group_ready, backoff, last_reclaim = False, 0.1, 0.0
+        while True:
+            cfg, client = self._cfg, self._client
+            assert cfg is not None and client is not None
+            try:
+                if not group_ready:
+                    await ensure_group(client, self._keys.frames, FRAMES_GROUP)
+                    group_ready = True
+                reclaim = None
+                if time.monotonic() - last_reclaim > cfg.reclaim_idle_ms / 2000:
+                    reclaim, last_reclaim = cfg.reclaim_idle_ms, time.monotonic()
+                entries = await read_frames(
+                    client, self._keys, FRAMES_GROUP, consumer, cfg.max_batch_size,
+                    cfg.frames_block_ms, reclaim,
+                )  # fmt: skip
+                if entries:
+                    await self._handle_frames(entries, client)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("frames consumer: Redis unavailable (%s); retrying", exc)
+                group_ready = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except ResponseError as exc:
+                logger.warning("frames consumer: %s", exc)
+                group_ready = False
+                await asyncio.sleep(backoff)
+            except Exception:
+                logger.exception("frames consumer: unexpected error; continuing")
+                await asyncio.sleep(1.0)
+
+    async def _handle_frames(
+        self, entries: list[tuple[str, dict[Any, Any]]], client: aioredis.Redis
+    ) -> None:
+        assert self._cfg is not None and self._loaded is not None
+        raws: list[_Raw] = []
+        frame_ids: list[str] = []
+        bad: list[tuple[ItemError, str]] = []
+        for eid, fields in entries:
+            try:
+                rec = FrameRecord.from_fields(fields)
+            except RecordError as exc:
+                err = ItemError(item_id=f"frame-{eid}", line="?", status=422,
+                                error=f"bad frame entry: {exc}")  # fmt: skip
+                bad.append((err, eid))
+                continue
+            ts = rec.ts or entry_ms(eid)
+            raws.append(_Raw(rec.item_id or f"frame-{eid}", rec.line, rec.image, ts))
+            frame_ids.append(eid)
+        items, errors = await asyncio.to_thread(self._decode, raws, self._cfg.limits())
+        bad += [(err, frame_ids[i]) for i, err in errors.items()]
+        if bad:
+            await self._dead_letter([b for b, _ in bad], "frames", [eid for _, eid in bad])
+        if items:
+            await self._score_items(items)
+        await client.xack(self._keys.frames, FRAMES_GROUP, *[eid for eid, _ in entries])

@@ -1,0 +1,76 @@
+"""Scorer configuration: what a replica does (``user_config``, changeable live) and how the
+deployment is sized (replicas, autoscaling, CPUs, GPUs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scorer.decode import Limits
+
+
+class ScorerConfig(BaseModel):
+    """A replica's ``user_config``: a new value is applied to running replicas in place."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    checkpoint: str = Field(description="checkpoint directory, or model store (newest version)")
+    model_version: str | None = Field(default=None, description="version to load from a store")
+    redis_url: str
+    key_prefix: str = "vlaewatch"
+    max_batch_size: int = Field(default=256, ge=1, le=8192)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=5)
+    retention_s: int = Field(default=3600, ge=1, description="how long images stay for previews")
+    scores_maxlen: int = Field(default=100_000, ge=100)
+    deadletter_maxlen: int = Field(default=10_000, ge=100)
+    consume_frames: bool = True
+    frames_block_ms: int = Field(default=200, ge=1)
+    reclaim_idle_ms: int = Field(default=30_000, ge=100)
+    torch_threads: int | None = Field(default=None, ge=1)
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_items: int = 1024
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    resize: bool = False
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_request_bytes=self.max_request_bytes,
+            max_items=self.max_items,
+            max_image_bytes=self.max_image_bytes,
+            max_pixels=self.max_pixels,
+            resize=self.resize,
+        )
+
+
+class DeploymentConfig(BaseModel):
+    """How many replicas, of what size. ``min_replicas < max_replicas`` turns autoscaling on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_replicas: int = Field(default=1, ge=1)
+    min_replicas: int | None = Field(default=None, ge=0)
+    max_replicas: int | None = Field(default=None, ge=1)
+    target_ongoing_requests: float = 2.0
+    num_cpus: float = Field(default=1.0, ge=0, description="a fraction shares a small machine")
+    num_gpus: float = Field(default=0.0, ge=0)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Deployment.options``."""
+        opts: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+        }
+        lo, hi = self.min_replicas, self.max_replicas
+        if lo is not None and hi is not None and lo < hi:
+            opts["autoscaling_config"] = {
+                "min_replicas": lo,
+                "max_replicas": hi,
+                "initial_replicas": max(lo, 1),
+                "target_ongoing_requests": self.target_ongoing_requests,
+            }
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts

@@ -1,0 +1,165 @@
+"""Decoding and validating incoming images: each bad item gets its own clear error.
+
+Accepted: PNG and JPEG files, NPY arrays (uint8, or float in [0, 1]). Images must have the
+model's channel count and size (unless the deployment resizes). Guards: byte and pixel limits
+checked before decoding (no decompression bombs), single-frame only, NaN/inf rejected.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class InputError(ValueError):
+    """An item that cannot be scored; ``status`` is the HTTP status that fits."""
+
+    def __init__(self, reason: str, status: int = 422) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits (413 when exceeded)."""
+
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_items: int = 1024
+    max_image_bytes: int = 8 * 1024 * 1024
+    max_pixels: int = 4096 * 4096  # decoded width x height
+    resize: bool = False  # resize images of another size instead of refusing them
+
+
+def _check_pixels(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise InputError("image contains NaN or inf")
+        if arr.min() < 0 or arr.max() > 1:
+            raise InputError("float pixels must be in [0, 1]")
+        return np.rint(arr * 255).astype(np.uint8)
+    if arr.dtype.kind in "iu":
+        if arr.min() < 0 or arr.max() > 255:
+            raise InputError(f"{arr.dtype} pixels must be in [0, 255]")
+        return arr.astype(np.uint8)
+    raise InputError(f"unsupported array dtype {arr.dtype}")
+
+
+def _to_chw(arr: np.ndarray, shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
+    """One image (H, W) or (H, W, C) to uint8 (C, H, W) of the model's shape."""
+    c, h, w = shape
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3:
+        raise InputError(f"an image must be HxW or HxWxC, got shape {list(arr.shape)}")
+    if arr.shape[2] != c:
+        raise InputError(f"image has {arr.shape[2]} channel(s); the model takes {c}")
+    arr = _check_pixels(arr)
+    if arr.shape[:2] != (h, w):
+        if not limits.resize:
+            raise InputError(f"image is {arr.shape[0]}x{arr.shape[1]}; the model takes {h}x{w}")
+        arr = _resize(arr, h, w)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def _resize(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    if arr.shape[2] == 1:
+        im = Image.fromarray(arr[:, :, 0]).resize((w, h), Image.Resampling.BILINEAR)
+        return np.asarray(im)[:, :, None]
+    return np.asarray(Image.fromarray(arr).resize((w, h), Image.Resampling.BILINEAR))
+
+
+def load_npy(data: bytes, limits: Limits) -> np.ndarray:
+    """An NPY payload as an array; no pickled objects."""
+    if len(data) > limits.max_request_bytes:
+        raise InputError(f"NPY body larger than {limits.max_request_bytes} bytes", 413)
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"cannot read NPY array: {exc}") from exc
+    if not isinstance(arr, np.ndarray):
+        raise InputError("NPY body must hold one array")
+    return arr
+
+
+def split_batch(arr: np.ndarray, shape: tuple[int, int, int]) -> list[np.ndarray]:
+    """An NPY batch (N, H, W[, C]), or a single image, as a list of per-item arrays."""
+    c = shape[0]
+    single = arr.ndim == 2 or (arr.ndim == 3 and c > 1 and arr.shape[-1] == c)
+    if single:
+        return [arr]
+    if arr.ndim not in (3, 4):
+        raise InputError(f"expected an array N x H x W[x C], got shape {list(arr.shape)}")
+    return list(arr)
+
+
+def decode_array(arr: np.ndarray, shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
+    """One image array to uint8 (C, H, W)."""
+    if arr.ndim >= 2 and arr.shape[0] * arr.shape[1] > limits.max_pixels:
+        raise InputError(f"image larger than {limits.max_pixels} pixels", 413)
+    return _to_chw(arr, shape, limits)
+
+
+def decode_image(data: bytes, shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
+    """One PNG, JPEG or NPY file to uint8 (C, H, W) of the model's shape."""
+    if not data:
+        raise InputError("empty file")
+    if len(data) > limits.max_image_bytes:
+        raise InputError(f"file larger than {limits.max_image_bytes} bytes", 413)
+    if data.startswith(NPY_MAGIC):
+        arr = load_npy(data, limits)
+        if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
+            raise InputError("an NPY file part must hold one image")
+        return decode_array(arr, shape, limits)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format not in ("PNG", "JPEG"):
+                    raise InputError(f"unsupported image format {im.format}; send PNG or JPEG")
+                w, h = im.size
+                # The header's size is known before any pixel is decoded.
+                if w * h > limits.max_pixels:
+                    raise InputError(f"image of {w}x{h} exceeds {limits.max_pixels} pixels", 413)
+                if getattr(im, "n_frames", 1) > 1:
+                    raise InputError("animated images are not supported; send one frame")
+                im.load()
+                arr = _pil_to_array(im)
+    except InputError:
+        raise
+    except UnidentifiedImageError:
+        raise InputError("cannot decode image: not a PNG or JPEG") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError("image too large to decode (decompression bomb guard)", 413) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot decode image: {exc}") from None
+    return _to_chw(arr, shape, limits)
+
+
+def _pil_to_array(im: object) -> np.ndarray:
+    from PIL import Image
+
+    assert isinstance(im, Image.Image)
+    mode = im.mode
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        raise InputError(f"{mode} images (16/32-bit) are not supported; send 8-bit")
+    elif mode not in ("L", "RGB", "LA", "RGBA"):
+        raise InputError(f"unsupported colour mode {mode}")
+    if im.mode in ("LA", "RGBA"):
+        raise InputError("images with an alpha channel are not supported")
+    return np.asarray(im, dtype=np.uint8)

@@ -1,0 +1,219 @@
+"""The scorer's contracts: Redis stream entries (DESIGN.md §4) and the HTTP request/response
+models. Defined once here; the API imports them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
+LINE_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+DEFAULT_LINE = "default"
+PREVIEW_KINDS = ("original", "reconstruction", "denoised", "error", "panel")
+
+
+class RecordError(ValueError):
+    """A stream entry with missing or malformed fields."""
+
+
+def valid_item_id(text: str) -> bool:
+    return re.fullmatch(ID_PATTERN, text) is not None
+
+
+def valid_line(text: str) -> bool:
+    return re.fullmatch(LINE_PATTERN, text) is not None
+
+
+@dataclass(frozen=True)
+class StreamKeys:
+    """Key names under a configurable prefix, so several deployments can share one Redis."""
+
+    prefix: str = "vlaewatch"
+
+    @property
+    def frames(self) -> str:
+        return f"{self.prefix}:frames"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.prefix}:scores"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}:deadletter"
+
+    def item(self, item_id: str) -> str:
+        """The stored image of a scored item (a hash with a retention TTL)."""
+        return f"{self.prefix}:item:{item_id}"
+
+
+FRAMES_GROUP = "scorers"
+
+
+def _decode_fields(fields: Mapping[Any, Any], binary: tuple[str, ...] = ()) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        if isinstance(v, bytes) and key not in binary:
+            try:
+                v = v.decode()
+            except UnicodeDecodeError as exc:
+                raise RecordError(f"field {key!r} is not UTF-8") from exc
+        out[key] = v
+    return out
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        """Flat field map for XADD."""
+        return {k: v if isinstance(v, bytes) else str(v) for k, v in self.model_dump().items()}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[Any, Any]) -> Any:
+        """Parse an XREAD entry's field map; ``RecordError`` says what is wrong."""
+        data = _decode_fields(fields, binary=cls._binary_fields())
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise RecordError(problems) from exc
+
+    @classmethod
+    def _binary_fields(cls) -> tuple[str, ...]:
+        return ()
+
+
+class ScoreRecord(_Record):
+    """One entry of ``{prefix}:scores``: one scored item."""
+
+    item_id: str = Field(pattern=ID_PATTERN)
+    line: str = Field(default=DEFAULT_LINE, pattern=LINE_PATTERN)
+    ts_ingested: float
+    ts_scored: float
+    score: float
+    recon: float
+    kl: float
+    model_version: str
+
+
+class FrameRecord(_Record):
+    """One entry of ``{prefix}:frames``: an image sent by an inspection line with XADD."""
+
+    item_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    line: str = Field(default=DEFAULT_LINE, pattern=LINE_PATTERN)
+    ts: float | None = None
+    image: bytes
+    content_type: str = "image/png"
+
+    @classmethod
+    def _binary_fields(cls) -> tuple[str, ...]:
+        return ("image",)
+
+
+class DeadLetterRecord(_Record):
+    """One entry of ``{prefix}:deadletter``: what could not be scored, and why."""
+
+    item_id: str
+    line: str
+    source: Literal["http", "frames"]
+    reason: str
+    status: int
+    ts: float
+    frame_id: str = ""  # the frames-stream entry id, for entries that came that way
+
+
+# --- HTTP --------------------------------------------------------------------------------
+
+
+class ItemScore(BaseModel):
+    """A scored item: ``score = recon + kl``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "item_id": "cam1-000123", "ok": True, "line": "cam1", "score": 231.4,
+                "recon": 228.3, "kl": 3.1, "model_version": "c96dc36985a2a968",
+            }
+        }
+    )  # fmt: skip
+
+    item_id: str
+    ok: Literal[True] = True
+    line: str
+    score: float
+    recon: float
+    kl: float
+    model_version: str
+
+
+class ItemError(BaseModel):
+    """An item that could not be scored; the rest of its batch was."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "item_id": "cam1-000124", "ok": False, "line": "cam1", "status": 422,
+                "error": "cannot decode image: not a PNG or JPEG",
+            }
+        }
+    )  # fmt: skip
+
+    item_id: str
+    ok: Literal[False] = False
+    line: str
+    status: int
+    error: str
+
+
+class ScoreResponse(BaseModel):
+    """Per-item results in request order."""
+
+    model_version: str
+    n_scored: int
+    n_failed: int
+    results: list[ItemScore | ItemError]
+
+
+class PreviewRequest(BaseModel):
+    """Items to render; their images must still be in retention."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"item_ids": ["cam1-000123"], "scale": 4}}
+    )
+
+    item_ids: list[str] = Field(min_length=1, max_length=64)
+    scale: int = Field(default=4, ge=1, le=16, description="nearest-neighbour upscaling")
+
+
+class ItemPreview(BaseModel):
+    """PNG images of one item, base64-encoded, by kind (original, reconstruction, denoised,
+    error, panel); or why there are none."""
+
+    item_id: str
+    ok: bool
+    model_version: str | None = None
+    line: str | None = None
+    error: str | None = None
+    status: int = 200
+    images: dict[str, str] = Field(default_factory=dict)
+
+
+class PreviewResponse(BaseModel):
+    previews: list[ItemPreview]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model_version: str
+    variant: str
+    image_shape: list[int]
+    consuming_frames: bool
+    load_error: str | None = None  # why the last model swap was refused, if it was

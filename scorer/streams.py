@@ -1,0 +1,143 @@
+"""The scorer's side of Redis: publish scores and item images, dead-letter bad input, and
+read frames through a consumer group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from scorer.schemas import DeadLetterRecord, ScoreRecord, StreamKeys
+
+
+@dataclass
+class StoredItem:
+    """A scored item's image kept for previews."""
+
+    item_id: str
+    image: np.ndarray  # uint8 (C, H, W)
+    line: str
+    model_version: str
+    score: float
+
+
+class ScoreSink:
+    """Writes what the scorer produces. One pipeline (one round trip) per batch."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: StreamKeys,
+        scores_maxlen: int,
+        deadletter_maxlen: int,
+        retention_s: int,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.scores_maxlen = scores_maxlen
+        self.deadletter_maxlen = deadletter_maxlen
+        self.retention_s = retention_s
+
+    async def publish(self, records: list[ScoreRecord], images: np.ndarray) -> None:
+        """Store each image (with TTL), then append its score: a reader of the score stream
+        always finds the image of an entry that is still in retention."""
+        pipe = self.client.pipeline(transaction=False)
+        for rec, img in zip(records, images, strict=True):
+            key = self.keys.item(rec.item_id)
+            pipe.hset(
+                key,
+                mapping={
+                    "image": img.tobytes(),
+                    "shape": ",".join(str(d) for d in img.shape),
+                    "line": rec.line,
+                    "model_version": rec.model_version,
+                    "score": repr(rec.score),
+                },
+            )
+            pipe.expire(key, self.retention_s)
+            pipe.xadd(
+                self.keys.scores,
+                rec.to_fields(),  # type: ignore[arg-type]
+                maxlen=self.scores_maxlen,
+                approximate=True,
+            )
+        await pipe.execute()
+
+    async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
+        if not records:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for rec in records:
+            pipe.xadd(
+                self.keys.deadletter,
+                rec.to_fields(),  # type: ignore[arg-type]
+                maxlen=self.deadletter_maxlen,
+                approximate=True,
+            )
+        await pipe.execute()
+
+    async def load_item(self, item_id: str) -> StoredItem | None:
+        """The stored image of an item, or None once it has left retention."""
+        raw: Any = await self.client.hgetall(self.keys.item(item_id))
+        if not raw or b"image" not in raw:
+            return None
+        shape = tuple(int(d) for d in raw[b"shape"].decode().split(","))
+        image = np.frombuffer(raw[b"image"], dtype=np.uint8).reshape(shape)
+        return StoredItem(
+            item_id=item_id,
+            image=image,
+            line=raw.get(b"line", b"").decode(),
+            model_version=raw.get(b"model_version", b"").decode(),
+            score=float(raw.get(b"score", b"nan")),
+        )
+
+
+async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
+    """Create the consumer group (and the stream) if missing; from the stream's start, so
+    frames sent before any scorer ran are scored too."""
+    try:
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def entry_ms(entry_id: str) -> float:
+    """The wall time (seconds) encoded in a stream entry id."""
+    return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+async def read_frames(
+    client: aioredis.Redis,
+    keys: StreamKeys,
+    group: str,
+    consumer: str,
+    count: int,
+    block_ms: int,
+    reclaim_idle_ms: int | None,
+) -> list[tuple[str, dict[Any, Any]]]:
+    """Next frames for this consumer: first entries left pending by a dead consumer (when
+    ``reclaim_idle_ms`` is given), else new ones (blocking up to ``block_ms``)."""
+    if reclaim_idle_ms is not None:
+        claimed: Any = await client.xautoclaim(
+            keys.frames, group, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0",
+            count=count,
+        )  # fmt: skip
+        entries = [(_s(eid), fields) for eid, fields in claimed[1] if fields]
+        gone = [eid for eid, fields in claimed[1] if not fields]  # trimmed from the stream
+        if gone:
+            await client.xack(keys.frames, group, *gone)
+        if entries:
+            return entries
+    resp: Any = await client.xreadgroup(group, consumer, {keys.frames: ">"}, count=count,
+                                   block=block_ms)  # fmt: skip
+    if not resp:
+        return []
+    return [(_s(eid), fields) for eid, fields in resp[0][1]]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
