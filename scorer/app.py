@@ -7,7 +7,6 @@ same ``@serve.batch`` method: ``POST /v1/score`` and the ``{prefix}:frames`` con
 read by a background task in every replica.
 """
 
-
 import asyncio
 import base64
 import logging

@@ -82,9 +82,13 @@ class EmbeddedRedis:
                     err = self.process.stderr.read().decode() if self.process.stderr else ""
                     raise RedisStartError(f"redis-server exited at start: {err.strip()}")
                 try:
-                    if client.ping():
+                    # Our own process must answer, not another server already on the port.
+                    pid = int(client.info("server")["process_id"])
+                    if pid == self.process.pid:
                         return self
-                except redis.ConnectionError:
+                    self.process.wait(timeout_s)
+                    continue
+                except (redis.ConnectionError, subprocess.TimeoutExpired):
                     if time.monotonic() > deadline:
                         self.stop()
                         raise RedisStartError(

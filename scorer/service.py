@@ -7,6 +7,10 @@ from scorer.config import DeploymentConfig, ScorerConfig
 APP_NAME = "scorer"
 
 
+class DeployError(RuntimeError):
+    """Serve could not start replicas of the new configuration (the old ones keep serving)."""
+
+
 def deploy(
     cfg: ScorerConfig,
     deployment: DeploymentConfig | None = None,
@@ -16,17 +20,33 @@ def deploy(
 ) -> str:
     """Run (or update in place) the scorer application; return its HTTP base URL.
 
-    Ray must be initialised. Re-deploying with only ``cfg`` changed reconfigures the running
-    replicas (no restart): that is how a new model version goes live.
+    Ray must be initialised. Re-deploying with another ``cfg`` (a new model version) is a
+    rolling update: new replicas load the model before old ones drain, so no request is
+    dropped. A checkpoint that fails verification (content hash) is refused with
+    ``DeployError`` before the running app is touched. A declarative update of only
+    ``user_config`` (a RayService's serveConfigV2) reconfigures running replicas in place.
     """
     from ray import serve
 
     from scorer.app import Scorer
+    from trainer.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 
+    # Verify before touching the running app: Serve marks an app whose update failed as
+    # unavailable, so a bad checkpoint must never reach the replicas.
+    try:
+        load_checkpoint(resolve_checkpoint(cfg.checkpoint, cfg.model_version))
+    except CheckpointError as exc:
+        raise DeployError(f"model refused, the running version keeps serving: {exc}") from exc
     serve.start(http_options={"host": host, "port": port})
     options = (deployment or DeploymentConfig()).options()
     app = Scorer.options(user_config=cfg.model_dump(), **options).bind()  # type: ignore[attr-defined]
-    serve.run(app, name=app_name, route_prefix="/")
+    try:
+        serve.run(app, name=app_name, route_prefix="/")
+    except RuntimeError as exc:
+        raise DeployError(
+            f"{exc} (see the replica error above, e.g. a checkpoint content hash mismatch); "
+            "replicas of the previous configuration keep serving"
+        ) from exc
     return f"http://{host}:{port}"
 
 

@@ -147,6 +147,32 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--version", help="model version in the store")
     _add_data_args(e, None)
 
+    s = sub.add_parser("serve", help="score images on Ray Serve; every result streams to Redis")
+    s.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint directory, or a model store (default VLAEWATCH_MODEL_STORE)",
+    )
+    s.add_argument("--version", help="model version to load from the store (default newest)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
+    s.add_argument("--redis-url", help="REDIS_URL; default: start the bundled redis-server")
+    s.add_argument("--key-prefix", default="vlaewatch")
+    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--min-replicas", type=int, help="with --max-replicas: autoscaling bounds")
+    s.add_argument("--max-replicas", type=int)
+    s.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (fractions ok)")
+    s.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
+    s.add_argument("--max-batch-size", type=int, default=256)
+    s.add_argument("--batch-wait-ms", type=float, default=5.0)
+    s.add_argument("--retention-s", type=int, default=3600, help="image retention for previews")
+    s.add_argument(
+        "--no-frames",
+        action="store_true",
+        help="do not consume the frames stream (HTTP ingestion only)",
+    )
+
     sub.add_parser("info", help="versions, settings, devices and the models in the store")
     return parser
 
@@ -299,6 +325,69 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return evaluate(loaded, _load(args, settings).test)
 
 
+def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import contextlib
+    import signal
+    import threading
+
+    from scorer.config import DeploymentConfig, ScorerConfig
+    from scorer.redis_server import EmbeddedRedis
+    from scorer.service import deploy
+    from scorer.service import shutdown as serve_shutdown
+    from trainer import cluster
+    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+
+    source = args.checkpoint or settings.store_path
+    # Fail here, with a clear message, rather than inside a replica.
+    loaded = load_checkpoint(resolve_checkpoint(source, args.version))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url or settings.redis_url
+        if not redis_url:
+            if args.address or settings.ray_address:
+                _err(
+                    "warning: the bundled Redis listens on 127.0.0.1 only; replicas on other "
+                    "nodes cannot reach it: set REDIS_URL"
+                )
+            redis_url = stack.enter_context(EmbeddedRedis(settings.home / "redis")).url
+        info = cluster.connect(args.address or settings.ray_address)
+        if info["owned"]:
+            stack.callback(cluster.shutdown)
+        stack.callback(serve_shutdown)
+        cfg = ScorerConfig(
+            checkpoint=str(Path(source).resolve()),
+            model_version=args.version,
+            redis_url=redis_url,
+            key_prefix=args.key_prefix,
+            max_batch_size=args.max_batch_size,
+            batch_wait_timeout_s=args.batch_wait_ms / 1000,
+            retention_s=args.retention_s,
+            consume_frames=not args.no_frames,
+        )
+        deployment = DeploymentConfig(
+            num_replicas=args.replicas,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+            num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+        )
+        url = deploy(cfg, deployment, host=args.host, port=args.port)
+        _err(
+            f"scoring model {loaded.version} at {url}/v1/score (docs {url}/docs); "
+            f"results to {cfg.key_prefix}:scores; Ray dashboard {info['dashboard_url']}; "
+            "Ctrl-C stops"
+        )
+        stop.wait()
+        _err("stopping")
+    return {"stopped": True, "model_version": loaded.version}
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _info(settings: Settings) -> dict[str, Any]:
     import platform
 
@@ -326,6 +415,7 @@ def _info(settings: Settings) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script."""
+    from scorer.redis_server import RedisStartError
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
 
@@ -336,9 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _train(args, settings)
         elif args.command == "evaluate":
             result = _evaluate(args, settings)
+        elif args.command == "serve":
+            result = _serve(args, settings)
         else:
             result = _info(settings)
-    except (UsageError, DataError, CheckpointError) as exc:
+    except (UsageError, DataError, CheckpointError, RedisStartError) as exc:
         print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

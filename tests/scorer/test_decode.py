@@ -1,0 +1,116 @@
+"""Input validation: every kind of bad image is a clear per-item error."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scorer.decode import InputError, Limits, decode_array, decode_image, load_npy, split_batch
+
+GRAY = (1, 28, 28)
+LIMITS = Limits()
+
+
+def _png(arr: np.ndarray, mode: str | None = None, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode=mode).save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_png_and_jpeg_decode_to_chw() -> None:
+    arr = (np.arange(28 * 28) % 256).astype(np.uint8).reshape(28, 28)
+    out = decode_image(_png(arr), GRAY, LIMITS)
+    assert out.shape == GRAY and np.array_equal(out[0], arr)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    assert decode_image(buf.getvalue(), GRAY, LIMITS).shape == GRAY
+    rgb = np.zeros((28, 28, 3), np.uint8)
+    assert decode_image(_png(rgb), (3, 28, 28), LIMITS).shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("data", "message", "status"),
+    [
+        (b"", "empty", 422),
+        (b"hello, not an image", "not a PNG or JPEG", 422),
+        (
+            _png(np.random.default_rng(0).integers(0, 255, (28, 28), np.uint8))[:400],
+            "cannot decode",
+            422,
+        ),
+        (_png(np.zeros((28, 28, 3), np.uint8)), "3 channel", 422),
+        (_png(np.zeros((30, 28), np.uint8)), "30x28", 422),
+        (_png(np.zeros((28, 28), np.uint16)), "16/32-bit", 422),
+        (_png(np.zeros((28, 28, 4), np.uint8)), "alpha", 422),
+    ],
+    ids=["empty", "not-image", "truncated", "rgb", "size", "16bit", "alpha"],
+)
+def test_bad_files_are_clear_errors(data: bytes, message: str, status: int) -> None:
+    with pytest.raises(InputError, match=message) as err:
+        decode_image(data, GRAY, LIMITS)
+    assert err.value.status == status
+
+
+def test_decompression_bomb_refused_before_decoding() -> None:
+    big = Image.new("1", (5000, 5000))  # 25 Mpx declared, a few kB on the wire
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    assert len(buf.getvalue()) < 100_000
+    with pytest.raises(InputError, match="exceeds") as err:
+        decode_image(buf.getvalue(), GRAY, LIMITS)
+    assert err.value.status == 413
+
+
+def test_animated_and_oversized_files() -> None:
+    frames = [Image.fromarray(np.full((28, 28), v, np.uint8)) for v in (0, 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match="animated"):
+        decode_image(buf.getvalue(), GRAY, LIMITS)
+    with pytest.raises(InputError) as err:
+        decode_image(b"x" * 100, GRAY, Limits(max_image_bytes=10))
+    assert err.value.status == 413
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF")
+    with pytest.raises(InputError, match="GIF"):
+        decode_image(gif.getvalue(), GRAY, LIMITS)
+
+
+def test_arrays_nan_range_dtype() -> None:
+    good = np.zeros((28, 28), np.float32)
+    assert decode_array(good, GRAY, LIMITS).dtype == np.uint8
+    bad = good.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        decode_array(bad, GRAY, LIMITS)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        decode_array(good + 2, GRAY, LIMITS)
+    with pytest.raises(InputError, match="dtype"):
+        decode_array(np.zeros((28, 28), np.complex64), GRAY, LIMITS)
+
+
+def test_npy_batches_and_no_pickle() -> None:
+    batch = np.zeros((5, 28, 28), np.uint8)
+    items = split_batch(load_npy(_npy(batch), LIMITS), GRAY)
+    assert len(items) == 5
+    rgb_one = np.zeros((28, 28, 3), np.uint8)
+    assert len(split_batch(rgb_one, (3, 28, 28))) == 1
+    with pytest.raises(InputError, match="cannot read NPY"):
+        load_npy(_npy(np.array([{"a": 1}], dtype=object)), LIMITS)
+    with pytest.raises(InputError, match="cannot read NPY"):
+        load_npy(b"\x93NUMPY garbage", LIMITS)
+
+
+def test_resize_when_configured() -> None:
+    arr = np.zeros((56, 40), np.uint8)
+    out = decode_image(_png(arr), GRAY, Limits(resize=True))
+    assert out.shape == GRAY

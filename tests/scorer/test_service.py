@@ -1,0 +1,266 @@
+"""The scorer as deployed: real redis-server, real local Ray cluster, real Serve over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from scorer.config import DeploymentConfig, ScorerConfig
+from scorer.schemas import FRAMES_GROUP, ScoreRecord
+from scorer.service import DeployError, deploy
+from trainer.checkpoint import load_checkpoint, read_card
+from trainer.evaluate import evaluate, score_images
+
+SCORE_FIELDS = {"item_id", "line", "ts_ingested", "ts_scored", "score", "recon", "kl",
+                "model_version"}  # fmt: skip
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _post_npy(url: str, images: np.ndarray, ids: list[str], line: str = "cam1") -> Any:
+    resp = httpx.post(f"{url}/v1/score", content=_npy(images), timeout=120,
+                      headers={"content-type": "application/x-npy"},
+                      params={"line": line, "item_id": ids})  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _entries(client: redis.Redis, stream: str, ids: set[str]) -> list[dict[str, str]]:
+    out = []
+    for _, fields in client.xrange(stream):
+        f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+        if f.get("item_id") in ids:
+            out.append(f)
+    return out
+
+
+def _wait_for(fn: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def client(redis_server: Any) -> redis.Redis:
+    return redis.Redis.from_url(redis_server.url)
+
+
+def test_served_scores_equal_evaluate_and_stream_one_entry_each(
+    scorer_url: str, client: redis.Redis, digits: Any, checkpoint: Path
+) -> None:
+    test = digits.test
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"t{tag}-{i}" for i in range(len(test))]
+    body = _post_npy(scorer_url, test.images[:, 0], ids)
+    assert body["n_scored"] == len(test) and body["n_failed"] == 0
+    results = body["results"]
+    assert [r["item_id"] for r in results] == ids
+    served = np.array([r["score"] for r in results])
+    assert np.allclose(served, [r["recon"] + r["kl"] for r in results], rtol=1e-5)
+
+    # The same numbers `vlaewatch evaluate` computes for these images and this checkpoint.
+    loaded = load_checkpoint(checkpoint)
+    local = score_images(loaded.model, test.images)
+    assert np.allclose(served, local.score, rtol=1e-4, atol=1e-3)
+    report = evaluate(loaded, test)
+    labels = test.labels.astype(str)
+    for cls, means in report["mean_score_by_class"].items():
+        assert served[labels == cls].mean() == pytest.approx(means["score"], abs=0.01)
+
+    normal = served[labels == "0"].mean()
+    anomalous = served[labels != "0"].mean()
+    assert anomalous > normal
+
+    entries = _entries(client, "vlaewatch:scores", set(ids))
+    assert len(entries) == len(ids)  # exactly one per scored item
+    assert all(set(e) == SCORE_FIELDS for e in entries)
+    rec = ScoreRecord.from_fields(entries[0])
+    assert rec.line == "cam1" and rec.model_version == read_card(checkpoint)["model_version"]
+    assert rec.ts_scored >= rec.ts_ingested
+
+
+def test_corrupt_png_fails_alone_and_is_dead_lettered(
+    scorer_url: str, client: redis.Redis, digits: Any
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"c{tag}-{i}" for i in range(3)]
+    good = _png(digits.test.images[0, 0])
+    files = [("files", ("a.png", good, "image/png")),
+             ("files", ("b.png", good[: len(good) // 2], "image/png")),
+             ("files", ("c.png", good, "image/png"))]  # fmt: skip
+    resp = httpx.post(f"{scorer_url}/v1/score", files=files,
+                      data={"line": "cam2", "item_id": ",".join(ids)}, timeout=60)  # fmt: skip
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert [r["ok"] for r in results] == [True, False, True]
+    assert results[1]["status"] == 422 and "cannot decode" in results[1]["error"]
+    assert results[0]["score"] == pytest.approx(results[2]["score"])
+    dead = _entries(client, "vlaewatch:deadletter", {ids[1]})
+    assert len(dead) == 1 and dead[0]["source"] == "http" and "cannot decode" in dead[0]["reason"]
+    assert {e["item_id"] for e in _entries(client, "vlaewatch:scores", set(ids))} == {
+        ids[0], ids[2]}  # fmt: skip
+
+
+def test_whole_request_errors_are_4xx_with_reasons(scorer_url: str, digits: Any) -> None:
+    url = f"{scorer_url}/v1/score"
+    r = httpx.post(url, content=b"{}", headers={"content-type": "application/json"})
+    assert r.status_code == 415 and "multipart" in r.json()["detail"]
+    r = httpx.post(url, files=[("other", ("a.txt", b"x", "text/plain"))])
+    assert r.status_code == 400 and "no images" in r.json()["detail"]
+    r = httpx.post(url, content=_npy(np.zeros((1100, 28, 28), np.uint8)),
+                   headers={"content-type": "application/x-npy"})  # fmt: skip
+    assert r.status_code == 413
+    npy = {"content-type": "application/x-npy"}
+    r = httpx.post(url, content=_npy(np.zeros((2, 28, 28), np.uint8)), headers=npy,
+                   params={"item_id": ["a"]})  # fmt: skip
+    assert r.status_code == 400 and "item ids" in r.json()["detail"]
+    arr = np.zeros((3, 28, 28), np.float32)
+    arr[1, 0, 0] = np.nan
+    r = httpx.post(url, content=_npy(arr), headers={"content-type": "application/x-npy"})
+    assert [x["ok"] for x in r.json()["results"]] == [True, False, True]
+    assert "NaN" in r.json()["results"][1]["error"]
+    r = httpx.post(url, content=_npy(np.zeros((2, 20, 20), np.uint8)),
+                   headers={"content-type": "application/x-npy"})  # fmt: skip
+    assert r.status_code == 200 and all("28x28" in x["error"] for x in r.json()["results"])
+
+
+def test_frames_stream_is_consumed_scored_and_acked(
+    scorer_url: str, client: redis.Redis, digits: Any
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    good_id, bad_id = f"f{tag}-ok", f"f{tag}-bad"
+    client.xadd("vlaewatch:frames", {"image": _png(digits.test.images[5, 0]), "line": "cam3",
+                                     "item_id": good_id, "ts": time.time()})  # fmt: skip
+    client.xadd("vlaewatch:frames", {"image": b"not an image", "line": "cam3", "item_id": bad_id})
+    garbage = client.xadd("vlaewatch:frames", {"line": "cam3", "what": "no image field"})
+    scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {good_id}))
+    assert scored[0]["line"] == "cam3"
+    dead = _wait_for(lambda: _entries(client, "vlaewatch:deadletter", {bad_id}))
+    assert dead[0]["source"] == "frames" and "cannot decode" in dead[0]["reason"]
+    garbage_id = garbage.decode()
+    dead = _wait_for(
+        lambda: [e for e in _entries(client, "vlaewatch:deadletter", {f"frame-{garbage_id}"})]
+    )
+    assert "image" in dead[0]["reason"] and dead[0]["frame_id"] == garbage_id
+    _wait_for(lambda: client.xpending("vlaewatch:frames", FRAMES_GROUP)["pending"] == 0)
+
+
+def test_frames_left_pending_by_a_dead_consumer_are_reclaimed(
+    scorer_url: str, client: redis.Redis, digits: Any
+) -> None:
+    item = f"p{uuid.uuid4().hex[:8]}"
+    client.xadd("vlaewatch:frames", {"image": _png(digits.test.images[7, 0]), "item_id": item})
+    # A consumer that reads the frame and dies before acknowledging it.
+    client.xreadgroup(FRAMES_GROUP, "dead-consumer", {"vlaewatch:frames": ">"}, count=1000)
+    scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {item}), timeout=30)
+    assert len(scored) == 1
+
+
+def test_previews_of_a_scored_item(scorer_url: str, digits: Any) -> None:
+    item = f"v{uuid.uuid4().hex[:8]}"
+    _post_npy(scorer_url, digits.test.images[:1, 0], [item])
+    resp = httpx.post(f"{scorer_url}/v1/preview", json={"item_ids": [item, "gone"], "scale": 2},
+                      timeout=60)  # fmt: skip
+    assert resp.status_code == 200
+    found, missing = resp.json()["previews"]
+    assert found["ok"] and set(found["images"]) == {"original", "reconstruction", "denoised",
+                                                    "error", "panel"}  # fmt: skip
+    sizes = {}
+    for kind, b64 in found["images"].items():
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+            assert im.format == "PNG"
+            sizes[kind] = im.size
+    assert sizes["original"] == (56, 56)
+    assert sizes["panel"] == ((4 * 28 + 3) * 2, 56)
+    with Image.open(io.BytesIO(base64.b64decode(found["images"]["original"]))) as im:
+        original = np.asarray(im.convert("L"))[::2, ::2]
+    assert np.array_equal(original, digits.test.images[0, 0])
+    assert not missing["ok"] and missing["status"] == 404 and "retention" in missing["error"]
+
+
+def test_model_swap_mid_stream_loses_no_request(
+    scorer_url: str, redis_server: Any, checkpoint: Path, checkpoint_b: Path, digits: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    v1 = read_card(checkpoint)["model_version"]
+    v2 = read_card(checkpoint_b)["model_version"]
+    port = int(scorer_url.rsplit(":", 1)[1])
+    base = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
+                        reclaim_idle_ms=2000)  # fmt: skip
+    images = digits.test.images[:16, 0]
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                r = http.post(f"{scorer_url}/v1/score", content=_npy(images),
+                              headers={"content-type": "application/x-npy"})  # fmt: skip
+                if r.status_code != 200 or r.json()["n_scored"] != len(images):
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                else:
+                    seen.extend(x["model_version"] for x in r.json()["results"])
+
+    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        deploy(base.model_copy(update={"checkpoint": str(checkpoint_b)}),
+               DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+        _wait_for(lambda: seen and seen[-1] == v2, timeout=30)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures
+    assert v1 in seen and v2 in seen
+
+    # A corrupted checkpoint is refused; the running version keeps serving.
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    weights = broken / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    try:
+        with pytest.raises(DeployError, match="content hash mismatch"):
+            deploy(base.model_copy(update={"checkpoint": str(broken)}),
+                   DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+        health = httpx.get(f"{scorer_url}/v1/health")
+        assert health.status_code == 200, (health.status_code, health.text)
+        assert health.json()["model_version"] == v2
+        r = httpx.post(f"{scorer_url}/v1/score", content=_npy(images[:2]),
+                       headers={"content-type": "application/x-npy"})  # fmt: skip
+        assert {x["model_version"] for x in r.json()["results"]} == {v2}
+    finally:
+        deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
+    assert httpx.get(f"{scorer_url}/v1/health").json()["model_version"] == v1
