@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -200,7 +201,7 @@ def _load(args: argparse.Namespace, settings: Settings) -> Any:
 def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from trainer.data import split_normal
     from trainer.model import ConvVLAEConfig, VLAEConfig
-    from trainer.pipeline import DatasetInfo, train_model
+    from trainer.pipeline import DatasetInfo, Fitter, train_model
     from trainer.train import LoopContext, TrainConfig, fit
 
     source = _load(args, settings)
@@ -235,65 +236,42 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         image_folder=str(args.image_folder) if args.image_folder else None,
     )
     counts = split.train.class_counts()
-    print(
+    _err(
         f"training on {len(split.train)} normal images {counts} "
-        f"({len(split.validation)} validation, {len(split.calibration)} calibration held out)",
-        file=sys.stderr,
-        flush=True,
+        f"({len(split.validation)} validation, {len(split.calibration)} calibration held out)"
     )
     out, store = args.out, None if args.out else (args.store or settings.store_path)
 
-    if args.no_ray:
-        launcher: dict[str, Any] = {"kind": "in-process"}
-        ctx = LoopContext(log=lambda line: print(line, file=sys.stderr, flush=True))
-        path = train_model(
-            split,
-            model_cfg,
-            cfg,
-            dataset,
-            lambda m, c, d: fit(m, c, d, ctx),
-            launcher,
-            out=out,
-            store=store,
-        )
-    else:
-        from trainer import cluster
-        from trainer.launch import RayLaunch, fit_with_ray, new_run_name
+    with contextlib.ExitStack() as stack:
+        fitter: Fitter
+        if args.no_ray:
+            launcher: dict[str, Any] = {"kind": "in-process"}
+            ctx = LoopContext(log=_err)
+            fitter = lambda m, c, d: fit(m, c, d, ctx)  # noqa: E731
+        else:
+            from trainer import cluster
+            from trainer.launch import RayLaunch, fit_with_ray, new_run_name
 
-        launch = RayLaunch(
-            storage_path=args.storage_path or settings.runs_path,
-            run_name=args.resume or args.run_name or new_run_name(),
-            num_workers=args.workers,
-            cpus_per_worker=args.cpus_per_worker,
-            max_failures=args.max_failures,
-        )
-        info = cluster.connect(args.address or settings.ray_address)
-        print(
-            f"Ray Train run {launch.run_name} on {info['address']}"
-            + (f", dashboard {info['dashboard_url']}" if info["dashboard_url"] else ""),
-            file=sys.stderr,
-            flush=True,
-        )
-        launcher = {
-            "kind": "ray-train",
-            "run_name": launch.run_name,
-            "workers": launch.num_workers,
-            "gpu": cluster.cluster_gpus() > 0,
-        }
-        try:
-            path = train_model(
-                split,
-                model_cfg,
-                cfg,
-                dataset,
-                lambda m, c, d: fit_with_ray(m, c, d, launch),
-                launcher,
-                out=out,
-                store=store,
+            launch = RayLaunch(
+                storage_path=args.storage_path or settings.runs_path,
+                run_name=args.resume or args.run_name or new_run_name(),
+                num_workers=args.workers,
+                cpus_per_worker=args.cpus_per_worker,
+                max_failures=args.max_failures,
             )
-        finally:
+            info = cluster.connect(args.address or settings.ray_address)
             if info["owned"]:
-                cluster.shutdown()
+                stack.callback(cluster.shutdown)
+            dashboard = f", dashboard {info['dashboard_url']}" if info["dashboard_url"] else ""
+            _err(f"Ray Train run {launch.run_name} on {info['address']}{dashboard}")
+            launcher = {
+                "kind": "ray-train",
+                "run_name": launch.run_name,
+                "workers": launch.num_workers,
+                "gpu": cluster.cluster_gpus() > 0,
+            }
+            fitter = lambda m, c, d: fit_with_ray(m, c, d, launch)  # noqa: E731
+        path = train_model(split, model_cfg, cfg, dataset, fitter, launcher, out=out, store=store)
     from trainer.checkpoint import read_card
 
     card = read_card(path)
@@ -326,7 +304,6 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    import contextlib
     import signal
     import threading
 
