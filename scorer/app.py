@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -81,8 +82,6 @@ def _count_items(chunks: list[list[_Item]]) -> int:
 
 
 def _new_id() -> str:
-    import uuid
-
     return uuid.uuid4().hex
 
 

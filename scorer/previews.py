@@ -9,6 +9,8 @@ import torch
 
 from trainer.checkpoint import LoadedModel
 from trainer.data import to_float
+from trainer.evaluate import best_conditions
+from trainer.model import _VLAEBase
 
 
 def heatmap(error: np.ndarray) -> np.ndarray:
@@ -39,21 +41,11 @@ def to_png(rgb: np.ndarray, scale: int = 1) -> bytes:
 
 
 @torch.no_grad()
-def _reconstruct(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _reconstruct(model: _VLAEBase, x: torch.Tensor) -> torch.Tensor:
     """Deterministic reconstruction at z = mu; a conditional model uses its best condition."""
-    k = int(getattr(model.config, "num_conditions", 0))
-    if k == 0:
-        mu, _ = model.encode(x)  # type: ignore[operator]
-        return model.decode(mu)  # type: ignore[operator]
-    best, best_score = None, None
-    for j in range(k):
-        c = torch.full((len(x),), j, device=x.device)
-        recon, kl = model.anomaly_score(x, c)  # type: ignore[operator]
-        s = float((recon + kl).sum())
-        if best_score is None or s < best_score:
-            best, best_score = c, s
-    mu, _ = model.encode(x, best)  # type: ignore[operator]
-    return model.decode(mu, best)  # type: ignore[operator]
+    c = best_conditions(model, x)[0] if model.config.num_conditions else None
+    mu, _ = model.encode(x, c)
+    return model.decode(mu, c)
 
 
 def render(loaded: LoadedModel, image: np.ndarray, scale: int = 4) -> dict[str, bytes]:

@@ -29,12 +29,12 @@ def deploy(
     from ray import serve
 
     from scorer.app import Scorer
-    from trainer.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+    from trainer.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
 
     # Verify before touching the running app: Serve marks an app whose update failed as
     # unavailable, so a bad checkpoint must never reach the replicas.
     try:
-        load_checkpoint(resolve_checkpoint(cfg.checkpoint, cfg.model_version))
+        verify_checkpoint(resolve_checkpoint(cfg.checkpoint, cfg.model_version))
     except CheckpointError as exc:
         raise DeployError(f"model refused, the running version keeps serving: {exc}") from exc
     serve.start(http_options={"host": host, "port": port})

@@ -69,16 +69,20 @@ def content_hash(directory: Path, architecture: dict[str, Any]) -> str:
 
 
 def save_checkpoint(
-    directory: str | Path,
+    directory: str | Path | None,
     model_cfg: ModelConfig,
     state_dicts: dict[str, dict[str, torch.Tensor]],
     card: dict[str, Any],
     calibration: pd.DataFrame,
+    store: str | Path | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp dir, then rename); return its path."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=directory.parent))
+    """Write a checkpoint atomically (temp dir, then rename) to ``directory``, or into
+    ``store`` under its model version; return its path."""
+    if (directory is None) == (store is None):
+        raise ValueError("give either a checkpoint directory or a model store")
+    parent = Path(directory).parent if directory is not None else Path(str(store))
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=parent))
     try:
         for name, sd in state_dicts.items():
             save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / WEIGHT_FILES[name]))
@@ -89,6 +93,7 @@ def save_checkpoint(
         card["model_version"] = content_hash(tmp, architecture)
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
         calibration.to_csv(tmp / CALIBRATION, index=False)
+        directory = Path(directory) if directory is not None else parent / card["model_version"]
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -110,8 +115,8 @@ def read_card(directory: str | Path) -> dict[str, Any]:
     return card
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load and verify a checkpoint: the content hash must match the card's model version."""
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """The model card, once the files' content hash matches its model version."""
     directory = Path(directory)
     card = read_card(directory)
     try:
@@ -125,7 +130,14 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             f"content hash mismatch in {directory}: model card says {expected}, files hash to "
             f"{actual} (corrupted or swapped checkpoint)"
         )
-    cfg = config_from_dict(architecture)
+    return card
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load and verify a checkpoint: the content hash must match the card's model version."""
+    directory = Path(directory)
+    card = verify_checkpoint(directory)
+    cfg = config_from_dict(card["architecture"])
 
     def _load(name: str) -> _VLAEBase:
         m = build_model(cfg)

@@ -33,6 +33,18 @@ class Scores:
 
 
 @torch.no_grad()
+def best_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """For a conditional model scored without conditions: per item, the condition under which
+    it looks most normal (lowest score), and its (recon, kl) under that condition."""
+    k = int(model.config.num_conditions)
+    options = [model.anomaly_score(x, torch.full((len(x),), j, device=x.device)) for j in range(k)]
+    r_all = torch.stack([o[0] for o in options])
+    kl_all = torch.stack([o[1] for o in options])
+    best = (r_all + kl_all).argmin(dim=0, keepdim=True)
+    return best[0], r_all.gather(0, best)[0], kl_all.gather(0, best)[0]
+
+
+@torch.no_grad()
 def score_images(
     model: _VLAEBase,
     images: np.ndarray,
@@ -53,13 +65,7 @@ def score_images(
             c = torch.from_numpy(np.asarray(conditions[i : i + batch_size])).to(device)
             r, kl = model.anomaly_score(x, c)
         else:
-            options = [
-                model.anomaly_score(x, torch.full((len(x),), j, device=device)) for j in range(k)
-            ]
-            r_all = torch.stack([o[0] for o in options])
-            kl_all = torch.stack([o[1] for o in options])
-            best = (r_all + kl_all).argmin(dim=0, keepdim=True)
-            r, kl = r_all.gather(0, best)[0], kl_all.gather(0, best)[0]
+            _, r, kl = best_conditions(model, x)
         recon_parts.append(r.cpu().numpy())
         kl_parts.append(kl.cpu().numpy())
     if not recon_parts:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import secrets
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainer.checkpoint import WEIGHT_FILES, read_card, save_checkpoint
+from trainer.checkpoint import WEIGHT_FILES, save_checkpoint
 from trainer.data import NormalSplit, fingerprint, to_float
 from trainer.evaluate import score_images
 from trainer.model import ModelConfig, build_model
@@ -64,12 +61,12 @@ def calibration_scores(
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
     import ray
 
-    from vlaewatch import __version__
-
     return {
-        "vlaewatch": __version__,
+        "vlaewatch": version("vlaewatch"),
         "torch": torch.__version__,
         "ray": ray.__version__,
         "python": platform.python_version(),
@@ -147,14 +144,4 @@ def train_model(
     calibration = calibration_scores(model_cfg, result.state_dicts["model"], split)
     card = model_card(model_cfg, cfg, split, dataset, result, launcher, seconds)
     state_dicts = {k: v for k, v in result.state_dicts.items() if k in WEIGHT_FILES}
-    if out is not None:
-        return save_checkpoint(out, model_cfg, state_dicts, card, calibration)
-    # In a store, the directory is named by the version, known only once the weights are written.
-    assert store is not None
-    staging = Path(store) / f".staging-{secrets.token_hex(4)}"
-    save_checkpoint(staging, model_cfg, state_dicts, card, calibration)
-    final = Path(store) / str(read_card(staging)["model_version"])
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-    return final
+    return save_checkpoint(out, model_cfg, state_dicts, card, calibration, store=store)
