@@ -9,6 +9,7 @@ read by a background task in every replica.
 
 import asyncio
 import base64
+import json
 import logging
 import time
 import uuid
@@ -36,6 +37,7 @@ from scorer.schemas import (
     ItemError,
     ItemPreview,
     ItemScore,
+    ModelRecord,
     PreviewRequest,
     PreviewResponse,
     RecordError,
@@ -45,7 +47,7 @@ from scorer.schemas import (
     valid_item_id,
     valid_line,
 )
-from scorer.streams import ScoreSink, ensure_group, entry_ms, read_frames
+from scorer.streams import ScoreSink, ensure_group, entry_ms, read_group
 from trainer.checkpoint import CheckpointError, LoadedModel, load_checkpoint, resolve_checkpoint
 from trainer.evaluate import score_images
 
@@ -102,6 +104,7 @@ class Scorer:
         self._sink: ScoreSink | None = None
         self._keys = StreamKeys()
         self._consumer: asyncio.Task[None] | None = None
+        self._announced: str | None = None  # the version last published to Redis
 
     # --- configuration and model swap ----------------------------------------------------
 
@@ -132,8 +135,9 @@ class Scorer:
             if self._client is not None:
                 await self._client.aclose()
             self._client = aioredis.from_url(
-                cfg.redis_url, health_check_interval=10, socket_keepalive=True
-            )
+                cfg.redis_url, health_check_interval=10, socket_keepalive=True,
+                socket_connect_timeout=5,
+            )  # fmt: skip
             self._keys = StreamKeys(cfg.key_prefix)
         assert self._client is not None
         self._sink = ScoreSink(
@@ -143,11 +147,32 @@ class Scorer:
         batcher.set_max_batch_size(cfg.max_batch_size)
         batcher.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
         self._cfg = cfg
+        self._announced = None
+        await self._announce()
         if cfg.consume_frames and self._consumer is None:
             self._consumer = asyncio.create_task(self._consume_frames())
         elif not cfg.consume_frames and self._consumer is not None:
             self._consumer.cancel()
             self._consumer = None
+
+    async def _announce(self) -> None:
+        """Publish the served version's card and calibration scores once per version and
+        connection; retried before the next batch when Redis is unavailable now."""
+        loaded, sink = self._loaded, self._sink
+        if loaded is None or sink is None or self._announced == loaded.version:
+            return
+        record = ModelRecord(
+            model_version=loaded.version,
+            card=json.dumps(loaded.card),
+            calibration=loaded.calibration.to_csv(index=False),
+            loaded_at=time.time(),
+        )
+        try:
+            await sink.publish_model(record)
+        except (RedisError, OSError) as exc:
+            logger.warning("could not announce model %s yet: %s", loaded.version, exc)
+            return
+        self._announced = loaded.version
 
     @staticmethod
     def _load(cfg: ScorerConfig) -> LoadedModel:
@@ -177,6 +202,7 @@ class Scorer:
     async def _score_chunks(self, chunks: list[list[_Item]]) -> list[list[ItemScore]]:
         loaded, sink = self._loaded, self._sink
         assert loaded is not None and sink is not None
+        await self._announce()
         items = [it for chunk in chunks for it in chunk]
         images = np.stack([it.image for it in items])
         scores = await asyncio.to_thread(score_images, loaded.model, images, None, len(images))
@@ -396,8 +422,8 @@ class Scorer:
                 reclaim = None
                 if time.monotonic() - last_reclaim > cfg.reclaim_idle_ms / 2000:
                     reclaim, last_reclaim = cfg.reclaim_idle_ms, time.monotonic()
-                entries = await read_frames(
-                    client, self._keys, FRAMES_GROUP, consumer, cfg.max_batch_size,
+                entries = await read_group(
+                    client, self._keys.frames, FRAMES_GROUP, consumer, cfg.max_batch_size,
                     cfg.frames_block_ms, reclaim,
                 )  # fmt: skip
                 if entries:

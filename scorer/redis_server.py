@@ -15,6 +15,8 @@ from types import TracebackType
 
 import redis
 
+URL_FILE = "redis.url"  # where a running embedded server says how to reach it
+
 
 class RedisStartError(RuntimeError):
     """The embedded redis-server did not come up."""
@@ -39,6 +41,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def running_url(data_dir: str | Path) -> str | None:
+    """The URL of an embedded server another vlaewatch process started on ``data_dir``, if it
+    still answers; so ``serve`` and ``api`` started apart share one Redis."""
+    path = Path(data_dir) / URL_FILE
+    try:
+        url = path.read_text().strip()
+    except OSError:
+        return None
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    return url
 
 
 class EmbeddedRedis:
@@ -85,6 +105,7 @@ class EmbeddedRedis:
                     # Our own process must answer, not another server already on the port.
                     pid = int(client.info("server")["process_id"])
                     if pid == self.process.pid:
+                        (self.data_dir / URL_FILE).write_text(self.url + "\n")
                         return self
                     self.process.wait(timeout_s)
                     continue
@@ -102,6 +123,7 @@ class EmbeddedRedis:
         """SIGTERM (redis flushes its AOF and exits), then SIGKILL if it lingers."""
         if self.process is None:
             return
+        (self.data_dir / URL_FILE).unlink(missing_ok=True)
         if self.process.poll() is None:
             self.process.terminate()
             try:

@@ -3,11 +3,14 @@ models. Defined once here; the API imports them."""
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
@@ -49,6 +52,15 @@ class StreamKeys:
     def item(self, item_id: str) -> str:
         """The stored image of a scored item (a hash with a retention TTL)."""
         return f"{self.prefix}:item:{item_id}"
+
+    def model(self, version: str) -> str:
+        """A served model version's card and calibration scores (a ``ModelRecord`` hash)."""
+        return f"{self.prefix}:model:{version}"
+
+    @property
+    def models(self) -> str:
+        """Sorted set of served model versions by the time a replica loaded them."""
+        return f"{self.prefix}:models"
 
 
 FRAMES_GROUP = "scorers"
@@ -118,12 +130,27 @@ class FrameRecord(_Record):
         return ("image",)
 
 
+class ModelRecord(_Record):
+    """What consumers of the score stream need of a served model version: its card and the
+    scores of its held-out normal images, published by the replica that loads it, so they
+    need no access to the model store."""
+
+    model_version: str
+    card: str  # model_card.json
+    calibration: str  # calibration.csv: label, recon, kl, score
+    loaded_at: float
+
+    def calibration_scores(self) -> np.ndarray:
+        """The calibration set's scores (float64)."""
+        return pd.read_csv(io.StringIO(self.calibration))["score"].to_numpy(dtype=np.float64)
+
+
 class DeadLetterRecord(_Record):
-    """One entry of ``{prefix}:deadletter``: what could not be scored, and why."""
+    """One entry of ``{prefix}:deadletter``: what could not be scored or consumed, and why."""
 
     item_id: str
     line: str
-    source: Literal["http", "frames"]
+    source: Literal["http", "frames", "scores"]
     reason: str
     status: int
     ts: float

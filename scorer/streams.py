@@ -10,7 +10,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from scorer.schemas import DeadLetterRecord, ScoreRecord, StreamKeys
+from scorer.schemas import DeadLetterRecord, ModelRecord, ScoreRecord, StreamKeys
 
 
 @dataclass
@@ -79,6 +79,13 @@ class ScoreSink:
             )
         await pipe.execute()
 
+    async def publish_model(self, record: ModelRecord) -> None:
+        """Announce a loaded model version: card and calibration scores for the consumers."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.keys.model(record.model_version), mapping=record.to_fields())  # type: ignore[arg-type]
+        pipe.zadd(self.keys.models, {record.model_version: record.loaded_at})
+        await pipe.execute()
+
     async def load_item(self, item_id: str) -> StoredItem | None:
         """The stored image of an item, or None once it has left retention."""
         raw: Any = await self.client.hgetall(self.keys.item(item_id))
@@ -110,34 +117,49 @@ def entry_ms(entry_id: str) -> float:
     return int(entry_id.split("-", 1)[0]) / 1000.0
 
 
-async def read_frames(
+async def load_model_record(
+    client: aioredis.Redis, keys: StreamKeys, version: str | None = None
+) -> ModelRecord | None:
+    """A served model version's record (the most recently loaded one when ``version`` is None);
+    None when no replica has announced it."""
+    if version is None:
+        newest: Any = await client.zrange(keys.models, -1, -1)
+        if not newest:
+            return None
+        version = as_text(newest[0])
+    raw: Any = await client.hgetall(keys.model(version))
+    return ModelRecord.from_fields(raw) if raw else None
+
+
+async def read_group(
     client: aioredis.Redis,
-    keys: StreamKeys,
+    stream: str,
     group: str,
     consumer: str,
     count: int,
     block_ms: int,
     reclaim_idle_ms: int | None,
 ) -> list[tuple[str, dict[Any, Any]]]:
-    """Next frames for this consumer: first entries left pending by a dead consumer (when
-    ``reclaim_idle_ms`` is given), else new ones (blocking up to ``block_ms``)."""
+    """Next entries of ``stream`` for this consumer: first entries left pending by a dead
+    consumer (when ``reclaim_idle_ms`` is given), else new ones (blocking up to ``block_ms``)."""
     if reclaim_idle_ms is not None:
         claimed: Any = await client.xautoclaim(
-            keys.frames, group, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0",
+            stream, group, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0",
             count=count,
         )  # fmt: skip
-        entries = [(_s(eid), fields) for eid, fields in claimed[1] if fields]
+        entries = [(as_text(eid), fields) for eid, fields in claimed[1] if fields]
         gone = [eid for eid, fields in claimed[1] if not fields]  # trimmed from the stream
         if gone:
-            await client.xack(keys.frames, group, *gone)
+            await client.xack(stream, group, *gone)
         if entries:
             return entries
-    resp: Any = await client.xreadgroup(group, consumer, {keys.frames: ">"}, count=count,
+    resp: Any = await client.xreadgroup(group, consumer, {stream: ">"}, count=count,
                                    block=block_ms)  # fmt: skip
     if not resp:
         return []
-    return [(_s(eid), fields) for eid, fields in resp[0][1]]
+    return [(as_text(eid), fields) for eid, fields in resp[0][1]]
 
 
-def _s(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may or may not decode responses)."""
     return value.decode() if isinstance(value, bytes) else value

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +86,67 @@ def scorer_url(ray_cluster: Any, redis_server: Any, checkpoint: Any) -> Iterator
     url = deploy(cfg, DeploymentConfig(num_cpus=0.25), port=free_port())
     yield url
     shutdown()
+
+
+API_KEYS = {"operator": "op-key-0123456789", "viewer": "view-key-0123456789"}
+
+
+class ApiProcess:
+    """`vlaewatch api` in a child process, as an operator starts it."""
+
+    def __init__(self, redis_url: str, scorer_url: str | None, home: Path, **flags: Any) -> None:
+        from scorer.redis_server import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [str(Path(sys.executable).parent / "vlaewatch"), "api", "--port", str(self.port),
+                "--redis-url", redis_url, "--log-level", "warning"]  # fmt: skip
+        if scorer_url:
+            args += ["--scorer-url", scorer_url]
+        for name, value in flags.items():
+            args += [f"--{name.replace('_', '-')}", str(value)]
+        env = {**os.environ, "VLAEWATCH_HOME": str(home),
+               "VLAEWATCH_API_KEYS": f"{API_KEYS['operator']}:operator:olga,"
+                                     f"{API_KEYS['viewer']}:viewer:victor"}  # fmt: skip
+        self.log = (home / f"api-{self.port}.log").open("w")
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vlaewatch api exited: {Path(self.log.name).read_text()}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=2).json().get("consuming"):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("vlaewatch api did not become healthy")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def api_url(
+    redis_server: Any, scorer_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The API (real uvicorn, child process) on the scorer's Redis, with operator and viewer
+    keys (``API_KEYS``); it consumes the scorer's stream."""
+    api = ApiProcess(redis_server.url, scorer_url, tmp_path_factory.mktemp("api"),
+                     reclaim_idle_ms=1000)  # fmt: skip
+    yield api.url
+    # uvicorn drains, then re-raises the signal it caught: exit by SIGTERM is a clean stop.
+    assert api.stop() in (0, -signal.SIGTERM)

@@ -159,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
     s.add_argument("--redis-url", help="REDIS_URL; default: start the bundled redis-server")
-    s.add_argument("--key-prefix", default="vlaewatch")
+    s.add_argument("--key-prefix", help="Redis key prefix (VLAEWATCH_KEY_PREFIX)")
     s.add_argument("--replicas", type=int, default=1)
     s.add_argument("--min-replicas", type=int, help="with --max-replicas: autoscaling bounds")
     s.add_argument("--max-replicas", type=int)
@@ -173,6 +173,28 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not consume the frames stream (HTTP ingestion only)",
     )
+
+    a = sub.add_parser("api", help="alerts, thresholds and previews over the score stream")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8080)
+    a.add_argument("--redis-url", help="REDIS_URL; default: the bundled redis-server")
+    a.add_argument("--key-prefix", help="Redis key prefix (VLAEWATCH_KEY_PREFIX)")
+    a.add_argument("--scorer-url", help="scorer base URL for previews (VLAEWATCH_SCORER_URL)")
+    a.add_argument("--consumer", help="consumer name in the group (default: host and pid)")
+    a.add_argument(
+        "--reclaim-idle-ms",
+        type=int,
+        default=30_000,
+        help="take over entries another consumer left pending this long",
+    )
+    a.add_argument(
+        "--initial-fpr",
+        type=float,
+        default=0.01,
+        help="false-alarm rate of the automatic first default threshold (0: none)",
+    )
+    a.add_argument("--no-consume", action="store_true", help="serve HTTP only, consume nothing")
+    a.add_argument("--log-level", default="info")
 
     sub.add_parser("info", help="versions, settings, devices and the models in the store")
     return parser
@@ -308,7 +330,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import threading
 
     from scorer.config import DeploymentConfig, ScorerConfig
-    from scorer.redis_server import EmbeddedRedis
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
     from trainer import cluster
@@ -321,14 +342,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with contextlib.ExitStack() as stack:
-        redis_url = args.redis_url or settings.redis_url
-        if not redis_url:
-            if args.address or settings.ray_address:
-                _err(
-                    "warning: the bundled Redis listens on 127.0.0.1 only; replicas on other "
-                    "nodes cannot reach it: set REDIS_URL"
-                )
-            redis_url = stack.enter_context(EmbeddedRedis(settings.home / "redis")).url
+        if not (args.redis_url or settings.redis_url) and (args.address or settings.ray_address):
+            _err(
+                "warning: the bundled Redis listens on 127.0.0.1 only; replicas on other "
+                "nodes cannot reach it: set REDIS_URL"
+            )
+        redis_url = _redis_url(stack, args.redis_url, settings)
         info = cluster.connect(args.address or settings.ray_address)
         if info["owned"]:
             stack.callback(cluster.shutdown)
@@ -337,7 +356,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             checkpoint=str(Path(source).resolve()),
             model_version=args.version,
             redis_url=redis_url,
-            key_prefix=args.key_prefix,
+            key_prefix=args.key_prefix or settings.key_prefix,
             max_batch_size=args.max_batch_size,
             batch_wait_timeout_s=args.batch_wait_ms / 1000,
             retention_s=args.retention_s,
@@ -359,6 +378,58 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         stop.wait()
         _err("stopping")
     return {"stopped": True, "model_version": loaded.version}
+
+
+def _redis_url(stack: contextlib.ExitStack, explicit: str | None, settings: Settings) -> str:
+    """REDIS_URL when given; else the bundled server another vlaewatch process runs on this
+    home, else a new one (owned by this process)."""
+    from scorer.redis_server import EmbeddedRedis, running_url
+
+    url = explicit or settings.redis_url
+    if url:
+        return url
+    data_dir = settings.home / "redis"
+    running = running_url(data_dir)
+    if running:
+        _err(f"using the bundled Redis at {running}")
+        return running
+    return stack.enter_context(EmbeddedRedis(data_dir)).url
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import ipaddress
+
+    from api.app import run
+    from api.config import ApiConfig, load_api_keys
+
+    keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not keys and not loopback:
+        raise UsageError(
+            f"refusing to serve on {args.host} without API keys: set VLAEWATCH_API_KEYS "
+            "(key:role,...) or VLAEWATCH_API_KEYS_FILE"
+        )
+    if not keys:
+        _err("no API keys configured: open access (loopback only)")
+    with contextlib.ExitStack() as stack:
+        extra: dict[str, Any] = {"consumer": args.consumer} if args.consumer else {}
+        cfg = ApiConfig(
+            redis_url=_redis_url(stack, args.redis_url, settings),
+            key_prefix=args.key_prefix or settings.key_prefix,
+            scorer_url=args.scorer_url or settings.scorer_url,
+            api_keys=keys,
+            public_metrics=settings.public_metrics,
+            consume=not args.no_consume,
+            reclaim_idle_ms=args.reclaim_idle_ms,
+            initial_fpr=args.initial_fpr,
+            **extra,
+        )
+        _err(f"API at http://{args.host}:{args.port}/v1 (docs /docs); consumer {cfg.consumer}")
+        run(cfg, args.host, args.port, args.log_level)
+    return {"stopped": True, "consumer": cfg.consumer}
 
 
 def _err(line: str) -> None:
@@ -392,6 +463,7 @@ def _info(settings: Settings) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script."""
+    from api.config import KeyConfigError
     from scorer.redis_server import RedisStartError
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
@@ -405,9 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _evaluate(args, settings)
         elif args.command == "serve":
             result = _serve(args, settings)
+        elif args.command == "api":
+            result = _api(args, settings)
         else:
             result = _info(settings)
-    except (UsageError, DataError, CheckpointError, RedisStartError) as exc:
+    except (UsageError, DataError, CheckpointError, RedisStartError, KeyConfigError) as exc:
         print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

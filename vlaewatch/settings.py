@@ -38,6 +38,23 @@ class Settings(BaseSettings):
         description="Redis to use; the bundled redis-server is started on loopback when unset.",
     )
 
+    key_prefix: str = Field(
+        default="vlaewatch",
+        pattern=r"^[A-Za-z0-9._\-]{1,64}$",
+        description="Prefix of every Redis key, so several deployments can share one Redis.",
+    )
+    scorer_url: str = Field(
+        default="http://127.0.0.1:8000", description="Scorer base URL (the API's previews)."
+    )
+    api_keys: str | None = Field(
+        default=None,
+        description="API keys with roles: 'key:role[:name],...', role viewer or operator.",
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of API keys, one 'key:role[:name]' per line."
+    )
+    public_metrics: bool = Field(default=True, description="/metrics readable without a key.")
+
     @property
     def store_path(self) -> Path:
         return (self.model_store or self.home / "models").resolve()

@@ -1,0 +1,113 @@
+"""The API application: FastAPI on uvicorn, one score-stream consumer per process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from importlib.metadata import version
+
+import httpx
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.alerts import AlertStore
+from api.config import ApiConfig
+from api.consumer import ModelCache, ScoreConsumer
+from api.deps import Services
+from api.errors import install_handlers
+from api.metrics import Metrics
+from api.previews import PreviewClient
+from api.routes import alerts, items, stats, system, thresholds
+from api.thresholds import ThresholdStore
+from scorer.schemas import StreamKeys
+
+
+def create_app(cfg: ApiConfig) -> FastAPI:
+    """The app for ``cfg``; Redis, the consumer and the scorer client live in its lifespan."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.from_url(
+            cfg.redis_url, health_check_interval=10, socket_keepalive=True,
+            socket_connect_timeout=5,
+        )  # fmt: skip
+        keys = StreamKeys(cfg.key_prefix)
+        threshold_store = ThresholdStore(client, cfg.key_prefix)
+        alert_store = AlertStore(client, cfg.key_prefix, cfg.alert_retention_s)
+        models = ModelCache(client, keys)
+        consumer = ScoreConsumer(client, cfg, threshold_store, alert_store, models, metrics)
+        http = httpx.AsyncClient(timeout=cfg.preview_timeout_s)
+        app.state.services = Services(
+            cfg=cfg, client=client, keys=keys, thresholds=threshold_store, alerts=alert_store,
+            models=models, consumer=consumer,
+            previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
+            metrics=metrics, http=http,
+        )  # fmt: skip
+        task = asyncio.create_task(consumer.run()) if cfg.consume else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await http.aclose()
+            await client.aclose()
+
+    app = FastAPI(
+        title="vlaewatch API",
+        version=version("vlaewatch"),
+        description="Alerts, threshold calibration and previews over the vlaewatch score "
+        "stream. Send an API key in `X-API-Key`: viewers read; operators also calibrate, "
+        "acknowledge and label.",
+        lifespan=lifespan,
+        max_body_size=cfg.max_body_bytes,
+    )
+    install_handlers(app)
+    for module in (thresholds, alerts, items, stats, system):
+        app.include_router(module.router)
+    app.add_middleware(_Timing, metrics=metrics)
+    return app
+
+
+class _Timing:
+    """Request latency by route template (not raw path: item ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(scope["method"], path, str(status)).observe(
+                time.perf_counter() - start
+            )
+
+
+def run(cfg: ApiConfig, host: str, port: int, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn handles both and drains the lifespan)."""
+    config = uvicorn.Config(
+        create_app(cfg), host=host, port=port, log_level=log_level, proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )  # fmt: skip
+    uvicorn.Server(config).run()

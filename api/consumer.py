@@ -1,0 +1,234 @@
+"""Consume ``{prefix}:scores`` as one member of a consumer group: each entry is compared with
+its line's threshold, an alert is stored when it is above, and only then is the entry acked.
+
+Delivery is at-least-once: entries a dead consumer left pending are taken over with
+XAUTOCLAIM after ``reclaim_idle_ms``, and alert creation is idempotent by item id, so a
+redelivered entry never makes a second alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.alerts import AlertStore
+from api.calibrate import CalibrationError, conformal_threshold, false_alarm_rate, p_values
+from api.config import ApiConfig
+from api.metrics import Metrics
+from api.schemas import Alert, FalseAlarmRateOut
+from api.thresholds import ThresholdStore, effective
+from scorer.schemas import (
+    DEFAULT_LINE,
+    DeadLetterRecord,
+    ModelRecord,
+    RecordError,
+    ScoreRecord,
+    StreamKeys,
+)
+from scorer.streams import (
+    ScoreSink,
+    as_text,
+    ensure_group,
+    entry_ms,
+    load_model_record,
+    read_group,
+)
+
+logger = logging.getLogger("vlaewatch.api")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model version's calibration scores, sorted, as the consumer and calibration use them."""
+
+    record: ModelRecord
+    calibration: np.ndarray  # ascending
+
+    @property
+    def version(self) -> str:
+        return self.record.model_version
+
+
+class ModelCache:
+    """Model records announced by the scorer, read from Redis once per version."""
+
+    def __init__(self, client: aioredis.Redis, keys: StreamKeys) -> None:
+        self.client = client
+        self.keys = keys
+        self._by_version: dict[str, ServedModel] = {}
+
+    async def get(self, version: str | None = None) -> ServedModel | None:
+        """A version (None: the newest one served); None when no scorer announced it."""
+        if version is not None and version in self._by_version:
+            return self._by_version[version]
+        record = await load_model_record(self.client, self.keys, version)
+        if record is None:
+            return None
+        model = ServedModel(record, np.sort(record.calibration_scores()))
+        self._by_version[record.model_version] = model
+        return model
+
+
+class ScoreConsumer:
+    """The background task of one API process."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        cfg: ApiConfig,
+        thresholds: ThresholdStore,
+        alerts: AlertStore,
+        models: ModelCache,
+        metrics: Metrics,
+    ) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.keys = StreamKeys(cfg.key_prefix)
+        self.thresholds = thresholds
+        self.alerts = alerts
+        self.models = models
+        self.metrics = metrics
+        self.sink = ScoreSink(client, self.keys, 0, 10_000, 0)  # only its dead_letter is used
+        self.running = False
+        self.last_error: str | None = None
+
+    async def run(self) -> None:
+        """Consume until cancelled; Redis outages are waited out with backoff."""
+        group_ready, backoff = False, 0.1
+        last_reclaim = last_trim = 0.0
+        self.running = True
+        try:
+            while True:
+                try:
+                    if not group_ready:
+                        await ensure_group(self.client, self.keys.scores, self.cfg.scores_group)
+                        group_ready = True
+                    reclaim = None
+                    if time.monotonic() - last_reclaim > self.cfg.reclaim_idle_ms / 2000:
+                        reclaim, last_reclaim = self.cfg.reclaim_idle_ms, time.monotonic()
+                    entries = await read_group(
+                        self.client, self.keys.scores, self.cfg.scores_group, self.cfg.consumer,
+                        self.cfg.batch_size, self.cfg.block_ms, reclaim,
+                    )  # fmt: skip
+                    if entries:
+                        await self.handle(entries)
+                    if time.monotonic() - last_trim > 60:
+                        await self.alerts.trim()
+                        last_trim = time.monotonic()
+                    backoff, self.last_error = 0.1, None
+                except asyncio.CancelledError:
+                    raise
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    self.last_error = f"Redis unavailable: {exc}"
+                    logger.warning("score consumer: %s; retrying", self.last_error)
+                    group_ready = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                except ResponseError as exc:  # e.g. NOGROUP after the stream was deleted
+                    self.last_error = str(exc)
+                    logger.warning("score consumer: %s", exc)
+                    group_ready = False
+                    await asyncio.sleep(backoff)
+                except Exception as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.exception("score consumer: unexpected error; continuing")
+                    await asyncio.sleep(1.0)
+        finally:
+            self.running = False
+
+    async def handle(self, entries: list[tuple[str, dict[Any, Any]]]) -> None:
+        """Apply one batch: alerts for entries above threshold, dead letters for malformed
+        entries, then ack every entry (in that order, in one round trip)."""
+        records: list[ScoreRecord] = []
+        bad: list[DeadLetterRecord] = []
+        for eid, fields in entries:
+            try:
+                records.append(ScoreRecord.from_fields(fields))
+            except RecordError as exc:
+                bad.append(DeadLetterRecord(item_id=f"score-{eid}", line="?", source="scores",
+                                            reason=f"bad score entry: {exc}", status=422,
+                                            ts=time.time(), frame_id=eid))  # fmt: skip
+        current = await self.thresholds.current()
+        if DEFAULT_LINE not in current and records and self.cfg.initial_fpr > 0:
+            await self._initial_default(records[0].model_version)
+            current = await self.thresholds.current()
+        alerts: list[Alert] = []
+        now = time.time()
+        for rec in records:
+            self.metrics.items.labels(rec.line).inc()
+            self.metrics.scores.labels(rec.line).observe(rec.score)
+            th = effective(current, rec.line)
+            if th is None or not rec.score > th.value:
+                continue
+            model = await self.models.get(rec.model_version)
+            p = None
+            if model is not None:
+                p = float(p_values(model.calibration, np.array([rec.score]))[0])
+            alerts.append(
+                Alert(
+                    item_id=rec.item_id, line=rec.line, score=rec.score, recon=rec.recon,
+                    kl=rec.kl, threshold=th.value, threshold_version=th.version, p_value=p,
+                    model_version=rec.model_version, ts_ingested=rec.ts_ingested,
+                    ts_scored=rec.ts_scored, created_at=now, state="open",
+                    preview_url=f"/v1/items/{rec.item_id}/preview.png",
+                )
+            )  # fmt: skip
+        if bad:
+            await self.sink.dead_letter(bad)
+            self.metrics.deadletters.inc(len(bad))
+        pipe = self.client.pipeline(transaction=False)
+        for alert in alerts:
+            await self.alerts.create(pipe, alert)
+        pipe.xack(self.keys.scores, self.cfg.scores_group, *[eid for eid, _ in entries])
+        results = await pipe.execute()
+        for alert, created in zip(alerts, results, strict=False):
+            if created == 1:
+                self.metrics.alerts.labels(alert.line).inc()
+
+    async def _initial_default(self, model_version: str) -> None:
+        """Without any threshold, alerts wait for an operator; unless configured otherwise,
+        the first score sets the default from data: the conformal threshold at
+        ``initial_fpr`` on the model's calibration scores."""
+        model = await self.models.get(model_version)
+        if model is None:
+            return
+        alpha = self.cfg.initial_fpr
+        try:
+            value = conformal_threshold(model.calibration, alpha)
+        except CalibrationError as exc:
+            logger.warning("no initial threshold: %s", exc)
+            return
+        far = false_alarm_rate(model.calibration, value)
+        made = await self.thresholds.set(
+            DEFAULT_LINE, value, "fpr", {"alpha": alpha, "confidence": far.confidence},
+            who="system", why="initial default (no threshold was set)",
+            model_version=model.version,
+            false_alarm_rate=FalseAlarmRateOut(**far.__dict__), only_if_absent=True,
+        )  # fmt: skip
+        if made is not None:
+            logger.info("initial default threshold %.4g (fpr %.3g on %s)", value, alpha,
+                        model.version)  # fmt: skip
+
+    async def lag(self) -> tuple[int | None, int | None, float | None]:
+        """(pending, undelivered entries, age in s of the oldest undelivered) of the group."""
+        try:
+            groups: Any = await self.client.xinfo_groups(self.keys.scores)
+        except ResponseError:
+            return None, None, None
+        group = next((g for g in groups if as_text(g["name"]) == self.cfg.scores_group), None)
+        if group is None:
+            return None, None, None
+        last = as_text(group["last-delivered-id"])
+        behind: Any = await self.client.xrange(self.keys.scores, f"({last}", "+", count=10_001)
+        age = time.time() - entry_ms(as_text(behind[0][0])) if behind else 0.0
+        lag = group.get("lag")
+        return int(group["pending"]), int(lag) if lag is not None else len(behind), age

@@ -1,0 +1,82 @@
+"""Request dependencies: the services of this process, and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpx
+import redis.asyncio as aioredis
+from fastapi import Depends, Request
+
+from api.alerts import AlertStore
+from api.config import ApiConfig, Principal, Role
+from api.consumer import ModelCache, ScoreConsumer
+from api.errors import Forbidden, Unauthorized
+from api.metrics import Metrics
+from api.previews import PreviewClient
+from api.thresholds import ThresholdStore
+from scorer.schemas import StreamKeys
+
+ANONYMOUS = Principal(name="anonymous", role="operator")
+
+
+@dataclass
+class Services:
+    """What one API process holds, built in the app's lifespan."""
+
+    cfg: ApiConfig
+    client: aioredis.Redis
+    keys: StreamKeys
+    thresholds: ThresholdStore
+    alerts: AlertStore
+    models: ModelCache
+    consumer: ScoreConsumer
+    previews: PreviewClient
+    metrics: Metrics
+    http: httpx.AsyncClient
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def api_key(request: Request) -> str | None:
+    """``X-API-Key``, or ``Authorization: Bearer <key>`` (what Prometheus can send)."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def authenticate(services: Services, key: str | None) -> Principal:
+    keys = services.cfg.api_keys
+    if not keys:
+        return ANONYMOUS  # open mode: the command line allows it on loopback only
+    if key is None:
+        raise Unauthorized("send an API key in the X-API-Key header")
+    principal = keys.get(key)
+    if principal is None:
+        raise Unauthorized("unknown API key")
+    return principal
+
+
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits callers holding ``role`` (operators hold viewer too)."""
+
+    async def dependency(request: Request) -> Principal:
+        principal = authenticate(get_services(request), api_key(request))
+        if not principal.may(role):
+            raise Forbidden(f"{principal.name} is a {principal.role}; this needs {role}")
+        return principal
+
+    return dependency
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]

@@ -1,0 +1,69 @@
+"""The API's error types, and the one place they become HTTP status codes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from api.calibrate import CalibrationError
+
+
+class ApiError(Exception):
+    """An error with a status code and a reason meant for the caller."""
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class Unprocessable(ApiError):
+    status = 422
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class Upstream(ApiError):
+    """The scorer (for previews) did not answer as it should."""
+
+    status = 502
+
+
+class Unavailable(ApiError):
+    status = 503
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map error types to responses with a ``detail`` reason."""
+
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        headers = {"WWW-Authenticate": "ApiKey"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
+
+    async def calibration_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    async def redis_error(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"Redis unavailable: {exc}"}, status_code=503)
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(CalibrationError, calibration_error)
+    app.add_exception_handler(RedisError, redis_error)
+    app.add_exception_handler(ConnectionError, redis_error)

@@ -1,0 +1,44 @@
+"""Prometheus metrics of one API process (its own registry, no globals). Counters count what
+this process consumed; Prometheus sums the processes of a deployment."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Scores of the digit models sit around 20-300; a wide log scale covers other datasets too.
+SCORE_BUCKETS = tuple(round(2 ** (i / 2), 3) for i in range(0, 33))  # 1 .. 65536
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.items = Counter("vlaewatch_items_scored", "Score entries consumed", ["line"],
+                             registry=r)  # fmt: skip
+        self.alerts = Counter("vlaewatch_alerts", "Alerts raised", ["line"], registry=r)
+        self.scores = Histogram("vlaewatch_score", "Scores consumed (recon + KL)", ["line"],
+                                buckets=SCORE_BUCKETS, registry=r)  # fmt: skip
+        self.deadletters = Counter("vlaewatch_consumer_deadletters",
+                                   "Score entries that could not be parsed",
+                                   registry=r)  # fmt: skip
+        self.lag = Gauge("vlaewatch_consumer_lag", "Score entries not yet delivered to the group",
+                         registry=r)  # fmt: skip
+        self.lag_seconds = Gauge("vlaewatch_consumer_lag_seconds",
+                                 "Age of the newest score entry the group has not read yet",
+                                 registry=r)  # fmt: skip
+        self.pending = Gauge("vlaewatch_consumer_pending",
+                             "Score entries delivered but not acknowledged",
+                             registry=r)  # fmt: skip
+        self.calibrations = Counter("vlaewatch_calibrations",
+                                    "Threshold calibrations", ["method", "applied"],
+                                    registry=r)  # fmt: skip
+        self.threshold = Gauge("vlaewatch_threshold", "Current threshold by line", ["line"],
+                               registry=r)  # fmt: skip
+        self.requests = Histogram("vlaewatch_http_request_duration_seconds",
+                                  "HTTP request latency", ["method", "route", "status"],
+                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+
+    def render(self) -> bytes:
+        """Prometheus text exposition format."""
+        return generate_latest(self.registry)

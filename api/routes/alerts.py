@@ -1,0 +1,109 @@
+"""``/v1/alerts``: list, filter, page, get, acknowledge, resolve, label; ``/v1/stream``: new
+alerts as server-sent events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from api.alerts import AlertFilter
+from api.deps import Operator, ServicesDep, Viewer
+from api.errors import Unprocessable
+from api.schemas import Alert, AlertAction, AlertPage, AlertState, ErrorBody, Label, LabelRequest
+from scorer.schemas import ID_PATTERN, LINE_PATTERN
+from scorer.streams import as_text
+
+router = APIRouter(prefix="/v1", tags=["alerts"])
+ItemPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["cam1-000123"])]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (401, 403, 404, 409, 422, 503)
+}
+
+
+@router.get("/alerts", response_model=AlertPage, responses=ERRORS)
+async def list_alerts(
+    services: ServicesDep,
+    _: Viewer,
+    line: Annotated[str | None, Query(pattern=LINE_PATTERN)] = None,
+    state: AlertState | None = None,
+    label: Annotated[Label | None, Query(description="only alerts with this label")] = None,
+    unlabelled: Annotated[bool, Query(description="only alerts without a label")] = False,
+    since: Annotated[float | None, Query(description="scored at or after (unix seconds)")] = None,
+    until: Annotated[float | None, Query(description="scored at or before (unix seconds)")] = None,
+    min_score: float | None = None,
+    max_score: float | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> AlertPage:
+    """Alerts, newest first, filtered; follow ``next_cursor`` for more."""
+    if since is not None and until is not None and since > until:
+        raise Unprocessable(f"since ({since}) is after until ({until})")
+    flt = AlertFilter(line=line, state=state, label=label, unlabelled=unlabelled, since=since,
+                      until=until, min_score=min_score, max_score=max_score)  # fmt: skip
+    return await services.alerts.page(flt, limit, cursor)
+
+
+@router.get("/alerts/{item_id}", response_model=Alert, responses=ERRORS)
+async def get_alert(item_id: ItemPath, services: ServicesDep, _: Viewer) -> Alert:
+    return await services.alerts.get(item_id)
+
+
+@router.post("/alerts/{item_id}/acknowledge", response_model=Alert, responses=ERRORS)
+async def acknowledge(
+    item_id: ItemPath,
+    services: ServicesDep,
+    who: Operator,
+    body: Annotated[AlertAction | None, Body()] = None,
+) -> Alert:
+    """open → acknowledged (409 from any other state)."""
+    note = body.note if body else ""
+    return await services.alerts.transition(item_id, "acknowledged", who.name, note)
+
+
+@router.post("/alerts/{item_id}/resolve", response_model=Alert, responses=ERRORS)
+async def resolve(
+    item_id: ItemPath,
+    services: ServicesDep,
+    who: Operator,
+    body: Annotated[AlertAction | None, Body()] = None,
+) -> Alert:
+    """open or acknowledged → resolved."""
+    note = body.note if body else ""
+    return await services.alerts.transition(item_id, "resolved", who.name, note)
+
+
+@router.post("/alerts/{item_id}/label", response_model=Alert, responses=ERRORS)
+async def label_alert(
+    item_id: ItemPath, body: LabelRequest, services: ServicesDep, who: Operator
+) -> Alert:
+    """The operator's verdict (``anomaly`` or ``false_alarm``); feeds ``labels`` calibration."""
+    return await services.alerts.label_alert(item_id, body.label, who.name, body.note)
+
+
+@router.get("/stream", response_class=EventSourceResponse, responses=ERRORS)
+async def stream(
+    services: ServicesDep,
+    _: Viewer,
+    line: Annotated[str | None, Query(pattern=LINE_PATTERN)] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """New alerts as they are raised (event ``alert``, data an ``Alert``), from every API
+    process consuming the stream; keep-alive comments keep proxies from closing it."""
+    pubsub = services.client.pubsub()
+    await pubsub.subscribe(services.alerts.channel)
+    try:
+        yield ServerSentEvent(comment="subscribed")
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            if message is None or message.get("type") != "message":
+                continue
+            alert = Alert.model_validate_json(message["data"])
+            if line is not None and alert.line != line:
+                continue
+            yield ServerSentEvent(raw_data=alert.model_dump_json(), event="alert",
+                                  id=as_text(alert.item_id))  # fmt: skip
+    finally:
+        await pubsub.unsubscribe()
+        await pubsub.aclose()

@@ -1,0 +1,184 @@
+"""``/v1/thresholds``: current values, history, calibration (with dry runs), rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Path, Query
+
+from api.calibrate import (
+    CalibrationError,
+    FalseAlarmRate,
+    best_f1,
+    conformal_threshold,
+    false_alarm_rate,
+    sigma_threshold,
+    target_precision,
+    what_if,
+)
+from api.deps import Operator, ServicesDep, Viewer
+from api.errors import NotFound, Unprocessable
+from api.schemas import (
+    CalibrateRequest,
+    CalibrationResult,
+    ErrorBody,
+    FalseAlarmRateOut,
+    FprParams,
+    LabelQuality,
+    LabelsParams,
+    LineImpact,
+    ManualParams,
+    RollbackRequest,
+    SigmaParams,
+    Threshold,
+    ThresholdHistory,
+    ThresholdList,
+)
+from api.stats import recent_scores
+from api.thresholds import effective
+from scorer.schemas import DEFAULT_LINE, LINE_PATTERN
+
+router = APIRouter(prefix="/v1/thresholds", tags=["thresholds"])
+LinePath = Annotated[str, Path(pattern=LINE_PATTERN, examples=["cam1"])]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody} for s in (401, 403, 404, 422, 503)
+}
+
+
+@router.get("", response_model=ThresholdList, responses=ERRORS)
+async def list_thresholds(services: ServicesDep, _: Viewer) -> ThresholdList:
+    """Every line's current threshold; lines without one use ``default``."""
+    current = await services.thresholds.current()
+    default = current.pop(DEFAULT_LINE, None)
+    return ThresholdList(default=default, lines=current)
+
+
+@router.get("/{line}", response_model=Threshold, responses=ERRORS)
+async def get_threshold(line: LinePath, services: ServicesDep, _: Viewer) -> Threshold:
+    """The threshold that applies to ``line`` now: its own, else the default (see ``line``)."""
+    found = effective(await services.thresholds.current(), line)
+    if found is None:
+        raise NotFound(f"no threshold applies to line {line!r}: calibrate one")
+    return found
+
+
+@router.get("/{line}/history", response_model=ThresholdHistory, responses=ERRORS)
+async def threshold_history(
+    line: LinePath,
+    services: ServicesDep,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ThresholdHistory:
+    """Every version of the line's own threshold, newest first: who, when, how, why."""
+    return ThresholdHistory(line=line, versions=await services.thresholds.history(line, limit))
+
+
+@router.post("/{line}/rollback", response_model=Threshold, responses=ERRORS)
+async def rollback(
+    line: LinePath, body: RollbackRequest, services: ServicesDep, who: Operator
+) -> Threshold:
+    """Make an earlier version current again (recorded as a new version)."""
+    restored = await services.thresholds.rollback(line, body.to_version, who.name, body.why)
+    services.metrics.calibrations.labels("rollback", "true").inc()
+    services.metrics.threshold.labels(line).set(restored.value)
+    return restored
+
+
+@router.post("/calibrate", response_model=CalibrationResult, responses=ERRORS)
+async def calibrate(
+    body: CalibrateRequest, services: ServicesDep, who: Operator
+) -> CalibrationResult:
+    """Choose a threshold from data and show what it implies: the expected false-alarm rate on
+    normal images (with an interval) and the alerts it would have raised per line over the
+    recent window. ``dry_run`` changes nothing."""
+    params = body.params
+    model = await services.models.get(body.model_version)
+    if model is None and not isinstance(params, ManualParams | LabelsParams):
+        which = body.model_version or "any model"
+        raise Unprocessable(
+            f"no calibration scores for {which}: the scorer publishes them when it loads a "
+            "model; start it, or use method 'manual' or 'labels'"
+        )
+    cal = model.calibration if model is not None else np.array([])
+    quality: LabelQuality | None = None
+    if isinstance(params, FprParams):
+        value = conformal_threshold(cal, params.alpha)
+        confidence = params.confidence
+    elif isinstance(params, SigmaParams):
+        value, confidence = sigma_threshold(cal, params.k), 0.95
+    elif isinstance(params, ManualParams):
+        value, confidence = params.threshold, 0.95
+    else:
+        value, quality = await _from_labels(services, params, body.line)
+        confidence = 0.95
+    far: FalseAlarmRate | None = false_alarm_rate(cal, value, confidence) if len(cal) else None
+    far_out = FalseAlarmRateOut(**far.__dict__) if far is not None else None
+    window_s = body.window_s or services.cfg.window_s
+    impact = await _impact(services, body.line, value, window_s)
+    version = None
+    if not body.dry_run:
+        stored = await services.thresholds.set(
+            body.line, value, params.method, params.model_dump(exclude={"method"}), who.name,
+            body.why, model.version if model else None, far_out,
+        )  # fmt: skip
+        assert stored is not None
+        version = stored.version
+        services.metrics.threshold.labels(body.line).set(value)
+    services.metrics.calibrations.labels(params.method, str(not body.dry_run).lower()).inc()
+    return CalibrationResult(
+        line=body.line, threshold=value, applied=not body.dry_run, version=version,
+        model_version=model.version if model else None, false_alarm_rate=far_out,
+        window_s=window_s, impact=impact, label_quality=quality,
+    )  # fmt: skip
+
+
+async def _from_labels(
+    services: ServicesDep, params: LabelsParams, line: str
+) -> tuple[float, LabelQuality]:
+    labels = await services.alerts.labels()
+    if not params.all_lines:
+        labels = [lb for lb in labels if lb.line == line]
+    scores = np.array([lb.score for lb in labels], dtype=np.float64)
+    is_anomaly = np.array([lb.label == "anomaly" for lb in labels], dtype=np.bool_)
+    if params.objective == "precision":
+        if params.target_precision is None:
+            raise CalibrationError("objective 'precision' needs target_precision")
+        fit = target_precision(scores, is_anomaly, params.target_precision)
+    else:
+        fit = best_f1(scores, is_anomaly)
+    quality = LabelQuality(precision=fit.precision, recall=fit.recall, f1=fit.f1,
+                           n_anomaly=fit.n_anomaly, n_normal=fit.n_normal)  # fmt: skip
+    return fit.threshold, quality
+
+
+async def _impact(
+    services: ServicesDep, line: str, value: float, window_s: float
+) -> list[LineImpact]:
+    """Alerts per affected line over the window, now and with the new value: a line's own
+    threshold affects that line; the default affects every line without one."""
+    window = await recent_scores(
+        services.client, services.keys, window_s, services.cfg.max_window_entries
+    )
+    current = await services.thresholds.current()
+    lines = sorted(set(window["line"])) if not window.empty else []
+    if line == DEFAULT_LINE:
+        affected = [ln for ln in lines if ln not in current or ln == DEFAULT_LINE]
+    else:
+        affected = [line] if line in lines else []
+    now = {ln: t.value for ln in affected if (t := effective(current, ln)) is not None}
+    before = what_if(window, now).set_index("line")
+    after = what_if(window, dict.fromkeys(affected, value)).set_index("line")
+    out = []
+    for ln in affected:
+        items = int(after.loc[ln, "items"]) if ln in after.index else 0
+        alerts_now = int(before.loc[ln, "alerts"]) if ln in before.index else 0
+        alerts_new = int(after.loc[ln, "alerts"]) if ln in after.index else 0
+        out.append(
+            LineImpact(
+                line=ln, items=items, alerts_now=alerts_now, alerts_new=alerts_new,
+                rate_now=alerts_now / items if items else 0.0,
+                rate_new=alerts_new / items if items else 0.0,
+            )
+        )  # fmt: skip
+    return out

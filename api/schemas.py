@@ -1,0 +1,308 @@
+"""The API's request and response models: the HTTP contract, defined once, with examples."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scorer.schemas import DEFAULT_LINE, ID_PATTERN, LINE_PATTERN
+
+AlertState = Literal["open", "acknowledged", "resolved"]
+Label = Literal["anomaly", "false_alarm", "normal"]
+Method = Literal["fpr", "labels", "sigma", "manual", "rollback"]
+Line = Annotated[str, Field(pattern=LINE_PATTERN, examples=["cam1"])]
+
+
+def _example(example: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": [example]})
+
+
+# --- thresholds ---------------------------------------------------------------------------
+
+
+class FalseAlarmRateOut(BaseModel):
+    """What a threshold implies on the model's normal calibration scores: the conformal
+    estimate of the false-alarm rate and an interval for the realised rate."""
+
+    model_config = _example(
+        {"expected": 0.0123, "low": 0.004, "high": 0.031, "confidence": 0.95,
+         "n_calibration": 80, "n_above": 0}
+    )  # fmt: skip
+
+    expected: float
+    low: float
+    high: float
+    confidence: float
+    n_calibration: int
+    n_above: int
+
+
+class Threshold(BaseModel):
+    """One version of a line's threshold: an item alerts when its score is above ``value``."""
+
+    model_config = _example(
+        {"line": "default", "version": 3, "value": 182.4, "method": "fpr",
+         "params": {"alpha": 0.01, "confidence": 0.95}, "who": "alice", "at": 1795000000.0,
+         "why": "weekly recalibration", "model_version": "c96dc36985a2a968",
+         "false_alarm_rate": {"expected": 0.0123, "low": 0.004, "high": 0.031,
+                              "confidence": 0.95, "n_calibration": 80, "n_above": 0}}
+    )  # fmt: skip
+
+    line: str
+    version: int
+    value: float
+    method: Method
+    params: dict[str, Any] = Field(default_factory=dict)
+    who: str
+    at: float
+    why: str = ""
+    model_version: str | None = None
+    false_alarm_rate: FalseAlarmRateOut | None = None
+
+
+class ThresholdList(BaseModel):
+    """Current thresholds by line; a line without its own uses ``default``."""
+
+    default: Threshold | None
+    lines: dict[str, Threshold]
+
+
+class ThresholdHistory(BaseModel):
+    line: str
+    versions: list[Threshold] = Field(description="newest first")
+
+
+class FprParams(BaseModel):
+    method: Literal["fpr"] = "fpr"
+    alpha: float = Field(gt=0, lt=1, description="target false-alarm rate", examples=[0.01])
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+
+class LabelsParams(BaseModel):
+    method: Literal["labels"] = "labels"
+    objective: Literal["f1", "precision"] = "f1"
+    target_precision: float | None = Field(default=None, gt=0, le=1)
+    all_lines: bool = Field(
+        default=True, description="use labels of every line (else only this line's)"
+    )
+
+
+class SigmaParams(BaseModel):
+    method: Literal["sigma"] = "sigma"
+    k: float = Field(default=3.0, description="mean + k·σ of normal calibration scores")
+
+
+class ManualParams(BaseModel):
+    method: Literal["manual"] = "manual"
+    threshold: float = Field(allow_inf_nan=False)
+
+
+CalibrationParams = Annotated[
+    FprParams | LabelsParams | SigmaParams | ManualParams, Field(discriminator="method")
+]
+
+
+class CalibrateRequest(BaseModel):
+    """Choose a line's threshold from data; ``dry_run`` previews it without applying."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"line": "cam1", "params": {"method": "fpr", "alpha": 0.01}, "dry_run": True,
+                 "why": "new lens installed"},
+                {"line": "default", "params": {"method": "labels", "objective": "f1"}},
+                {"line": "cam2", "params": {"method": "sigma", "k": 3}},
+                {"line": "cam3", "params": {"method": "manual", "threshold": 250.0},
+                 "why": "supplier spec"},
+            ]
+        },
+    )  # fmt: skip
+
+    line: Line = DEFAULT_LINE
+    params: CalibrationParams
+    dry_run: bool = False
+    why: str = Field(default="", max_length=500)
+    model_version: str | None = Field(
+        default=None, description="calibrate on this version's scores (default: newest served)"
+    )
+    window_s: float | None = Field(
+        default=None, gt=0, description="what-if window of recent scores (default configured)"
+    )
+
+
+class LineImpact(BaseModel):
+    """Over the what-if window: items of a line and how many alert under a threshold."""
+
+    line: str
+    items: int
+    alerts_now: int
+    alerts_new: int
+    rate_now: float
+    rate_new: float
+
+
+class LabelQuality(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    n_anomaly: int
+    n_normal: int
+
+
+class CalibrationResult(BaseModel):
+    """The threshold a method chose and what it implies; ``applied`` is False for dry runs."""
+
+    model_config = _example(
+        {"line": "cam1", "threshold": 182.4, "applied": False, "version": None,
+         "model_version": "c96dc36985a2a968",
+         "false_alarm_rate": {"expected": 0.0123, "low": 0.004, "high": 0.031,
+                              "confidence": 0.95, "n_calibration": 80, "n_above": 0},
+         "window_s": 3600, "impact": [{"line": "cam1", "items": 500, "alerts_now": 9,
+                                       "alerts_new": 4, "rate_now": 0.018, "rate_new": 0.008}],
+         "label_quality": None}
+    )  # fmt: skip
+
+    line: str
+    threshold: float
+    applied: bool
+    version: int | None = Field(description="the new threshold version, when applied")
+    model_version: str | None
+    false_alarm_rate: FalseAlarmRateOut | None
+    window_s: float
+    impact: list[LineImpact]
+    label_quality: LabelQuality | None = None
+
+
+class RollbackRequest(BaseModel):
+    model_config = _example({"to_version": 2, "why": "new threshold flooded the line"})
+
+    to_version: int | None = Field(default=None, ge=1, description="default: the previous one")
+    why: str = Field(default="", max_length=500)
+
+
+# --- alerts -------------------------------------------------------------------------------
+
+
+class AlertEvent(BaseModel):
+    at: float
+    who: str
+    action: Literal["created", "acknowledged", "resolved", "labelled"]
+    note: str = ""
+    label: Label | None = None
+
+
+class Alert(BaseModel):
+    """An item scored above its line's threshold. One item makes at most one alert."""
+
+    model_config = _example(
+        {"item_id": "cam1-000123", "line": "cam1", "score": 311.2, "recon": 301.0, "kl": 10.2,
+         "threshold": 182.4, "threshold_version": 3, "p_value": 0.0123,
+         "model_version": "c96dc36985a2a968", "ts_ingested": 1795000000.1,
+         "ts_scored": 1795000000.2, "created_at": 1795000000.3, "state": "open",
+         "label": None, "note": "", "preview_url": "/v1/items/cam1-000123/preview.png",
+         "events": [{"at": 1795000000.3, "who": "system", "action": "created", "note": ""}]}
+    )  # fmt: skip
+
+    item_id: str
+    line: str
+    score: float
+    recon: float
+    kl: float
+    threshold: float
+    threshold_version: int
+    p_value: float | None = Field(
+        description="conformal p-value of the score against the model's normal calibration "
+        "scores: the chance a normal image scores at least this high"
+    )
+    model_version: str
+    ts_ingested: float
+    ts_scored: float
+    created_at: float
+    state: AlertState
+    label: Label | None = None
+    note: str = ""
+    preview_url: str
+    events: list[AlertEvent] = Field(default_factory=list)
+
+
+class AlertPage(BaseModel):
+    """Newest first; pass ``next_cursor`` as ``cursor`` for the next page (null: no more)."""
+
+    items: list[Alert]
+    next_cursor: str | None
+    scanned: int = Field(description="alerts examined for this page")
+
+
+class AlertAction(BaseModel):
+    model_config = _example({"note": "operator checked the part; lens smudge"})
+
+    note: str = Field(default="", max_length=2000)
+
+
+class LabelRequest(BaseModel):
+    """Operator's verdict; labels feed the ``labels`` calibration method."""
+
+    model_config = _example({"label": "false_alarm", "note": "reflection, part is fine"})
+
+    label: Label
+    note: str = Field(default="", max_length=2000)
+
+
+class ItemLabel(BaseModel):
+    item_id: str = Field(pattern=ID_PATTERN)
+    line: str
+    score: float
+    model_version: str
+    label: Label
+    who: str
+    at: float
+    note: str = ""
+
+
+# --- stats, health ------------------------------------------------------------------------
+
+
+class StatsRow(BaseModel):
+    line: str
+    bucket_start: float
+    items: int
+    alerts: int
+    alert_rate: float
+    score_p50: float | None
+    score_p90: float | None
+    score_p99: float | None
+    score_max: float | None
+
+
+class StatsResponse(BaseModel):
+    model_config = _example(
+        {"window_s": 3600, "bucket_s": 300, "rows": [
+            {"line": "cam1", "bucket_start": 1795000200.0, "items": 1200, "alerts": 14,
+             "alert_rate": 0.0117, "score_p50": 98.2, "score_p90": 131.0, "score_p99": 190.4,
+             "score_max": 402.1}]}
+    )  # fmt: skip
+
+    window_s: float
+    bucket_s: float
+    rows: list[StatsRow]
+
+
+class ApiHealth(BaseModel):
+    status: Literal["ok", "degraded"]
+    redis: bool
+    consumer: str
+    consuming: bool
+    pending: int | None
+    lag: int | None
+    model_version: str | None
+    reason: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: what went wrong, in words."""
+
+    model_config = _example({"detail": "alert cam1-000123 is resolved; it cannot be acknowledged"})
+
+    detail: str

@@ -1,0 +1,91 @@
+"""At-least-once consumption with idempotent alerts: a consumer that dies mid-stream loses no
+entry and the one that takes over duplicates no alert."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from scorer.schemas import ScoreRecord
+from tests.conftest import API_KEYS, ApiProcess
+
+OP = {"X-API-Key": API_KEYS["operator"]}
+
+
+def _record(prefix_line: str, i: int) -> dict[str, Any]:
+    score = float((i + 100) % 200)  # half above the threshold of 99.5, the first 100 too
+    now = time.time()
+    return ScoreRecord(item_id=f"{prefix_line}-{i}", line=prefix_line, ts_ingested=now,
+                       ts_scored=now, score=score, recon=score, kl=0.0,
+                       model_version="unannounced").to_fields()  # fmt: skip
+
+
+def test_killed_api_loses_no_entry_and_duplicates_no_alert(
+    redis_server: Any, tmp_path: Path
+) -> None:
+    prefix = f"restart{uuid.uuid4().hex[:6]}"
+    stream, line = f"{prefix}:scores", "cam1"
+    client = redis.Redis.from_url(redis_server.url)
+    # A consumer that read 50 entries and died before acking them.
+    client.xgroup_create(stream, "api", id="0", mkstream=True)
+    for i in range(50):
+        client.xadd(stream, _record(line, i))  # type: ignore[arg-type]
+    taken = client.xreadgroup("api", "dead-consumer", {stream: ">"}, count=50)
+    assert len(taken[0][1]) == 50
+
+    flags = {"key_prefix": prefix, "reclaim_idle_ms": 300}
+    first = ApiProcess(redis_server.url, None, tmp_path, **flags)
+    r = httpx.post(f"{first.url}/v1/thresholds/calibrate", headers=OP,
+                   json={"line": line, "params": {"method": "manual", "threshold": 99.5}})  # fmt: skip
+    assert r.status_code == 200, r.text
+
+    total = 2000
+
+    def publish() -> None:
+        pub = redis.Redis.from_url(redis_server.url)
+        for start in range(50, total, 50):
+            pipe = pub.pipeline()
+            for i in range(start, start + 50):
+                pipe.xadd(stream, _record(line, i))  # type: ignore[arg-type]
+            pipe.execute()
+            time.sleep(0.01)
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    time.sleep(0.3)
+    first.stop(signal.SIGKILL)  # no drain, no acks of what it held
+    second = ApiProcess(redis_server.url, None, tmp_path, **flags)
+    publisher.join()
+    # The first 100 items again, as a retrying scorer would send them.
+    for i in range(100):
+        client.xadd(stream, _record(line, i))  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            info = {g["name"].decode(): g for g in client.xinfo_groups(stream)}["api"]
+            newest = client.xrevrange(stream, count=1)[0][0]
+            if info["pending"] == 0 and info["last-delivered-id"] == newest:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"not consumed: {info}")
+        alerts, cursor = [], None
+        while True:
+            params = {"line": line, "limit": 500, **({"cursor": cursor} if cursor else {})}
+            body = httpx.get(f"{second.url}/v1/alerts", headers=OP, params=params).json()
+            alerts += [a["item_id"] for a in body["items"]]
+            cursor = body["next_cursor"]
+            if not cursor:
+                break
+        expected = {f"{line}-{i}" for i in range(total) if (i + 100) % 200 > 99.5}
+        assert len(alerts) == len(set(alerts))  # no item alerted twice
+        assert set(alerts) == expected  # none lost, including the dead consumer's 50
+    finally:
+        second.stop()
