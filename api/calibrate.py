@@ -44,7 +44,7 @@ def conformal_threshold(calibration: np.ndarray, alpha: float) -> float:
         raise CalibrationError("no calibration scores")
     if not 0 < alpha < 1:
         raise CalibrationError(f"alpha {alpha} must be between 0 and 1")
-    rank = math.ceil((n + 1) * (1 - alpha))
+    rank = math.ceil((n + 1) * (1 - alpha) - 1e-9)  # no float noise past an exact rank
     if rank > n:
         raise CalibrationError(
             f"alpha {alpha} is below 1/(n+1) = {1 / (n + 1):.4g} for {n} calibration scores: "

@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.alerts import AlertStore
-from api.calibrate import CalibrationError, conformal_threshold, false_alarm_rate, p_values
+from api.calibrate import conformal_threshold, false_alarm_rate, p_values
 from api.config import ApiConfig
 from api.metrics import Metrics
 from api.schemas import Alert, FalseAlarmRateOut
@@ -201,12 +201,12 @@ class ScoreConsumer:
         model = await self.models.get(model_version)
         if model is None:
             return
-        alpha = self.cfg.initial_fpr
-        try:
-            value = conformal_threshold(model.calibration, alpha)
-        except CalibrationError as exc:
-            logger.warning("no initial threshold: %s", exc)
+        n = len(model.calibration)
+        if n == 0:
             return
+        # A small calibration set cannot support a tiny alpha: take the strictest it can.
+        alpha = max(self.cfg.initial_fpr, 1 / (n + 1))
+        value = conformal_threshold(model.calibration, alpha)
         far = false_alarm_rate(model.calibration, value)
         made = await self.thresholds.set(
             DEFAULT_LINE, value, "fpr", {"alpha": alpha, "confidence": far.confidence},

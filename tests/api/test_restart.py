@@ -42,8 +42,8 @@ def test_killed_api_loses_no_entry_and_duplicates_no_alert(
 
     flags = {"key_prefix": prefix, "reclaim_idle_ms": 300}
     first = ApiProcess(redis_server.url, None, tmp_path, **flags)
-    r = httpx.post(f"{first.url}/v1/thresholds/calibrate", headers=OP,
-                   json={"line": line, "params": {"method": "manual", "threshold": 99.5}})  # fmt: skip
+    body = {"line": line, "params": {"method": "manual", "threshold": 99.5}}
+    r = httpx.post(f"{first.url}/v1/thresholds/calibrate", headers=OP, json=body)
     assert r.status_code == 200, r.text
 
     total = 2000
