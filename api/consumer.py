@@ -35,8 +35,8 @@ from scorer.schemas import (
     StreamKeys,
 )
 from scorer.streams import (
-    ScoreSink,
     as_text,
+    dead_letter,
     ensure_group,
     entry_ms,
     load_model_record,
@@ -44,6 +44,7 @@ from scorer.streams import (
 )
 
 logger = logging.getLogger("vlaewatch.api")
+DEADLETTER_MAXLEN = 10_000
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,6 @@ class ScoreConsumer:
         self.alerts = alerts
         self.models = models
         self.metrics = metrics
-        self.sink = ScoreSink(client, self.keys, 0, 10_000, 0)  # only its dead_letter is used
         self.running = False
         self.last_error: str | None = None
 
@@ -183,7 +183,7 @@ class ScoreConsumer:
                 )
             )  # fmt: skip
         if bad:
-            await self.sink.dead_letter(bad)
+            await dead_letter(self.client, self.keys, bad, DEADLETTER_MAXLEN)
             self.metrics.deadletters.inc(len(bad))
         pipe = self.client.pipeline(transaction=False)
         for alert in alerts:

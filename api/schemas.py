@@ -18,6 +18,46 @@ def _example(example: dict[str, Any]) -> ConfigDict:
     return ConfigDict(json_schema_extra={"examples": [example]})
 
 
+THRESHOLD_EXAMPLE: dict[str, Any] = {
+    "line": "default",
+    "version": 3,
+    "value": 182.4,
+    "method": "fpr",
+    "params": {"alpha": 0.01, "confidence": 0.95},
+    "who": "alice",
+    "at": 1795000000.0,
+    "why": "weekly recalibration",
+    "model_version": "c96dc36985a2a968",
+    "false_alarm_rate": {
+        "expected": 0.0123,
+        "low": 0.004,
+        "high": 0.031,
+        "confidence": 0.95,
+        "n_calibration": 80,
+        "n_above": 0,
+    },
+}
+ALERT_EXAMPLE: dict[str, Any] = {
+    "item_id": "cam1-000123",
+    "line": "cam1",
+    "score": 311.2,
+    "recon": 301.0,
+    "kl": 10.2,
+    "threshold": 182.4,
+    "threshold_version": 3,
+    "p_value": 0.0123,
+    "model_version": "c96dc36985a2a968",
+    "ts_ingested": 1795000000.1,
+    "ts_scored": 1795000000.2,
+    "created_at": 1795000000.3,
+    "state": "open",
+    "label": None,
+    "note": "",
+    "preview_url": "/v1/items/cam1-000123/preview.png",
+    "events": [{"at": 1795000000.3, "who": "system", "action": "created", "note": ""}],
+}
+
+
 # --- thresholds ---------------------------------------------------------------------------
 
 
@@ -41,13 +81,7 @@ class FalseAlarmRateOut(BaseModel):
 class Threshold(BaseModel):
     """One version of a line's threshold: an item alerts when its score is above ``value``."""
 
-    model_config = _example(
-        {"line": "default", "version": 3, "value": 182.4, "method": "fpr",
-         "params": {"alpha": 0.01, "confidence": 0.95}, "who": "alice", "at": 1795000000.0,
-         "why": "weekly recalibration", "model_version": "c96dc36985a2a968",
-         "false_alarm_rate": {"expected": 0.0123, "low": 0.004, "high": 0.031,
-                              "confidence": 0.95, "n_calibration": 80, "n_above": 0}}
-    )  # fmt: skip
+    model_config = _example(THRESHOLD_EXAMPLE)
 
     line: str
     version: int
@@ -64,22 +98,34 @@ class Threshold(BaseModel):
 class ThresholdList(BaseModel):
     """Current thresholds by line; a line without its own uses ``default``."""
 
+    model_config = _example(
+        {"default": {**THRESHOLD_EXAMPLE, "line": "default"}, "lines": {"cam1": THRESHOLD_EXAMPLE}}
+    )
+
     default: Threshold | None
     lines: dict[str, Threshold]
 
 
 class ThresholdHistory(BaseModel):
+    model_config = _example({"line": "cam1", "versions": [THRESHOLD_EXAMPLE]})
+
     line: str
     versions: list[Threshold] = Field(description="newest first")
 
 
 class FprParams(BaseModel):
+    model_config = _example({"method": "fpr", "alpha": 0.01, "confidence": 0.95})
+
     method: Literal["fpr"] = "fpr"
     alpha: float = Field(gt=0, lt=1, description="target false-alarm rate", examples=[0.01])
     confidence: float = Field(default=0.95, gt=0, lt=1)
 
 
 class LabelsParams(BaseModel):
+    model_config = _example(
+        {"method": "labels", "objective": "precision", "target_precision": 0.9, "all_lines": True}
+    )
+
     method: Literal["labels"] = "labels"
     objective: Literal["f1", "precision"] = "f1"
     target_precision: float | None = Field(default=None, gt=0, le=1)
@@ -89,11 +135,15 @@ class LabelsParams(BaseModel):
 
 
 class SigmaParams(BaseModel):
+    model_config = _example({"method": "sigma", "k": 3.0})
+
     method: Literal["sigma"] = "sigma"
     k: float = Field(default=3.0, description="mean + k·σ of normal calibration scores")
 
 
 class ManualParams(BaseModel):
+    model_config = _example({"method": "manual", "threshold": 250.0})
+
     method: Literal["manual"] = "manual"
     threshold: float = Field(allow_inf_nan=False)
 
@@ -135,6 +185,17 @@ class CalibrateRequest(BaseModel):
 class LineImpact(BaseModel):
     """Over the what-if window: items of a line and how many alert under a threshold."""
 
+    model_config = _example(
+        {
+            "line": "cam1",
+            "items": 500,
+            "alerts_now": 9,
+            "alerts_new": 4,
+            "rate_now": 0.018,
+            "rate_new": 0.008,
+        }
+    )
+
     line: str
     items: int
     alerts_now: int
@@ -144,6 +205,10 @@ class LineImpact(BaseModel):
 
 
 class LabelQuality(BaseModel):
+    model_config = _example(
+        {"precision": 0.92, "recall": 0.85, "f1": 0.884, "n_anomaly": 40, "n_normal": 160}
+    )
+
     precision: float
     recall: float
     f1: float
@@ -186,6 +251,16 @@ class RollbackRequest(BaseModel):
 
 
 class AlertEvent(BaseModel):
+    model_config = _example(
+        {
+            "at": 1795000100.0,
+            "who": "olga",
+            "action": "acknowledged",
+            "note": "checking the part",
+            "label": None,
+        }
+    )
+
     at: float
     who: str
     action: Literal["created", "acknowledged", "resolved", "labelled"]
@@ -196,14 +271,7 @@ class AlertEvent(BaseModel):
 class Alert(BaseModel):
     """An item scored above its line's threshold. One item makes at most one alert."""
 
-    model_config = _example(
-        {"item_id": "cam1-000123", "line": "cam1", "score": 311.2, "recon": 301.0, "kl": 10.2,
-         "threshold": 182.4, "threshold_version": 3, "p_value": 0.0123,
-         "model_version": "c96dc36985a2a968", "ts_ingested": 1795000000.1,
-         "ts_scored": 1795000000.2, "created_at": 1795000000.3, "state": "open",
-         "label": None, "note": "", "preview_url": "/v1/items/cam1-000123/preview.png",
-         "events": [{"at": 1795000000.3, "who": "system", "action": "created", "note": ""}]}
-    )  # fmt: skip
+    model_config = _example(ALERT_EXAMPLE)
 
     item_id: str
     line: str
@@ -230,6 +298,10 @@ class Alert(BaseModel):
 class AlertPage(BaseModel):
     """Newest first; pass ``next_cursor`` as ``cursor`` for the next page (null: no more)."""
 
+    model_config = _example(
+        {"items": [ALERT_EXAMPLE], "next_cursor": "1795000000.2|cam1-000123", "scanned": 1}
+    )
+
     items: list[Alert]
     next_cursor: str | None
     scanned: int = Field(description="alerts examined for this page")
@@ -251,6 +323,19 @@ class LabelRequest(BaseModel):
 
 
 class ItemLabel(BaseModel):
+    model_config = _example(
+        {
+            "item_id": "cam1-000124",
+            "line": "cam1",
+            "score": 140.2,
+            "model_version": "c96dc36985a2a968",
+            "label": "anomaly",
+            "who": "olga",
+            "at": 1795000200.0,
+            "note": "missed scratch",
+        }
+    )
+
     item_id: str = Field(pattern=ID_PATTERN)
     line: str
     score: float
@@ -265,6 +350,20 @@ class ItemLabel(BaseModel):
 
 
 class StatsRow(BaseModel):
+    model_config = _example(
+        {
+            "line": "cam1",
+            "bucket_start": 1795000200.0,
+            "items": 1200,
+            "alerts": 14,
+            "alert_rate": 0.0117,
+            "score_p50": 98.2,
+            "score_p90": 131.0,
+            "score_p99": 190.4,
+            "score_max": 402.1,
+        }
+    )
+
     line: str
     bucket_start: float
     items: int
@@ -290,6 +389,19 @@ class StatsResponse(BaseModel):
 
 
 class ApiHealth(BaseModel):
+    model_config = _example(
+        {
+            "status": "ok",
+            "redis": True,
+            "consumer": "api-host-4242",
+            "consuming": True,
+            "pending": 0,
+            "lag": 0,
+            "model_version": "c96dc36985a2a968",
+            "reason": None,
+        }
+    )
+
     status: Literal["ok", "degraded"]
     redis: bool
     consumer: str

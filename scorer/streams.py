@@ -67,17 +67,7 @@ class ScoreSink:
         await pipe.execute()
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
-        if not records:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        for rec in records:
-            pipe.xadd(
-                self.keys.deadletter,
-                rec.to_fields(),  # type: ignore[arg-type]
-                maxlen=self.deadletter_maxlen,
-                approximate=True,
-            )
-        await pipe.execute()
+        await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)
 
     async def publish_model(self, record: ModelRecord) -> None:
         """Announce a loaded model version: card and calibration scores for the consumers."""
@@ -100,6 +90,18 @@ class ScoreSink:
             model_version=raw.get(b"model_version", b"").decode(),
             score=float(raw.get(b"score", b"nan")),
         )
+
+
+async def dead_letter(
+    client: aioredis.Redis, keys: StreamKeys, records: list[DeadLetterRecord], maxlen: int
+) -> None:
+    """Append what could not be scored or consumed to ``{prefix}:deadletter``, with reasons."""
+    if not records:
+        return
+    pipe = client.pipeline(transaction=False)
+    for rec in records:
+        pipe.xadd(keys.deadletter, rec.to_fields(), maxlen=maxlen, approximate=True)  # type: ignore[arg-type]
+    await pipe.execute()
 
 
 async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:

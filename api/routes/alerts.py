@@ -51,28 +51,24 @@ async def get_alert(item_id: ItemPath, services: ServicesDep, _: Viewer) -> Aler
     return await services.alerts.get(item_id)
 
 
-@router.post("/alerts/{item_id}/acknowledge", response_model=Alert, responses=ERRORS)
-async def acknowledge(
-    item_id: ItemPath,
-    services: ServicesDep,
-    who: Operator,
-    body: Annotated[AlertAction | None, Body()] = None,
-) -> Alert:
-    """open → acknowledged (409 from any other state)."""
-    note = body.note if body else ""
-    return await services.alerts.transition(item_id, "acknowledged", who.name, note)
+def _transition_route(action: str, path: str, doc: str) -> None:
+    async def endpoint(
+        item_id: ItemPath,
+        services: ServicesDep,
+        who: Operator,
+        body: Annotated[AlertAction | None, Body()] = None,
+    ) -> Alert:
+        return await services.alerts.transition(
+            item_id, action, who.name, body.note if body else ""
+        )
+
+    endpoint.__doc__ = doc
+    router.add_api_route(f"/alerts/{{item_id}}/{path}", endpoint, methods=["POST"], name=path,
+                         response_model=Alert, responses=ERRORS)  # fmt: skip
 
 
-@router.post("/alerts/{item_id}/resolve", response_model=Alert, responses=ERRORS)
-async def resolve(
-    item_id: ItemPath,
-    services: ServicesDep,
-    who: Operator,
-    body: Annotated[AlertAction | None, Body()] = None,
-) -> Alert:
-    """open or acknowledged → resolved."""
-    note = body.note if body else ""
-    return await services.alerts.transition(item_id, "resolved", who.name, note)
+_transition_route("acknowledged", "acknowledge", "open → acknowledged (409 from any other state).")
+_transition_route("resolved", "resolve", "open or acknowledged → resolved.")
 
 
 @router.post("/alerts/{item_id}/label", response_model=Alert, responses=ERRORS)

@@ -23,14 +23,13 @@ async def health(services: ServicesDep) -> ApiHealth:
         await services.client.ping()
         pending, lag, _ = await consumer.lag()
         newest = await services.models.get()
-        redis_ok = True
     except (RedisError, OSError) as exc:
         return ApiHealth(status="degraded", redis=False, consumer=services.cfg.consumer,
                          consuming=consumer.running, pending=None, lag=None, model_version=None,
                          reason=f"Redis unavailable: {exc}")  # fmt: skip
-    ok = redis_ok and (consumer.running or not services.cfg.consume)
+    ok = consumer.running or not services.cfg.consume
     return ApiHealth(
-        status="ok" if ok else "degraded", redis=redis_ok, consumer=services.cfg.consumer,
+        status="ok" if ok else "degraded", redis=True, consumer=services.cfg.consumer,
         consuming=consumer.running, pending=pending, lag=lag,
         model_version=newest.version if newest else None, reason=consumer.last_error,
     )  # fmt: skip
