@@ -27,7 +27,7 @@ def _record(prefix_line: str, i: int) -> dict[str, Any]:
                        model_version="unannounced").to_fields()  # fmt: skip
 
 
-def test_killed_api_loses_no_entry_and_duplicates_no_alert(
+def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
     redis_server: Any, tmp_path: Path
 ) -> None:
     prefix = f"restart{uuid.uuid4().hex[:6]}"
@@ -59,9 +59,9 @@ def test_killed_api_loses_no_entry_and_duplicates_no_alert(
 
     publisher = threading.Thread(target=publish)
     publisher.start()
+    second = ApiProcess(redis_server.url, None, tmp_path, **flags)  # side by side with first
     time.sleep(0.3)
     first.stop(signal.SIGKILL)  # no drain, no acks of what it held
-    second = ApiProcess(redis_server.url, None, tmp_path, **flags)
     publisher.join()
     # The first 100 items again, as a retrying scorer would send them.
     for i in range(100):
