@@ -194,7 +194,9 @@ def fit(
         metrics["eta_s"] = (time.monotonic() - t_start) / done * (cfg.epochs - epoch - 1)
         history.append(metrics)
         if ctx.rank == 0:
+            filled = round(20 * (epoch + 1) / cfg.epochs)
             ctx.log(
+                f"[{'#' * filled}{'.' * (20 - filled)}] "
                 f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.2f}  "
                 f"recon {metrics['recon']:.2f}  kl {metrics['kl']:.2f}  "
                 f"val_loss {metrics['val_loss']:.2f}  lr {metrics['lr']:.2g}  "

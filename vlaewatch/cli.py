@@ -196,6 +196,25 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-consume", action="store_true", help="serve HTTP only, consume nothing")
     a.add_argument("--log-level", default="info")
 
+    d = sub.add_parser(
+        "demo", help="the whole pipeline on the embedded defaults: train, serve, alert, summarise"
+    )
+    _add_data_args(d, "digits")
+    d.add_argument("--normal", type=_classes, help="normal classes (default 0)")
+    d.add_argument("--epochs", type=int, default=5)
+    d.add_argument("--workers", type=int, default=2, help="Ray Train workers")
+    d.add_argument("--lines", type=_classes, default=["cam1", "cam2"], help="line ids to tag")
+    d.add_argument("--rate", type=float, default=200.0, help="images per second streamed")
+    d.add_argument("--batch", type=int, default=10, help="images per ingestion request")
+    d.add_argument("--fpr", type=float, default=0.01, help="target false-alarm rate")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--scorer-port", type=int, default=8000)
+    d.add_argument("--api-port", type=int, default=8080)
+    d.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
+    d.add_argument("--redis-url", help="REDIS_URL; default: the bundled redis-server")
+    d.add_argument("--exit-after", action="store_true", help="stop after the summary")
+    d.add_argument("--summary-json", type=Path, help="also write the summary here")
+
     sub.add_parser("info", help="versions, settings, devices and the models in the store")
     return parser
 
@@ -300,6 +319,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return {
         "checkpoint": str(path),
         "model_version": card["model_version"],
+        "image_shape": card["image_shape"],
         "variant": card["variant"],
         "metrics": card["metrics"],
     }
@@ -432,6 +452,163 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return {"stopped": True, "consumer": cfg.consumer}
 
 
+def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import signal
+    import threading
+    import time
+
+    from api.config import ApiConfig, load_api_keys
+    from scorer.config import DeploymentConfig, ScorerConfig
+    from scorer.service import deploy
+    from scorer.service import shutdown as serve_shutdown
+    from trainer import cluster
+    from trainer.data import load_source
+    from vlaewatch import demo
+
+    if len(args.lines) < 2:
+        raise UsageError("--lines: give two or more line ids")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    operator = next((k for k, p in keys.items() if p.role == "operator"), None)
+    if keys and operator is None:
+        raise UsageError("VLAEWATCH_API_KEYS has no operator key: the demo calibrates")
+    headers = {"X-API-Key": operator} if operator else {}
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        _err("[1/6] embedded services: Redis and a local Ray cluster")
+        redis_url = _redis_url(stack, args.redis_url, settings)
+        info = cluster.connect(args.address or settings.ray_address)
+        if info["owned"]:
+            stack.callback(cluster.shutdown)
+
+        _err(f"[2/6] training on {args.dataset}, normal {args.normal or ['0']} (Ray Train)")
+        train_argv = ["train", "--dataset", args.dataset, "--epochs", str(args.epochs),
+                      "--workers", str(args.workers)]  # fmt: skip
+        options = {"--normal": ",".join(args.normal or []), "--data-dir": args.data_dir,
+                   "--image-folder": args.image_folder}  # fmt: skip
+        for flag, value in options.items():
+            if value:
+                train_argv += [flag, str(value)]
+        trained = _train(_build_parser().parse_args(train_argv), settings)
+        version = trained["model_version"]
+
+        _err("[3/6] deploying the scorer (Ray Serve) and starting the API")
+        scorer_cfg = ScorerConfig(checkpoint=trained["checkpoint"], redis_url=redis_url,
+                                  key_prefix=settings.key_prefix)  # fmt: skip
+        stack.callback(serve_shutdown)
+        scorer_url = deploy(scorer_cfg, DeploymentConfig(num_cpus=0.5), host=args.host,
+                            port=args.scorer_port)  # fmt: skip
+        api_cfg = ApiConfig(redis_url=redis_url, key_prefix=settings.key_prefix,
+                            scorer_url=scorer_url, api_keys=keys, reclaim_idle_ms=5000,
+                            initial_fpr=0)  # fmt: skip
+        api = demo.ApiThread(api_cfg, args.host, args.api_port).start()
+        stack.callback(api.stop)
+        _wait_for_model(api.url, version)
+
+        _err(f"[4/6] calibrating the default threshold: fpr {args.fpr:g}")
+        calibration = _calibrate_demo(api.url, headers, version, args.fpr)
+        _err(f"      threshold {calibration['threshold']:.2f}, expected false-alarm rate "
+             f"{calibration['false_alarm_rate']['expected']:.3f} "
+             f"[{calibration['false_alarm_rate']['low']:.3f}, "
+             f"{calibration['false_alarm_rate']['high']:.3f}]")  # fmt: skip
+
+        source = load_source(args.dataset, data_dir=args.data_dir or settings.data_dir,
+                             image_folder=args.image_folder,
+                             image_shape=tuple(trained["image_shape"]))  # fmt: skip
+        test = source.test
+        listener = demo.AlertListener(api.url, headers).start()
+        stack.callback(listener.stop)
+        _err(f"[5/6] streaming {len(test)} held-out images on {', '.join(args.lines)} "
+             f"at {args.rate:g}/s")  # fmt: skip
+        show = demo.progress_printer("images")
+        started = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            rate = done / max(time.monotonic() - started, 1e-9)
+            show(done, total, f" alerts {len(listener.seen)}  {rate:.0f} images/s")
+
+        images = test.images if test.images.shape[1] > 1 else test.images[:, 0]
+        if images.ndim == 4:
+            images = images.transpose(0, 2, 3, 1)  # N x H x W x C for the NPY contract
+        streamed = demo.stream_images(scorer_url, images, test.labels, args.lines, args.rate,
+                                      args.batch, f"demo{int(time.time())}", progress)  # fmt: skip
+        demo.wait_consumed(api.url)
+        time.sleep(0.5)  # the last alerts' events are on their way to the listener
+        normal = [str(c) for c in (args.normal or ["0"])]
+        ours = {i: v for i, v in listener.seen.items() if i in set(streamed.item_ids)}
+        result = demo.summary(streamed, ours, normal)
+        result |= {
+            "model_version": version,
+            "threshold": calibration["threshold"],
+            "fpr_target": calibration["alpha"],
+            "expected_false_alarm_rate": calibration["false_alarm_rate"],
+            "train_metrics": trained["metrics"],
+            "duration_s": time.monotonic() - t0,
+            "urls": {
+                "console": f"{api.url}/",
+                "api_docs": f"{api.url}/docs",
+                "metrics": f"{api.url}/metrics",
+                "scorer": f"{scorer_url}/docs",
+                "ray_dashboard": info["dashboard_url"],
+            },
+        }
+        _err("[6/6] summary")
+        for key in ("items_scored", "alerts", "alerts_by_line", "alerts_on_normal",
+                    "alerts_on_anomalies", "precision", "recall", "auroc", "images_per_s",
+                    "latency_ms_p50", "latency_ms_p99"):  # fmt: skip
+            value = result[key]
+            _err(f"      {key:22s} {value:.3f}" if isinstance(value, float)
+                 else f"      {key:22s} {value}")  # fmt: skip
+        for name, url in result["urls"].items():
+            _err(f"      {name:22s} {url}")
+        if args.summary_json:
+            args.summary_json.write_text(json.dumps(result, indent=2))
+        if not args.exit_after:
+            _err("serving; Ctrl-C stops everything")
+            stop.wait()
+        _err("stopping")
+    return result
+
+
+def _wait_for_model(api_url: str, version: str, timeout_s: float = 60) -> None:
+    """Until the scorer has announced ``version`` (its calibration scores) to the API."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{api_url}/v1/health", timeout=5).json().get("model_version") == version:
+            return
+        time.sleep(0.2)
+    raise UsageError(f"the scorer did not announce model {version} in {timeout_s}s")
+
+
+def _calibrate_demo(
+    api_url: str, headers: dict[str, str], version: str, alpha: float
+) -> dict[str, Any]:
+    """``fpr`` at ``alpha``; when the calibration set is too small for it, the smallest alpha
+    it supports (said on stderr)."""
+    import httpx
+
+    body: dict[str, Any] = {"line": "default", "params": {"method": "fpr", "alpha": alpha},
+                            "model_version": version, "why": "vlaewatch demo"}  # fmt: skip
+    resp = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=body, headers=headers)
+    if resp.status_code == 422 and "1/(n+1)" in resp.text:
+        dry = dict(body, params={"method": "sigma", "k": 0}, dry_run=True)
+        n = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=dry, headers=headers).json()[
+            "false_alarm_rate"]["n_calibration"]  # fmt: skip
+        _err(f"      {resp.json()['detail']}: using alpha 1/(n+1) = {1 / (n + 1):.4f}")
+        alpha = 1 / (n + 1) + 1e-12
+        body["params"]["alpha"] = alpha
+        resp = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=body, headers=headers)
+    if resp.status_code != 200:
+        raise UsageError(f"calibration failed: {resp.status_code} {resp.text[:300]}")
+    return {**resp.json(), "alpha": alpha}
+
+
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -465,8 +642,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script."""
     from api.config import KeyConfigError
     from scorer.redis_server import RedisStartError
+    from scorer.service import DeployError
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
+    from vlaewatch.demo import DemoError
 
     args = _build_parser().parse_args(argv)
     settings = Settings()
@@ -479,9 +658,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _serve(args, settings)
         elif args.command == "api":
             result = _api(args, settings)
+        elif args.command == "demo":
+            result = _demo(args, settings)
         else:
             result = _info(settings)
-    except (UsageError, DataError, CheckpointError, RedisStartError, KeyConfigError) as exc:
+    except (
+        UsageError, DataError, CheckpointError, RedisStartError, KeyConfigError, DeployError,
+        DemoError,
+    ) as exc:  # fmt: skip
         print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))
