@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api vlaewatch
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean browser
 
 install: $(STAMP)
 
@@ -18,9 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Train, serve, calibrate, stream the held-out digits, print a summary; then keep serving the
+# console (http://127.0.0.1:8080/) until Ctrl-C. DEMO_ARGS passes options, e.g. --exit-after.
 demo: install
-	$(BIN)/vlaewatch train --dataset digits --normal 0 --epochs 10 --out .vlaewatch/demo-model
-	$(BIN)/vlaewatch evaluate --checkpoint .vlaewatch/demo-model
+	$(BIN)/vlaewatch demo $(DEMO_ARGS)
+
+# Debian's Chromium for the console's browser test (Playwright drives it; no browser download).
+browser:
+	command -v chromium >/dev/null || apt-get install -y -qq --no-install-recommends chromium \
+	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 
 lint: install
 	$(BIN)/ruff check .
@@ -31,7 +37,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 clean:

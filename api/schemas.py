@@ -388,6 +388,34 @@ class StatsResponse(BaseModel):
     rows: list[StatsRow]
 
 
+class ScoreHistogram(BaseModel):
+    """Score distributions on shared bins: the model's normal calibration scores and each
+    line's recent scores, with the thresholds in force (the console's calibration chart)."""
+
+    model_config = _example(
+        {"model_version": "c96dc36985a2a968", "edges": [50.0, 100.0, 150.0, 200.0],
+         "calibration": [12, 60, 8], "lines": {"cam1": [30, 400, 70]}, "window_s": 3600,
+         "thresholds": {"default": 182.4}, "overflow": {"cam1": 12}}
+    )  # fmt: skip
+
+    model_version: str | None
+    edges: list[float]
+    calibration: list[int]
+    lines: dict[str, list[int]]
+    overflow: dict[str, int] = Field(description="recent scores above the last edge, by line")
+    window_s: float
+    thresholds: dict[str, float]
+
+
+class Me(BaseModel):
+    """Who the key in this request belongs to."""
+
+    model_config = _example({"name": "olga", "role": "operator"})
+
+    name: str
+    role: Literal["viewer", "operator"]
+
+
 class ApiHealth(BaseModel):
     model_config = _example(
         {

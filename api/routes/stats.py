@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
+import numpy as np
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from api.deps import ServicesDep, Viewer
 from api.errors import Unprocessable
-from api.schemas import ErrorBody, StatsResponse, StatsRow
+from api.schemas import ErrorBody, Me, ScoreHistogram, StatsResponse, StatsRow
 from api.stats import recent_scores, summarize
 from scorer.schemas import LINE_PATTERN
 
@@ -49,3 +50,49 @@ async def stats(
     records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
     rows = [StatsRow.model_validate(r) for r in records]
     return StatsResponse(window_s=window_s, bucket_s=bucket_s, rows=rows)
+
+
+@router.get(
+    "/scores/histogram",
+    response_model=ScoreHistogram,
+    responses={s: {"model": ErrorBody} for s in (401, 403, 422, 503)},
+)
+async def histogram(
+    services: ServicesDep,
+    _: Viewer,
+    window_s: Annotated[float, Query(gt=0, le=30 * 86400)] = 3600,
+    bins: Annotated[int, Query(ge=5, le=200)] = 40,
+    model_version: str | None = None,
+) -> ScoreHistogram:
+    """Normal calibration scores beside each line's recent scores, on the same bins. The bins
+    span the calibration scores and the bulk of recent ones; far outliers count as overflow."""
+    model = await services.models.get(model_version)
+    cal = model.calibration if model is not None else np.array([])
+    window = await recent_scores(
+        services.client, services.keys, window_s, services.cfg.max_window_entries
+    )
+    recent = window["score"].to_numpy(dtype=np.float64)
+    pool = np.r_[cal, recent]
+    if len(pool) == 0:
+        edges = np.linspace(0.0, 1.0, bins + 1)
+    else:
+        hi = max(float(cal.max()) * 1.5 if len(cal) else 0.0, float(np.quantile(pool, 0.99)))
+        lo = float(pool.min())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    lines, overflow = {}, {}
+    for line, group in window.groupby("line"):
+        scores = group["score"].to_numpy(dtype=np.float64)
+        lines[str(line)] = np.histogram(scores, edges)[0].tolist()
+        overflow[str(line)] = int(np.sum(scores > edges[-1]))
+    thresholds = {ln: t.value for ln, t in (await services.thresholds.current()).items()}
+    return ScoreHistogram(
+        model_version=model.version if model else None, edges=edges.tolist(),
+        calibration=np.histogram(cal, edges)[0].tolist(), lines=lines, overflow=overflow,
+        window_s=window_s, thresholds=thresholds,
+    )  # fmt: skip
+
+
+@router.get("/me", response_model=Me, responses={401: {"model": ErrorBody}})
+async def me(who: Viewer) -> Me:
+    """The name and role of the calling key."""
+    return Me(name=who.name, role=who.role)

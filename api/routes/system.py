@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
@@ -13,6 +14,13 @@ from api.deps import ServicesDep, api_key, authenticate
 from api.schemas import ApiHealth, ErrorBody
 
 router = APIRouter(tags=["system"])
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def console() -> HTMLResponse:
+    """The operator console: one static page that talks to this API with the user's key."""
+    page = resources.files("api").joinpath("console/index.html").read_text()
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/v1/health", response_model=ApiHealth)

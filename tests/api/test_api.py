@@ -408,3 +408,21 @@ def test_openapi_documents_every_route_with_models(api_url: str) -> None:
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
             assert op.get("description") or op.get("summary"), (method, path)
+
+
+def test_histogram_puts_calibration_and_live_scores_on_shared_bins(
+    api_url: str, client: redis.Redis, version: str, checkpoint: Path
+) -> None:
+    line = _line()
+    _set_manual(api_url, line, 150.0)
+    _, last = _publish(client, line, [120.0, 130.0, 140.0, 1e7], version)
+    _consumed(client, last)
+    params = {"window_s": 600, "bins": 20, "model_version": version}
+    body = httpx.get(f"{api_url}/v1/scores/histogram", headers=VIEW, params=params).json()
+    cal = pd.read_csv(checkpoint / "calibration.csv")["score"]
+    assert len(body["edges"]) == 21 and sum(body["calibration"]) == len(cal)
+    assert sum(body["lines"][line]) + body["overflow"][line] == 4
+    assert body["overflow"][line] >= 1  # the far outlier does not stretch the bins
+    assert body["thresholds"][line] == 150.0 and body["model_version"] == version
+    me = httpx.get(f"{api_url}/v1/me", headers=VIEW).json()
+    assert me == {"name": "victor", "role": "viewer"}

@@ -1,0 +1,99 @@
+"""The operator console in headless Chromium against the running stack (scorer, API, Redis)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.conftest import API_KEYS
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "docs"
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test` (target `browser`)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert Path(CHROMIUM).exists(), "Debian chromium is missing: run `make browser`"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _open(browser: Browser, api_url: str, key: str) -> Page:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{api_url}/")
+    page.fill("#api-key", key)
+    page.press("#api-key", "Tab")  # the change event stores the key and reloads the panels
+    return page
+
+
+def test_console_calibrates_and_handles_an_alert(
+    browser: Browser, api_url: str, scorer_url: str, digits: Any
+) -> None:
+    op = {"X-API-Key": API_KEYS["operator"]}
+    line = f"ui{uuid.uuid4().hex[:6]}"
+    page = _open(browser, api_url, API_KEYS["operator"])
+    page.wait_for_selector("#whoami:has-text('olga (operator)')")
+
+    # Calibrate: preview a manual threshold for a new line, then apply it with a note.
+    page.fill("#line", line)
+    page.select_option("#method", "manual")
+    page.fill("#param", "0")
+    page.fill("#note", "browser test")
+    page.click("#preview-btn")
+    page.wait_for_selector("#result-summary:has-text('Dry run')")
+    before = httpx.get(f"{api_url}/v1/thresholds/{line}", headers=op)
+    assert before.status_code == 404 or before.json()["line"] == "default"  # nothing applied
+    page.click("#apply-btn")
+    page.wait_for_selector("#result-summary:has-text('Applied as version 1')")
+    current = httpx.get(f"{api_url}/v1/thresholds/{line}", headers=op).json()
+    assert (current["line"], current["value"], current["who"], current["why"]) == (
+        line, 0.0, "olga", "browser test")  # fmt: skip
+    page.wait_for_selector("#history tbody tr:has-text('browser test')")
+    page.screenshot(path=str(SHOTS / "console-calibrate.png"), full_page=True)
+
+    # Alerts: an item scored on that line appears live, with its preview, and is acknowledged.
+    page.click("#tab-alerts")
+    page.wait_for_selector("#live:has-text('connected')")
+    item = f"{line}-0001"
+    buf = io.BytesIO()
+    np.save(buf, digits.test.images[:1, 0])
+    r = httpx.post(f"{scorer_url}/v1/score", content=buf.getvalue(),
+                   headers={"content-type": "application/x-npy"},
+                   params={"line": line, "item_id": [item]}, timeout=60)  # fmt: skip
+    assert r.status_code == 200
+    card = f".alert-card[data-item='{item}']"
+    page.wait_for_selector(card, timeout=30_000)
+    page.wait_for_function(
+        f'() => {{ const i = document.querySelector("{card} img.preview");'
+        " return i && i.complete && i.naturalWidth > 0; }",
+        timeout=30_000,
+    )
+    page.click(f"{card} .ack-btn")
+    page.wait_for_selector(f"{card} .state:has-text('acknowledged')")
+    alert = httpx.get(f"{api_url}/v1/alerts/{item}", headers=op).json()
+    assert alert["state"] == "acknowledged" and alert["events"][-1]["who"] == "olga"
+    page.screenshot(path=str(SHOTS / "console-alerts.png"), full_page=True)
+    page.close()
+
+
+def test_console_with_a_viewer_key_cannot_change_anything(browser: Browser, api_url: str) -> None:
+    page = _open(browser, api_url, API_KEYS["viewer"])
+    page.wait_for_selector("#whoami:has-text('victor (viewer)')")
+    assert page.is_disabled("#apply-btn")
+    page.click("#preview-btn")  # a viewer's dry run is refused by the API, and says so
+    page.wait_for_selector("#result .error:has-text('403')")
+    page.close()
