@@ -9,9 +9,10 @@ from typing import Any
 import pandas as pd
 import redis.asyncio as aioredis
 
-from scorer.schemas import RecordError, ScoreRecord, StreamKeys
+from scorer.schemas import StreamKeys
 
 WINDOW_COLUMNS = ["item_id", "line", "score", "ts_scored", "model_version"]
+_FIELD_KEYS = {c: c.encode() for c in WINDOW_COLUMNS}
 
 
 async def recent_scores(
@@ -21,17 +22,20 @@ async def recent_scores(
     read straight from the score stream: it is the record of what was scored."""
     start = f"{int((time.time() - window_s) * 1000)}-0"
     rows: Any = await client.xrevrange(keys.scores, "+", start, count=max_entries)
-    records = []
+    # Plain field reads, not one pydantic model per entry: windows hold up to 10^5 entries.
+    table: dict[str, list[Any]] = {c: [] for c in WINDOW_COLUMNS}
     for _, fields in rows:
         try:
-            records.append(ScoreRecord.from_fields(fields))
-        except RecordError:
+            values = [fields[_FIELD_KEYS[c]] for c in WINDOW_COLUMNS]
+            score, ts = float(values[2]), float(values[3])
+        except (KeyError, ValueError):
             continue  # the consumer dead-letters malformed entries
-    if not records:
-        return pd.DataFrame(columns=WINDOW_COLUMNS)
-    return pd.DataFrame([r.model_dump(include=set(WINDOW_COLUMNS)) for r in records])[
-        WINDOW_COLUMNS
-    ]
+        table["item_id"].append(values[0].decode())
+        table["line"].append(values[1].decode())
+        table["score"].append(score)
+        table["ts_scored"].append(ts)
+        table["model_version"].append(values[4].decode())
+    return pd.DataFrame(table, columns=WINDOW_COLUMNS)
 
 
 def summarize(

@@ -9,8 +9,10 @@ worker that dies is replaced and resumes the same way (``FailureConfig``).
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +140,16 @@ def fit_with_ray(
             logging_config=LoggingConfig(log_level=launch.log_level),  # type: ignore[call-arg]
         ),
     )
-    result = trainer.fit()
+    # TorchTrainer.fit installs its own SIGINT handler (abort the run) and leaves it in place:
+    # restore the caller's, so a long-running command (demo, serve) still stops on Ctrl-C.
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train run {launch.run_name} ended without a checkpoint")
     with result.checkpoint.as_directory() as d:
