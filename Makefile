@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PKGS   := trainer scorer api vlaewatch
+PKGS   := trainer scorer api deploy vlaewatch
 
 .PHONY: install demo test lint format clean browser
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.alerts import AlertStore
+from api.annotations import Annotator
 from api.config import ApiConfig
 from api.consumer import ModelCache, ScoreConsumer
 from api.deps import Services
@@ -40,13 +41,16 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         threshold_store = ThresholdStore(client, cfg.key_prefix)
         alert_store = AlertStore(client, cfg.key_prefix, cfg.alert_retention_s)
         models = ModelCache(client, keys)
-        consumer = ScoreConsumer(client, cfg, threshold_store, alert_store, models, metrics)
+        annotator = Annotator(cfg.grafana_url, cfg.grafana_token)
+        consumer = ScoreConsumer(
+            client, cfg, threshold_store, alert_store, models, metrics, annotator
+        )
         http = httpx.AsyncClient(timeout=cfg.preview_timeout_s)
         app.state.services = Services(
             cfg=cfg, client=client, keys=keys, thresholds=threshold_store, alerts=alert_store,
             models=models, consumer=consumer,
             previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
-            metrics=metrics, http=http,
+            metrics=metrics, http=http, annotator=annotator,
         )  # fmt: skip
         task = asyncio.create_task(consumer.run()) if cfg.consume else None
         try:

@@ -110,3 +110,7 @@ class ApiConfig(BaseModel):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     alert_retention_s: int = Field(default=30 * 86400, ge=60)
     scores_group: str = SCORES_GROUP
+    grafana_url: str | None = Field(
+        default=None, description="annotate threshold changes and model swaps in this Grafana"
+    )
+    grafana_token: str | None = None

@@ -21,6 +21,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.alerts import AlertStore
+from api.annotations import Annotator
 from api.calibrate import conformal_threshold, false_alarm_rate, p_values
 from api.config import ApiConfig
 from api.metrics import Metrics
@@ -90,6 +91,7 @@ class ScoreConsumer:
         alerts: AlertStore,
         models: ModelCache,
         metrics: Metrics,
+        annotator: Annotator,
     ) -> None:
         self.client = client
         self.cfg = cfg
@@ -98,6 +100,8 @@ class ScoreConsumer:
         self.alerts = alerts
         self.models = models
         self.metrics = metrics
+        self.annotator = annotator
+        self.versions_seen: set[str] = set()
         self.running = False
         self.last_error: str | None = None
 
@@ -157,6 +161,8 @@ class ScoreConsumer:
                 bad.append(DeadLetterRecord(item_id=f"score-{eid}", line="?", source="scores",
                                             reason=f"bad score entry: {exc}", status=422,
                                             ts=time.time(), frame_id=eid))  # fmt: skip
+        for version in {r.model_version for r in records} - self.versions_seen:
+            await self._model_seen(version)
         current = await self.thresholds.current()
         if DEFAULT_LINE not in current and records and self.cfg.initial_fpr > 0:
             await self._initial_default(records[0].model_version)
@@ -193,6 +199,14 @@ class ScoreConsumer:
         for alert, created in zip(alerts, results, strict=False):
             if created == 1:
                 self.metrics.alerts.labels(alert.line).inc()
+
+    async def _model_seen(self, version: str) -> None:
+        """The first score of a model version marks a swap on the dashboards, once across all
+        API processes (SET NX)."""
+        self.versions_seen.add(version)
+        key = f"{self.keys.prefix}:annotated:model:{version}"
+        if await self.client.set(key, "1", nx=True):
+            await self.annotator.note(f"model {version} scoring", ["model"])
 
     async def _initial_default(self, model_version: str) -> None:
         """Without any threshold, alerts wait for an operator; unless configured otherwise,

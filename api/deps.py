@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Request
 
 from api.alerts import AlertStore
+from api.annotations import Annotator
 from api.config import ApiConfig, Principal, Role
 from api.consumer import ModelCache, ScoreConsumer
 from api.errors import Forbidden, Unauthorized
@@ -36,6 +37,7 @@ class Services:
     previews: PreviewClient
     metrics: Metrics
     http: httpx.AsyncClient
+    annotator: Annotator
 
 
 def get_services(request: Request) -> Services:

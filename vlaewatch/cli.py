@@ -215,6 +215,22 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--exit-after", action="store_true", help="stop after the summary")
     d.add_argument("--summary-json", type=Path, help="also write the summary here")
 
+    g = sub.add_parser("grafana", help="Grafana as code: dashboards, alert rules, datasource")
+    gsub = g.add_subparsers(dest="grafana_command", required=True)
+    gp = gsub.add_parser("provision", help="create or update everything, idempotently")
+    gp.add_argument("--url", help="Grafana base URL (VLAEWATCH_GRAFANA_URL)")
+    gp.add_argument("--token", help="service account token (VLAEWATCH_GRAFANA_TOKEN)")
+    gp.add_argument(
+        "--prometheus-url", default="http://prometheus:9090", help="as Grafana reaches it"
+    )
+    gp.add_argument(
+        "--webhook-url",
+        default="http://alertmanager-webhook:8080/vlaewatch",
+        help="where alert rules notify (the contact point)",
+    )
+    ge = gsub.add_parser("export", help="write the dashboards and rules as JSON files")
+    ge.add_argument("--out", type=Path, required=True)
+
     sub.add_parser("info", help="versions, settings, devices and the models in the store")
     return parser
 
@@ -442,6 +458,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             scorer_url=args.scorer_url or settings.scorer_url,
             api_keys=keys,
             public_metrics=settings.public_metrics,
+            grafana_url=settings.grafana_url,
+            grafana_token=settings.grafana_token,
             consume=not args.no_consume,
             reclaim_idle_ms=args.reclaim_idle_ms,
             initial_fpr=args.initial_fpr,
@@ -609,6 +627,28 @@ def _calibrate_demo(
     return {**resp.json(), "alpha": alpha}
 
 
+def _grafana(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from deploy.dashboards import DASHBOARDS, RULES
+
+    if args.grafana_command == "export":
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for board in DASHBOARDS:
+            path = args.out / f"{board.uid}.json"
+            path.write_text(json.dumps(board.to_json(), indent=2))
+            written.append(str(path))
+        rules = args.out / "alert-rules.json"
+        rules.write_text(json.dumps([r.to_json() for r in RULES], indent=2))
+        return {"written": [*written, str(rules)]}
+    from deploy.grafana import connect, provision
+
+    url = args.url or settings.grafana_url
+    if not url:
+        raise UsageError("give --url or set VLAEWATCH_GRAFANA_URL")
+    api = connect(url, args.token or settings.grafana_token)
+    return provision(api, args.prometheus_url, args.webhook_url).as_dict()
+
+
 def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -660,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _api(args, settings)
         elif args.command == "demo":
             result = _demo(args, settings)
+        elif args.command == "grafana":
+            result = _grafana(args, settings)
         else:
             result = _info(settings)
     except (

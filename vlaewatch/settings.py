@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default=None, description="A file of API keys, one 'key:role[:name]' per line."
     )
     public_metrics: bool = Field(default=True, description="/metrics readable without a key.")
+    grafana_url: str | None = Field(
+        default=None, description="Grafana to provision, and to annotate changes in."
+    )
+    grafana_token: str | None = Field(default=None, description="Grafana service account token.")
 
     @property
     def store_path(self) -> Path:

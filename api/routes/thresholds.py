@@ -82,6 +82,10 @@ async def rollback(
     restored = await services.thresholds.rollback(line, body.to_version, who.name, body.why)
     services.metrics.calibrations.labels("rollback", "true").inc()
     services.metrics.threshold.labels(line).set(restored.value)
+    await services.annotator.note(
+        f"threshold {line} rolled back to version {body.to_version or 'previous'}: "
+        f"{restored.value:.4g} by {who.name}. {body.why}", ["threshold", line],
+    )  # fmt: skip
     return restored
 
 
@@ -125,6 +129,10 @@ async def calibrate(
         assert stored is not None
         version = stored.version
         services.metrics.threshold.labels(body.line).set(value)
+        await services.annotator.note(
+            f"threshold {body.line} = {value:.4g} ({params.method}, v{version}) by {who.name}. "
+            f"{body.why}", ["threshold", body.line],
+        )  # fmt: skip
     services.metrics.calibrations.labels(params.method, str(not body.dry_run).lower()).inc()
     return CalibrationResult(
         line=body.line, threshold=value, applied=not body.dry_run, version=version,

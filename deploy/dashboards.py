@@ -1,0 +1,259 @@
+"""Grafana dashboards and alert rules as code: typed definitions rendered to Grafana's JSON.
+
+Every PromQL expression lives here once; ``tests/deploy`` runs each of them against a real
+Prometheus scraping a running API and Ray cluster, so no panel or rule can name a metric the
+service does not export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DATASOURCE_UID = "vlaewatch-prometheus"
+FOLDER_UID = "vlaewatch"
+FOLDER_TITLE = "vlaewatch"
+RULE_GROUP = "vlaewatch"
+CONTACT_POINT = "vlaewatch-operators"
+RATE = "[5m]"  # the rate window of every panel and rule
+NOW = {"from": 0, "to": 0}
+SCORER = 'application="scorer"'  # the scorer's Serve application (scorer.service.APP_NAME)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A PromQL expression and its legend."""
+
+    expr: str
+    legend: str = ""
+
+    def metrics(self) -> set[str]:
+        """Metric names the expression reads (identifiers followed by a selector or range)."""
+        names = set(re.findall(r"\b([a-z_:][a-z0-9_:]*)\s*[\{\[]", self.expr))
+        return {n for n in names if n not in _PROMQL_WORDS}
+
+
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    queries: tuple[Query, ...]
+    unit: str = "short"
+    kind: Literal["timeseries", "stat"] = "timeseries"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    uid: str
+    title: str
+    panels: tuple[Panel, ...]
+    tags: tuple[str, ...] = ("vlaewatch",)
+
+    def to_json(self) -> dict[str, Any]:
+        """Grafana's dashboard JSON model (schema 39), two panels per row."""
+        panels = []
+        for i, p in enumerate(self.panels):
+            panels.append(
+                {
+                    "id": i + 1,
+                    "type": p.kind,
+                    "title": p.title,
+                    "description": p.description,
+                    "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
+                    "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+                    "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
+                    "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+                    "targets": [
+                        {
+                            "refId": chr(ord("A") + j),
+                            "expr": q.expr,
+                            "legendFormat": q.legend,
+                            "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
+                        }
+                        for j, q in enumerate(p.queries)
+                    ],
+                }
+            )
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "tags": list(self.tags),
+            "timezone": "browser",
+            "schemaVersion": 39,
+            "refresh": "30s",
+            "time": {"from": "now-1h", "to": "now"},
+            "templating": {"list": []},
+            "annotations": {
+                "list": [
+                    {
+                        "name": "vlaewatch changes",
+                        "enable": True,
+                        "iconColor": "orange",
+                        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                        "target": {"type": "tags", "tags": ["vlaewatch"], "limit": 100},
+                    }
+                ]
+            },
+            "panels": panels,
+        }
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """A Grafana-managed rule: fires when ``query`` (reduced to its last value) crosses
+    ``threshold`` for ``for_``."""
+
+    uid: str
+    title: str
+    query: Query
+    condition: Literal["gt", "lt"]
+    threshold: float
+    for_: str = "5m"
+    summary: str = ""
+    no_data: Literal["OK", "NoData", "Alerting"] = "OK"
+    labels: dict[str, str] = field(default_factory=lambda: {"service": "vlaewatch"})
+
+    def to_json(self, folder_uid: str = FOLDER_UID) -> dict[str, Any]:
+        """The provisioning API's alert rule model."""
+        return {
+            "uid": self.uid,
+            "title": self.title,
+            "folderUID": folder_uid,
+            "ruleGroup": RULE_GROUP,
+            "orgID": 1,
+            "condition": "C",
+            "for": self.for_,
+            "noDataState": self.no_data,
+            "execErrState": "Error",
+            "labels": dict(self.labels),
+            "annotations": {"summary": self.summary},
+            "data": [
+                {"refId": "A", "datasourceUid": DATASOURCE_UID,
+                 "relativeTimeRange": {"from": 600, "to": 0},
+                 "model": {"refId": "A", "expr": self.query.expr, "instant": True}},
+                {"refId": "B", "datasourceUid": "__expr__", "relativeTimeRange": NOW,
+                 "model": {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last"}},
+                {"refId": "C", "datasourceUid": "__expr__", "relativeTimeRange": NOW,
+                 "model": {"refId": "C", "type": "threshold", "expression": "B",
+                           "conditions": [{"evaluator": {"type": self.condition,
+                                                         "params": [self.threshold]}}]}},
+            ],
+        }  # fmt: skip
+
+
+SERVICE = Dashboard(
+    uid="vlaewatch-service",
+    title="vlaewatch: inspection lines",
+    panels=(
+        Panel("Items scored per second, by line",
+              (Query(f"sum by (line) (rate(vlaewatch_items_scored_total{RATE}))", "{{line}}"),),
+              unit="ops"),
+        Panel("Alerts per minute, by line",
+              (Query(f"60 * sum by (line) (rate(vlaewatch_alerts_total{RATE}))", "{{line}}"),)),
+        Panel("Alert rate (alerts / items), by line",
+              (Query(f"sum by (line) (rate(vlaewatch_alerts_total{RATE})) / "
+                     f"sum by (line) (rate(vlaewatch_items_scored_total{RATE}))", "{{line}}"),),
+              unit="percentunit"),
+        Panel("Score quantiles against the threshold, by line",
+              (Query("histogram_quantile(0.5, sum by (line, le) "
+                     f"(rate(vlaewatch_score_bucket{RATE})))", "p50 {{line}}"),
+               Query("histogram_quantile(0.99, sum by (line, le) "
+                     f"(rate(vlaewatch_score_bucket{RATE})))", "p99 {{line}}"),
+               Query("max by (line) (vlaewatch_threshold)", "threshold {{line}}"))),
+        Panel("Consumer lag and pending entries",
+              (Query("max(vlaewatch_consumer_lag)", "undelivered"),
+               Query("max(vlaewatch_consumer_pending)", "pending"))),
+        Panel("Consumer lag (age of the oldest unread score)",
+              (Query("max(vlaewatch_consumer_lag_seconds)", "lag"),), unit="s"),
+        Panel("API latency p50 / p99, by route",
+              (Query("histogram_quantile(0.5, sum by (route, le) "
+                     f"(rate(vlaewatch_http_request_duration_seconds_bucket{RATE})))",
+                     "p50 {{route}}"),
+               Query("histogram_quantile(0.99, sum by (route, le) "
+                     f"(rate(vlaewatch_http_request_duration_seconds_bucket{RATE})))",
+                     "p99 {{route}}")), unit="s"),
+        Panel("Threshold calibrations",
+              (Query(f"sum by (method, applied) (increase(vlaewatch_calibrations_total{RATE}))",
+                     "{{method}} applied={{applied}}"),)),
+    ),
+)  # fmt: skip
+
+RAY = Dashboard(
+    uid="vlaewatch-ray",
+    title="vlaewatch: scorer replicas and training",
+    panels=(
+        Panel("Scorer replicas healthy",
+              (Query(f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{SCORER}}})",
+                     "{{deployment}}"),)),
+        Panel("Scorer requests per second",
+              (Query('sum by (deployment) (rate(ray_serve_deployment_request_counter_total'
+                     f'{{application="scorer"}}{RATE}))', "{{deployment}}"),), unit="reqps"),
+        Panel("Scorer processing latency p50 / p99",
+              (Query("histogram_quantile(0.5, sum by (le) (rate("
+                     'ray_serve_deployment_processing_latency_ms_bucket{application="scorer"}'
+                     f"{RATE})))", "p50"),
+               Query("histogram_quantile(0.99, sum by (le) (rate("
+                     'ray_serve_deployment_processing_latency_ms_bucket{application="scorer"}'
+                     f"{RATE})))", "p99")), unit="ms"),
+        Panel("Training runs: Ray Train workers and CPU in use",
+              (Query('sum(ray_actors{State="ALIVE", Name=~"RayTrainWorker.*"}) or vector(0)',
+                     "train workers"),
+               Query('sum(ray_resources{Name="CPU", State="USED"})', "CPUs used"))),
+    ),
+)  # fmt: skip
+
+DASHBOARDS = (SERVICE, RAY)
+
+RULES = (
+    AlertRule(
+        uid="vlaewatch-alert-rate-spike",
+        title="Alert rate spike on a line",
+        query=Query(f"sum by (line) (rate(vlaewatch_alerts_total{RATE})) / "
+                    f"sum by (line) (rate(vlaewatch_items_scored_total{RATE}))"),
+        condition="gt", threshold=0.2, for_="10m",
+        summary="More than 20% of a line's items alert: the line, the lighting or the model "
+                "changed; check the alert gallery and recalibrate if needed.",
+    ),
+    AlertRule(
+        uid="vlaewatch-consumer-lag",
+        title="Score consumer lag growing",
+        query=Query("max(deriv(vlaewatch_consumer_lag_seconds[10m]))"),
+        condition="gt", threshold=0.5, for_="10m",
+        summary="The API falls behind the score stream: add API processes or check Redis.",
+    ),
+    AlertRule(
+        uid="vlaewatch-scorer-down",
+        title="Scorer down",
+        query=Query('sum(ray_serve_deployment_replica_healthy{application="scorer"}) or vector(0)'),
+        condition="lt", threshold=1, for_="2m",
+        summary="No healthy scorer replica: images are not being scored.",
+    ),
+    AlertRule(
+        uid="vlaewatch-no-items",
+        title="No items scored for 15 minutes",
+        query=Query("sum(increase(vlaewatch_items_scored_total[15m])) or vector(0)"),
+        condition="lt", threshold=1, for_="5m", no_data="Alerting",
+        summary="No inspection results reached the API for 15 minutes.",
+    ),
+)  # fmt: skip
+
+
+def all_queries() -> list[Query]:
+    """Every expression of every panel and rule."""
+    out = [q for d in DASHBOARDS for p in d.panels for q in p.queries]
+    return out + [r.query for r in RULES]
+
+
+def contact_point(webhook_url: str) -> dict[str, Any]:
+    """Where the rules notify: a webhook (an operators' chat, a pager bridge)."""
+    return {
+        "uid": CONTACT_POINT,
+        "name": CONTACT_POINT,
+        "type": "webhook",
+        "settings": {"url": webhook_url},
+        "disableResolveMessage": False,
+    }
