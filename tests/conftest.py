@@ -94,7 +94,14 @@ API_KEYS = {"operator": "op-key-0123456789", "viewer": "view-key-0123456789"}
 class ApiProcess:
     """`vlaewatch api` in a child process, as an operator starts it."""
 
-    def __init__(self, redis_url: str, scorer_url: str | None, home: Path, **flags: Any) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        scorer_url: str | None,
+        home: Path,
+        env: dict[str, str] | None = None,
+        **flags: Any,
+    ) -> None:
         from scorer.redis_server import free_port
 
         self.port = free_port()
@@ -105,7 +112,7 @@ class ApiProcess:
             args += ["--scorer-url", scorer_url]
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
-        env = {**os.environ, "VLAEWATCH_HOME": str(home),
+        env = {**os.environ, **(env or {}), "VLAEWATCH_HOME": str(home),
                "VLAEWATCH_API_KEYS": f"{API_KEYS['operator']}:operator:olga,"
                                      f"{API_KEYS['viewer']}:viewer:victor"}  # fmt: skip
         self.log = (home / f"api-{self.port}.log").open("w")

@@ -680,6 +680,8 @@ def _info(settings: Settings) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script."""
+    from grafana_client.client import GrafanaException
+
     from api.config import KeyConfigError
     from scorer.redis_server import RedisStartError
     from scorer.service import DeployError
@@ -706,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _info(settings)
     except (
         UsageError, DataError, CheckpointError, RedisStartError, KeyConfigError, DeployError,
-        DemoError,
+        DemoError, GrafanaException, OSError,
     ) as exc:  # fmt: skip
         print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
