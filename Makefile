@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch
 
-.PHONY: install demo test lint format clean browser
+.PHONY: install demo test lint format clean system-deps
 
 install: $(STAMP)
 
@@ -23,10 +23,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/vlaewatch demo $(DEMO_ARGS)
 
-# Debian's Chromium for the console's browser test (Playwright drives it; no browser download).
-browser:
-	command -v chromium >/dev/null || apt-get install -y -qq --no-install-recommends chromium \
-	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+# Debian packages the tests run for real: Chromium (the console's browser test, driven by
+# Playwright; no browser download) and Prometheus (scrapes the API and Ray in the deploy tests).
+SYSTEM_PKGS := chromium prometheus
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get install -y -qq --no-install-recommends $$missing \
+	  || (apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing); fi
 
 lint: install
 	$(BIN)/ruff check .
@@ -37,7 +41,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint browser
+test: lint system-deps
 	$(BIN)/python -m pytest -q
 
 clean:

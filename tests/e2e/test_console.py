@@ -17,7 +17,7 @@ from tests.conftest import API_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs"
-CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test` (target `browser`)
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test` (target `system-deps`)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update",
         "--disable-sync"]  # fmt: skip
@@ -25,7 +25,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian chromium is missing: run `make browser`"
+    assert Path(CHROMIUM).exists(), "Debian chromium is missing: run `make system-deps`"
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield b
