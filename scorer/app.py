@@ -469,3 +469,17 @@ class Scorer:
         if items:
             await self._score_items(items)
         await client.xack(self._keys.frames, FRAMES_GROUP, *[eid for eid, _ in entries])
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve application builder for declarative deployments (a RayService's serveConfigV2:
+    ``import_path: scorer.app:build_app``). ``args`` are ``ScorerConfig`` fields; the model
+    store and Redis default to ``VLAEWATCH_MODEL_STORE`` and ``REDIS_URL`` as everywhere."""
+    import os
+
+    values = dict(args)
+    values.setdefault("checkpoint", os.environ.get("VLAEWATCH_MODEL_STORE", ""))
+    values.setdefault("redis_url", os.environ.get("REDIS_URL", ""))
+    values.setdefault("key_prefix", os.environ.get("VLAEWATCH_KEY_PREFIX", "vlaewatch"))
+    cfg = ScorerConfig.model_validate(values)
+    return Scorer.options(user_config=cfg.model_dump()).bind()  # type: ignore[attr-defined]

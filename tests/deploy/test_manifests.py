@@ -1,0 +1,128 @@
+"""The deployment files: they parse, name kinds that Kubernetes and KubeRay define, run commands
+the CLI has, read settings the service knows, and deploy the scorer the code defines."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scorer.config import ScorerConfig
+from vlaewatch.cli import _build_parser
+from vlaewatch.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+KINDS = {
+    ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"), ("v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("batch/v1", "Job"),
+    ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
+}  # fmt: skip
+ECOSYSTEM_ENV = {"REDIS_URL", "RAY_ADDRESS"}
+
+
+def _docs() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _walk(node: Any, key: str) -> list[Any]:
+    """Every value stored under ``key`` anywhere in a manifest."""
+    found = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                found.append(v)
+            found += _walk(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            found += _walk(v, key)
+    return found
+
+
+def _cli(argv: list[str]) -> None:
+    assert argv[0] == "vlaewatch", argv
+    try:
+        _build_parser().parse_args(argv[1:])
+    except SystemExit as exc:
+        raise AssertionError(f"the CLI rejects {argv}") from exc
+
+
+def test_manifests_parse_with_known_kinds_and_labels() -> None:
+    docs = _docs()
+    assert {(d["apiVersion"], d["kind"]) for d in docs} == KINDS
+    for d in docs:
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "vlaewatch"
+    names = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    # What the other pieces refer to exists.
+    for ref in _walk(docs, "configMapRef") + _walk(docs, "secretRef"):
+        assert ("ConfigMap", ref["name"]) in names or ("Secret", ref["name"]) in names
+    for claim in _walk(docs, "persistentVolumeClaim"):
+        assert ("PersistentVolumeClaim", claim["claimName"]) in names
+
+
+def test_commands_exist_in_the_cli() -> None:
+    docs = _docs()
+    commands = [c for c in _walk(docs, "command") if c and c[0] == "vlaewatch"]
+    commands += [shlex.split(e) for e in _walk(docs, "entrypoint")]
+    assert len(commands) >= 3
+    for argv in commands:
+        _cli(argv)
+    cmd = re.search(r"^CMD (\[.*\])$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert cmd is not None
+    _cli(yaml.safe_load(cmd.group(1)))
+
+
+def test_settings_are_the_cli_environment() -> None:
+    known = {f"VLAEWATCH_{name.upper()}" for name in Settings.model_fields} | ECOSYSTEM_ENV
+    config = next(d for d in _docs() if d["kind"] == "ConfigMap")
+    secret = next(d for d in _docs() if d["kind"] == "Secret")
+    assert set(config["data"]) | set(secret["stringData"]) <= known
+    parsed = Settings(**{k[len("VLAEWATCH_"):].lower(): v for k, v in config["data"].items()
+                         if k.startswith("VLAEWATCH_")})  # fmt: skip
+    assert str(parsed.store_path) == "/models"
+
+
+def test_rayservice_deploys_the_scorer_the_code_defines() -> None:
+    service = next(d for d in _docs() if d["kind"] == "RayService")
+    serve_cfg = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (app,) = serve_cfg["applications"]
+    assert app["name"] == "scorer"  # the application the dashboards and alert rules select
+    module, func = app["import_path"].split(":")
+    builder = getattr(importlib.import_module(module), func)
+    (dep,) = app["deployments"]
+    assert dep["name"] == "Scorer"
+    cfg = ScorerConfig.model_validate({**app["args"], **dep["user_config"]})
+    assert cfg.checkpoint == "/models"
+    assert type(builder({**app["args"], **dep["user_config"]})).__name__ == "Application"
+    auto = dep["autoscaling_config"]
+    assert auto["min_replicas"] < auto["max_replicas"]
+
+
+def test_dockerfile_copies_what_exists() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    root = DEPLOY.parent
+    for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
+        for part in src.split():
+            assert (root / part).exists(), part
+
+
+def test_prometheus_configs() -> None:
+    """The local config passes promtool. Debian's Prometheus is built without Kubernetes
+    service discovery, so the cluster config is checked for shape here instead."""
+    assert shutil.which("promtool"), "promtool comes with Debian's prometheus: make system-deps"
+    out = subprocess.run(["promtool", "check", "config", str(DEPLOY / "prometheus/local.yml")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    k8s = yaml.safe_load((DEPLOY / "prometheus/kubernetes.yml").read_text())
+    jobs = {j["job_name"]: j for j in k8s["scrape_configs"]}
+    assert set(jobs) == {"vlaewatch-api", "ray"}
+    for job in jobs.values():
+        assert job["kubernetes_sd_configs"] == [{"role": "pod"}]
