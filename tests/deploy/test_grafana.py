@@ -16,11 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
 from deploy.dashboards import DASHBOARDS, DATASOURCE_UID, RULES
 from scorer.redis_server import free_port
+from scorer.schemas import ScoreRecord
 from tests.conftest import API_KEYS, ApiProcess
 from vlaewatch.cli import main
 
@@ -198,5 +200,18 @@ def test_api_annotates_threshold_changes(
         note = fake.annotations[-1]
         assert "threshold cam3 = 42" in note["text"] and "new supplier" in note["text"]
         assert {"vlaewatch", "threshold", "cam3"} <= set(note["tags"])
+
+        # The first score of a model version marks the swap, once.
+        client = redis.Redis.from_url(redis_server.url)
+        for i in range(3):
+            rec = ScoreRecord(item_id=f"m-{i}", line="cam3", ts_ingested=0, ts_scored=0,
+                              score=1, recon=1, kl=0, model_version="feedc0ffee")  # fmt: skip
+            client.xadd("annot:scores", rec.to_fields())  # type: ignore[arg-type]
+        deadline = time.monotonic() + 20
+        while not any("feedc0ffee" in a["text"] for a in fake.annotations):
+            assert time.monotonic() < deadline, fake.annotations
+            time.sleep(0.1)
+        time.sleep(1)
+        assert sum("feedc0ffee" in a["text"] for a in fake.annotations) == 1
     finally:
         api.stop()
