@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch
 
-.PHONY: install demo test lint format clean system-deps
+.PHONY: install demo test lint format clean system-deps bench-quality
 
 install: $(STAMP)
 
@@ -43,6 +43,14 @@ format: install
 
 test: lint system-deps
 	$(BIN)/python -m pytest -q
+
+# One-class MNIST benchmark (full MNIST in torchvision's layout under DATA_DIR, downloaded
+# there when missing and a network exists); writes bench/results/quality.{json,md}.
+DATA_DIR ?= $(VLAEWATCH_DATA_DIR)
+QUALITY_ARGS ?=
+bench-quality: install
+	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
+	$(BIN)/python bench/quality.py --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
 
 clean:
 	rm -rf .vlaewatch .pytest_cache .ruff_cache .mypy_cache

@@ -520,7 +520,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                             port=args.scorer_port)  # fmt: skip
         api_cfg = ApiConfig(redis_url=redis_url, key_prefix=settings.key_prefix,
                             scorer_url=scorer_url, api_keys=keys, reclaim_idle_ms=5000,
-                            initial_fpr=0)  # fmt: skip
+                            initial_fpr=0, grafana_url=settings.grafana_url,
+                            grafana_token=settings.grafana_token)  # fmt: skip
         api = demo.ApiThread(api_cfg, args.host, args.api_port).start()
         stack.callback(api.stop)
         _wait_for_model(api.url, version)
