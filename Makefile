@@ -5,9 +5,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PKGS   := trainer scorer api deploy vlaewatch
+PKGS   := trainer scorer api deploy vlaewatch bench
 
-.PHONY: install demo test lint format clean system-deps bench-quality
+.PHONY: install demo test lint format clean system-deps bench-quality bench-speed
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ QUALITY_ARGS ?=
 bench-quality: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
 	$(BIN)/python bench/quality.py --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
+
+# Raw model vs baselines vs the scorer over HTTP; writes bench/results/speed.{json,md}.
+bench-speed: install
+	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
+	$(BIN)/python bench/throughput.py $(SPEED_ARGS)
 
 clean:
 	rm -rf .vlaewatch .pytest_cache .ruff_cache .mypy_cache

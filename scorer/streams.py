@@ -24,8 +24,27 @@ class StoredItem:
     score: float
 
 
+# Per item: the image hash with its TTL, then the score entry (fields of ScoreRecord). Keys
+# are computed by the caller (standalone Redis; a Redis Cluster would need them in KEYS).
+_PUBLISH = """
+local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+for i = 0, n - 1 do
+  local a = 5 + i * 11
+  local key = ARGV[a]
+  redis.call('HSET', key, 'image', ARGV[a + 1], 'shape', ARGV[a + 2], 'line', ARGV[a + 3],
+             'model_version', ARGV[a + 4], 'score', ARGV[a + 5])
+  redis.call('EXPIRE', key, ttl)
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'item_id', ARGV[a + 6],
+             'line', ARGV[a + 3], 'ts_ingested', ARGV[a + 7], 'ts_scored', ARGV[a + 8],
+             'score', ARGV[a + 5], 'recon', ARGV[a + 9], 'kl', ARGV[a + 10],
+             'model_version', ARGV[a + 4])
+end
+return n
+"""
+
+
 class ScoreSink:
-    """Writes what the scorer produces. One pipeline (one round trip) per batch."""
+    """Writes what the scorer produces: one round trip per batch."""
 
     def __init__(
         self,
@@ -40,31 +59,20 @@ class ScoreSink:
         self.scores_maxlen = scores_maxlen
         self.deadletter_maxlen = deadletter_maxlen
         self.retention_s = retention_s
+        self._publish = client.register_script(_PUBLISH)
 
     async def publish(self, records: list[ScoreRecord], images: np.ndarray) -> None:
         """Store each image (with TTL), then append its score: a reader of the score stream
-        always finds the image of an entry that is still in retention."""
-        pipe = self.client.pipeline(transaction=False)
+        always finds the image of an entry that is still in retention. One script call per
+        batch: building three pipelined commands per item cost more than the model's forward
+        pass (bench/README.md, "Where the time goes")."""
+        args: list[Any] = [self.keys.scores, self.scores_maxlen, self.retention_s, len(records)]
         for rec, img in zip(records, images, strict=True):
-            key = self.keys.item(rec.item_id)
-            pipe.hset(
-                key,
-                mapping={
-                    "image": img.tobytes(),
-                    "shape": ",".join(str(d) for d in img.shape),
-                    "line": rec.line,
-                    "model_version": rec.model_version,
-                    "score": repr(rec.score),
-                },
-            )
-            pipe.expire(key, self.retention_s)
-            pipe.xadd(
-                self.keys.scores,
-                rec.to_fields(),  # type: ignore[arg-type]
-                maxlen=self.scores_maxlen,
-                approximate=True,
-            )
-        await pipe.execute()
+            args += [self.keys.item(rec.item_id), img.tobytes(),
+                     ",".join(str(d) for d in img.shape), rec.line, rec.model_version,
+                     repr(rec.score), rec.item_id, repr(rec.ts_ingested), repr(rec.ts_scored),
+                     repr(rec.recon), repr(rec.kl)]  # fmt: skip
+        await self._publish(args=args)
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
         await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)

@@ -1,0 +1,230 @@
+"""Speed, side by side in one run on one checkpoint: the raw model in-process (the limit), the
+baselines a user might pick instead (the deck's per-item loop, PyOD's VAE), and the scorer over
+HTTP on Ray Serve across batch sizes and concurrency.
+
+    python bench/throughput.py [--checkpoint DIR] [--seconds 5]
+
+Writes bench/results/speed.json and bench/results/speed.md (ratios to the raw model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _rate(fn: Callable[[], int], seconds: float) -> float:
+    """Images per second of ``fn`` (which returns how many it handled), over ``seconds``."""
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        n += fn()
+    return n / (time.perf_counter() - t0)
+
+
+def raw_model(loaded: Any, images: np.ndarray, batches: list[int], seconds: float
+              ) -> dict[str, float]:  # fmt: skip
+    """Batched forward + score in-process: the limit the service is measured against."""
+    out = {}
+    for b in batches:
+        out[str(b)] = _rate(functools.partial(_score_count, loaded.model, images[:b], b), seconds)
+    return out
+
+
+def _score_count(model: Any, images: np.ndarray, batch_size: int) -> int:
+    from trainer.evaluate import score_images
+
+    return len(score_images(model, images, batch_size=batch_size).score)
+
+
+def deck_loop(loaded: Any, images: np.ndarray, seconds: float) -> float:
+    """The seed deck's way: ``anomaly_score`` one image at a time."""
+    from trainer.data import to_float
+
+    x = torch.from_numpy(to_float(images[:256]))
+    model = loaded.model.eval()
+
+    def loop() -> int:
+        with torch.no_grad():
+            for i in range(len(x)):
+                model.anomaly_score(x[i : i + 1])
+        return len(x)
+
+    return _rate(loop, seconds)
+
+
+def pyod_vae(train: np.ndarray, images: np.ndarray, seconds: float) -> float:
+    """PyOD's VAE ``decision_function`` on the same images (fitted briefly on normal ones)."""
+    from pyod.models.vae import VAE
+
+    from trainer.data import to_float
+
+    clf = VAE(epoch_num=2, verbose=0, device="cpu")
+    clf.fit(to_float(train).reshape(len(train), -1))
+    x = to_float(images[:512]).reshape(512, -1)
+    return _rate(lambda: len(clf.decision_function(x)), seconds)
+
+
+def http_sweep(url: str, images: np.ndarray, batches: list[int], concurrency: list[int],
+               seconds: float) -> list[dict[str, Any]]:  # fmt: skip
+    """POST /v1/score (NPY bodies) from ``c`` client threads: images/s and request latency."""
+    rows = []
+    for b in batches:
+        buf = io.BytesIO()
+        np.save(buf, images[:b, 0])
+        body = buf.getvalue()
+        for c in concurrency:
+            rows.append({"batch": b, "concurrency": c, **_load(url, body, b, c, seconds)})
+            print(f"http batch {b} x{c}: {rows[-1]['images_per_s']:.0f} images/s, p50 "
+                  f"{rows[-1]['p50_ms']:.1f} ms", file=sys.stderr)  # fmt: skip
+    return rows
+
+
+def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads posting ``body`` (``batch`` images) back to back for ``seconds``."""
+    import httpx
+
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as http:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = http.post(f"{url}/v1/score", content=body,
+                              headers={"content-type": "application/x-npy"})  # fmt: skip
+                r.raise_for_status()
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    lat = sorted(latencies)
+    return {
+        "images_per_s": len(lat) * batch / elapsed,
+        "requests": len(lat),
+        "p50_ms": 1000 * statistics.median(lat),
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    raw = report["raw_images_per_s"]
+    lines = ["| path | batch | concurrency | images/s | p50 ms | p99 ms | vs raw model |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for b, v in raw.items():
+        lines.append(f"| raw model, in-process | {b} | 1 | {v:.0f} | | | 1.00 |")
+    deck = report["deck_loop_images_per_s"]
+    lines.append(f"| deck per-item loop | 1 | 1 | {deck:.0f} | | | "
+                 f"{deck / raw['512']:.3f} (of raw at 512) |")  # fmt: skip
+    if report.get("pyod_images_per_s"):
+        lines.append(f"| PyOD VAE decision_function | 512 | 1 | {report['pyod_images_per_s']:.0f}"
+                     f" | | | {report['pyod_images_per_s'] / raw['512']:.3f} |")  # fmt: skip
+    for row in report["http"]:
+        ratio = row["images_per_s"] / raw[str(row["batch"])]
+        lines.append(f"| HTTP /v1/score | {row['batch']} | {row['concurrency']} | "
+                     f"{row['images_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+                     f"{ratio:.3f} |")  # fmt: skip
+    best = report["best_http_ratio"]
+    lines += ["", "Best HTTP throughput as a share of the raw model at the same batch size: "
+              + ", ".join(f"batch {b}: {v:.2f}" for b, v in best.items()) + ".",
+              "", f"Command: `{report['command']}`; {report['machine']}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, help="default: a digits model trained here")
+    p.add_argument("--seconds", type=float, default=5.0, help="per measurement point")
+    p.add_argument("--batches", default="1,64,512")
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--replica-cpus", type=float, default=1.0)
+    p.add_argument("--no-pyod", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+    from scorer.config import DeploymentConfig, ScorerConfig
+    from scorer.redis_server import EmbeddedRedis, free_port
+    from scorer.service import deploy
+    from trainer import cluster
+    from trainer.checkpoint import load_checkpoint
+    from trainer.data import load_digits, split_normal
+    from trainer.model import VLAEConfig
+    from trainer.pipeline import DatasetInfo, train_model
+    from trainer.train import LoopContext, TrainConfig, fit
+
+    batches = [int(b) for b in args.batches.split(",")]
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    digits = load_digits()
+    images = np.concatenate([digits.test.images] * 2)[: max(batches)]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or train_model(
+            split_normal(digits, ["0"]), VLAEConfig(), TrainConfig(epochs=3), DatasetInfo("digits"),
+            lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)), {"kind": "in-process"},
+            out=Path(tmp) / "model",
+        )  # fmt: skip
+        loaded = load_checkpoint(checkpoint)
+        report: dict[str, Any] = {
+            "command": "python bench/throughput.py "
+            + " ".join(a for a in (argv if argv is not None else sys.argv[1:])),
+            "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}, "
+            f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}",
+            "model_version": loaded.version,
+        }
+        report["raw_images_per_s"] = raw_model(loaded, images, batches, args.seconds)
+        print(f"raw: {report['raw_images_per_s']}", file=sys.stderr)
+        report["deck_loop_images_per_s"] = deck_loop(loaded, images, args.seconds)
+        if not args.no_pyod:
+            report["pyod_images_per_s"] = pyod_vae(
+                split_normal(digits, ["0"]).train.images, images, args.seconds
+            )
+        with EmbeddedRedis(Path(tmp) / "redis") as redis_server:
+            cluster.connect(num_cpus=os.cpu_count() or 2)
+            try:
+                cfg = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
+                                   consume_frames=False)  # fmt: skip
+                url = deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=free_port())
+                report["http"] = http_sweep(url, images, batches, concurrency, args.seconds)
+            finally:
+                from scorer.service import shutdown
+
+                shutdown()
+                cluster.shutdown()
+    best: dict[str, float] = {}
+    for row in report["http"]:
+        ratio = row["images_per_s"] / report["raw_images_per_s"][str(row["batch"])]
+        best[str(row["batch"])] = max(best.get(str(row["batch"]), 0.0), ratio)
+    report["best_http_ratio"] = best
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps(report, indent=2))
+    (args.out / "speed.md").write_text(markdown(report))
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
