@@ -65,7 +65,8 @@ async def histogram(
     model_version: str | None = None,
 ) -> ScoreHistogram:
     """Normal calibration scores beside each line's recent scores, on the same bins. The bins
-    span the calibration scores and the bulk of recent ones; far outliers count as overflow."""
+    span the calibration scores and the bulk of recent ones, at most twice the calibration
+    range beyond it; scores above count as overflow, scores below in the first bin."""
     model = await services.models.get(model_version)
     cal = model.calibration if model is not None else np.array([])
     window = await recent_scores(
@@ -75,14 +76,21 @@ async def histogram(
     pool = np.r_[cal, recent]
     if len(pool) == 0:
         edges = np.linspace(0.0, 1.0, bins + 1)
+    elif len(cal):
+        # The normal calibration scores set the scale; recent scores far outside it would
+        # squash the chart, so they are counted as overflow (above) or in the first bin.
+        span = max(float(cal.max() - cal.min()), 1e-9)
+        lo = max(float(pool.min()), float(cal.min()) - span)
+        top = float(np.quantile(recent, 0.99)) if len(recent) else float(cal.max())
+        hi = min(max(top, float(cal.max()) * 1.05), float(cal.max()) + 2 * span)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     else:
-        hi = max(float(cal.max()) * 1.5 if len(cal) else 0.0, float(np.quantile(pool, 0.99)))
-        lo = float(pool.min())
+        lo, hi = float(pool.min()), float(np.quantile(pool, 0.99))
         edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     lines, overflow = {}, {}
     for line, group in window.groupby("line"):
         scores = group["score"].to_numpy(dtype=np.float64)
-        lines[str(line)] = np.histogram(scores, edges)[0].tolist()
+        lines[str(line)] = np.histogram(np.maximum(scores, edges[0]), edges)[0].tolist()
         overflow[str(line)] = int(np.sum(scores > edges[-1]))
     thresholds = {ln: t.value for ln, t in (await services.thresholds.current()).items()}
     return ScoreHistogram(

@@ -63,7 +63,6 @@ def test_console_calibrates_and_handles_an_alert(
     assert (current["line"], current["value"], current["who"], current["why"]) == (
         line, 0.0, "olga", "browser test")  # fmt: skip
     page.wait_for_selector("#history tbody tr:has-text('browser test')")
-    page.screenshot(path=str(SHOTS / "console-calibrate.png"), full_page=True)
 
     # Alerts: an item scored on that line appears live, with its preview, and is acknowledged.
     page.click("#tab-alerts")
@@ -87,6 +86,19 @@ def test_console_calibrates_and_handles_an_alert(
     alert = httpx.get(f"{api_url}/v1/alerts/{item}", headers=op).json()
     assert alert["state"] == "acknowledged" and alert["events"][-1]["who"] == "olga"
     page.screenshot(path=str(SHOTS / "console-alerts.png"), full_page=True)
+
+    # The calibrate panel as an operator sees it: the default line, live scores of every line
+    # beside the calibration set, and a dry-run proposal with its impact.
+    page.click("#tab-calibrate")
+    page.fill("#line", "default")
+    page.press("#line", "Tab")
+    page.select_option("#method", "fpr")
+    page.fill("#param", "0.05")
+    page.fill("#note", "")
+    page.click("#preview-btn")
+    page.wait_for_selector("#result-summary:has-text('Dry run')")
+    page.wait_for_selector("#history-line:has-text('default')")
+    page.screenshot(path=str(SHOTS / "console-calibrate.png"), full_page=True)
     page.close()
 
 
