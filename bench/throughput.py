@@ -131,6 +131,134 @@ def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> di
     }
 
 
+def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int],
+                seconds: float) -> list[dict[str, Any]]:  # fmt: skip
+    """XADD PNG frames to ``vlaewatch:frames`` at each steady rate; how many were scored in
+    the same time (the replicas consume the stream as the group ``scorers``)."""
+    import redis
+    from PIL import Image
+
+    pngs = []
+    for im in images[:256, 0]:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    client = redis.Redis.from_url(redis_url)
+    rows = []
+    for rate in rates:
+        tag = f"f{rate}-{time.time_ns()}"
+        tick = 0.05  # XADD in small pipelined bursts, 20 per second
+        per_tick = max(1, int(rate * tick))
+        start = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - start < seconds:
+            pipe = client.pipeline(transaction=False)
+            for _ in range(per_tick):
+                pipe.xadd(f"{prefix}:frames", {"image": pngs[sent % len(pngs)], "line": "bench",
+                                               "item_id": f"{tag}-{sent}"})  # fmt: skip
+                sent += 1
+            pipe.execute()
+            time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+        elapsed = time.perf_counter() - start
+        scored = _scored_since(client, prefix, tag, start)
+        rows.append({"offered_per_s": sent / elapsed, "scored_per_s": scored / elapsed,
+                     "backlog": sent - scored})  # fmt: skip
+        print(f"frames at {rate}/s: scored {scored / elapsed:.0f}/s", file=sys.stderr)
+        deadline = time.perf_counter() + 60  # drain before the next rate
+        while _scored_since(client, prefix, tag, start) < sent and time.perf_counter() < deadline:
+            time.sleep(0.2)
+    return rows
+
+
+def _scored_since(client: Any, prefix: str, tag: str, start_perf: float) -> int:
+    """Score entries of this rate step (item ids start with ``tag``)."""
+    since_ms = int((time.time() - (time.perf_counter() - start_perf) - 1) * 1000)
+    n = 0
+    for _, fields in client.xrange(f"{prefix}:scores", f"{since_ms}-0", "+"):
+        if fields.get(b"item_id", b"").startswith(tag.encode()):
+            n += 1
+    return n
+
+
+def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, rate: float,
+               seconds: float) -> dict[str, Any]:  # fmt: skip
+    """Frames at ``rate``; for each alert, the time from XADD to its arrival on the API's
+    live stream."""
+    import redis
+    from PIL import Image
+
+    from vlaewatch.demo import AlertListener
+
+    listener = AlertListener(api_url, {}).start()
+    client = redis.Redis.from_url(redis_url)
+    sent_at: dict[str, float] = {}
+    pngs = []
+    for im in images[:500, 0]:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        pngs.append(buf.getvalue())
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        item = f"e2e-{time.time_ns()}-{n}"
+        sent_at[item] = time.time()
+        client.xadd(f"{prefix}:frames", {"image": pngs[n % len(pngs)], "line": "e2e",
+                                         "item_id": item})  # fmt: skip
+        n += 1
+        time.sleep(max(0.0, start + n / rate - time.perf_counter()))
+    time.sleep(2.0)
+    listener.stop()
+    lat = sorted(1000 * (seen - sent_at[i]) for i, (seen, _) in listener.seen.items()
+                 if i in sent_at)  # fmt: skip
+    return {
+        "rate_per_s": n / (time.perf_counter() - start - 2.0),
+        "items": n,
+        "alerts": len(lat),
+        "p50_ms": statistics.median(lat) if lat else None,
+        "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None,
+    }
+
+
+def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
+              work: Callable[[str], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """Run ``work`` against `vlaewatch api` in its own process (as deployed)."""
+    import subprocess
+
+    import httpx
+    import redis
+
+    from scorer.redis_server import free_port
+
+    # The API's group starts at the stream's end: the frames steps' entries are not its work.
+    client = redis.Redis.from_url(redis_url)
+    client.xgroup_create(f"{prefix}:scores", "api", id="$", mkstream=True)
+    client.close()
+    port = free_port()
+    env = {**os.environ, "VLAEWATCH_HOME": str(home)}
+    env.pop("VLAEWATCH_API_KEYS", None)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "vlaewatch"), "api", "--port", str(port),
+         "--redis-url", redis_url, "--key-prefix", prefix, "--scorer-url", scorer_url,
+         "--initial-fpr", "0.02", "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).json().get("consuming"):
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("vlaewatch api did not start")
+            time.sleep(0.2)
+        return work(url)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def markdown(report: dict[str, Any]) -> str:
     raw = report["raw_images_per_s"]
     lines = ["| path | batch | concurrency | images/s | p50 ms | p99 ms | vs raw model |",
@@ -148,6 +276,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| HTTP /v1/score | {row['batch']} | {row['concurrency']} | "
                      f"{row['images_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
                      f"{ratio:.3f} |")  # fmt: skip
+    for row in report.get("frames", []):
+        lines.append(f"| frames stream (XADD, PNG) | - | - | {row['scored_per_s']:.0f} scored of "
+                     f"{row['offered_per_s']:.0f} offered | | | |")  # fmt: skip
+    e2e = report.get("end_to_end")
+    if e2e and e2e["p50_ms"] is not None:
+        lines.append(f"| end to end, frames → alert on /v1/stream at {e2e['rate_per_s']:.0f}/s | "
+                     f"- | - | {e2e['alerts']} alerts | {e2e['p50_ms']:.1f} | "
+                     f"{e2e['p99_ms']:.1f} | |")  # fmt: skip
     best = report["best_http_ratio"]
     lines += ["", "Best HTTP throughput as a share of the raw model at the same batch size: "
               + ", ".join(f"batch {b}: {v:.2f}" for b, v in best.items()) + ".",
@@ -162,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batches", default="1,64,512")
     p.add_argument("--concurrency", default="1,4,16")
     p.add_argument("--replica-cpus", type=float, default=1.0)
+    p.add_argument("--frame-rates", default="1000,2000,4000,8000", help="frames/s steps")
     p.add_argument("--no-pyod", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -209,6 +346,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    consume_frames=False)  # fmt: skip
                 url = deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=free_port())
                 report["http"] = http_sweep(url, images, batches, concurrency, args.seconds)
+                # A fresh key prefix: the API's consumer group starts on an empty stream.
+                prefix = f"speed{time.time_ns()}"
+                cfg = cfg.model_copy(update={"consume_frames": True, "key_prefix": prefix})
+                port = int(url.rsplit(":", 1)[1])
+                deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=port)
+                rates = [int(r) for r in args.frame_rates.split(",")]
+                report["frames"] = frames_path(redis_server.url, prefix, images, rates,
+                                               args.seconds)  # fmt: skip
+                kept = [r["offered_per_s"] for r in report["frames"]
+                        if r["scored_per_s"] >= 0.95 * r["offered_per_s"]]  # fmt: skip
+                report["frames_sustained_per_s"] = max(kept) if kept else None
+                half = (report["frames_sustained_per_s"] or rates[0]) / 2
+                report["end_to_end"] = _with_api(
+                    redis_server.url, prefix, url, Path(tmp),
+                    lambda api_url: end_to_end(api_url, redis_server.url, prefix, images, half,
+                                               args.seconds),
+                )  # fmt: skip
             finally:
                 from scorer.service import shutdown
 
