@@ -53,6 +53,12 @@ def conformal_threshold(calibration: np.ndarray, alpha: float) -> float:
     return float(cal[rank - 1])
 
 
+def supported_alpha(alpha: float, n: int) -> float:
+    """``alpha``, raised to 1/(n+1) when n calibration scores cannot guarantee less (the
+    strictest conformal threshold, the largest calibration score, guarantees 1/(n+1))."""
+    return max(alpha, 1 / (n + 1))
+
+
 def false_alarm_rate(
     calibration: np.ndarray, threshold: float, confidence: float = 0.95
 ) -> FalseAlarmRate:

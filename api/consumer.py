@@ -22,7 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.alerts import AlertStore
 from api.annotations import Annotator
-from api.calibrate import conformal_threshold, false_alarm_rate, p_values
+from api.calibrate import conformal_threshold, false_alarm_rate, p_values, supported_alpha
 from api.config import ApiConfig
 from api.metrics import Metrics
 from api.schemas import Alert, FalseAlarmRateOut
@@ -218,8 +218,7 @@ class ScoreConsumer:
         n = len(model.calibration)
         if n == 0:
             return
-        # A small calibration set cannot support a tiny alpha: take the strictest it can.
-        alpha = max(self.cfg.initial_fpr, 1 / (n + 1))
+        alpha = supported_alpha(self.cfg.initial_fpr, n)
         value = conformal_threshold(model.calibration, alpha)
         far = false_alarm_rate(model.calibration, value)
         made = await self.thresholds.set(

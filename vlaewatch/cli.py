@@ -480,6 +480,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
     from trainer import cluster
+    from trainer.checkpoint import read_card
     from trainer.data import load_source
     from vlaewatch import demo
 
@@ -527,7 +528,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         _wait_for_model(api.url, version)
 
         _err(f"[4/6] calibrating the default threshold: fpr {args.fpr:g}")
-        calibration = _calibrate_demo(api.url, headers, version, args.fpr)
+        n_calibration = int(read_card(trained["checkpoint"])["dataset"]["n_calibration"])
+        calibration = _calibrate_demo(api.url, headers, version, args.fpr, n_calibration)
         _err(f"      threshold {calibration['threshold']:.2f}, expected false-alarm rate "
              f"{calibration['false_alarm_rate']['expected']:.3f} "
              f"[{calibration['false_alarm_rate']['low']:.3f}, "
@@ -606,26 +608,24 @@ def _wait_for_model(api_url: str, version: str, timeout_s: float = 60) -> None:
 
 
 def _calibrate_demo(
-    api_url: str, headers: dict[str, str], version: str, alpha: float
+    api_url: str, headers: dict[str, str], version: str, alpha: float, n_calibration: int
 ) -> dict[str, Any]:
-    """``fpr`` at ``alpha``; when the calibration set is too small for it, the smallest alpha
-    it supports (said on stderr)."""
+    """``fpr`` at ``alpha``, or at the smallest alpha the calibration set supports (said on
+    stderr)."""
     import httpx
 
-    body: dict[str, Any] = {"line": "default", "params": {"method": "fpr", "alpha": alpha},
-                            "model_version": version, "why": "vlaewatch demo"}  # fmt: skip
+    from api.calibrate import supported_alpha
+
+    used = supported_alpha(alpha, n_calibration)
+    if used > alpha:
+        _err(f"      {n_calibration} calibration scores cannot guarantee alpha {alpha:g}: "
+             f"using 1/(n+1) = {used:.4f}")  # fmt: skip
+    body = {"line": "default", "params": {"method": "fpr", "alpha": used},
+            "model_version": version, "why": "vlaewatch demo"}  # fmt: skip
     resp = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=body, headers=headers)
-    if resp.status_code == 422 and "1/(n+1)" in resp.text:
-        dry = dict(body, params={"method": "sigma", "k": 0}, dry_run=True)
-        n = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=dry, headers=headers).json()[
-            "false_alarm_rate"]["n_calibration"]  # fmt: skip
-        _err(f"      {resp.json()['detail']}: using alpha 1/(n+1) = {1 / (n + 1):.4f}")
-        alpha = 1 / (n + 1) + 1e-12
-        body["params"]["alpha"] = alpha
-        resp = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=body, headers=headers)
     if resp.status_code != 200:
         raise UsageError(f"calibration failed: {resp.status_code} {resp.text[:300]}")
-    return {**resp.json(), "alpha": alpha}
+    return {**resp.json(), "alpha": used}
 
 
 def _grafana(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
