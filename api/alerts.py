@@ -45,8 +45,9 @@ end
 return state
 """
 
-_FIELDS = ("item_id", "line", "score", "recon", "kl", "threshold", "threshold_version",
-           "p_value", "model_version", "ts_ingested", "ts_scored", "created_at")  # fmt: skip
+_FIELDS = ("item_id", "line", "score", "recon", "kl", "complexity", "threshold",
+           "threshold_version", "p_value", "model_version", "ts_ingested", "ts_scored",
+           "created_at")  # fmt: skip
 _FLOATS = {"score", "recon", "kl", "threshold", "ts_ingested", "ts_scored", "created_at"}
 
 TRANSITIONS: dict[str, tuple[tuple[AlertState, ...], AlertState]] = {
@@ -271,7 +272,8 @@ def _alert(fields: dict[Any, Any], events: list[Any]) -> Alert | None:
     for k in _FLOATS:
         data[k] = float(data[k])
     data["threshold_version"] = int(data["threshold_version"])
-    data["p_value"] = float(data["p_value"]) if data["p_value"] else None
+    for k in ("p_value", "complexity"):  # absent on alerts of older versions
+        data[k] = float(data[k]) if data[k] else None
     return Alert(
         **data,
         state=f.get("state", "open"),  # type: ignore[arg-type]

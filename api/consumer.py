@@ -182,7 +182,8 @@ class ScoreConsumer:
             alerts.append(
                 Alert(
                     item_id=rec.item_id, line=rec.line, score=rec.score, recon=rec.recon,
-                    kl=rec.kl, threshold=th.value, threshold_version=th.version, p_value=p,
+                    kl=rec.kl, complexity=rec.complexity, threshold=th.value,
+                    threshold_version=th.version, p_value=p,
                     model_version=rec.model_version, ts_ingested=rec.ts_ingested,
                     ts_scored=rec.ts_scored, created_at=now, state="open",
                     preview_url=f"/v1/items/{rec.item_id}/preview.png",

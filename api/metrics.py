@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-# Scores of the digit models sit around 20-300; a wide log scale covers other datasets too.
-SCORE_BUCKETS = tuple(round(2 ** (i / 2), 3) for i in range(0, 33))  # 1 .. 65536
+# Digit models score around 1-10 (elbo_per_tv) or 20-300 (elbo); a wide log scale covers both.
+SCORE_BUCKETS = tuple(round(2 ** (i / 2), 4) for i in range(-8, 33))  # 1/16 .. 65536
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -17,7 +17,8 @@ class Metrics:
         self.items = Counter("vlaewatch_items_scored", "Score entries consumed", ["line"],
                              registry=r)  # fmt: skip
         self.alerts = Counter("vlaewatch_alerts", "Alerts raised", ["line"], registry=r)
-        self.scores = Histogram("vlaewatch_score", "Scores consumed (recon + KL)", ["line"],
+        self.scores = Histogram("vlaewatch_score", "Scores consumed (the model's score kind)",
+                                ["line"],
                                 buckets=SCORE_BUCKETS, registry=r)  # fmt: skip
         self.deadletters = Counter("vlaewatch_consumer_deadletters",
                                    "Score entries that could not be parsed",

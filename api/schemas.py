@@ -21,7 +21,7 @@ def _example(example: dict[str, Any]) -> ConfigDict:
 THRESHOLD_EXAMPLE: dict[str, Any] = {
     "line": "default",
     "version": 3,
-    "value": 182.4,
+    "value": 1.824,
     "method": "fpr",
     "params": {"alpha": 0.01, "confidence": 0.95},
     "who": "alice",
@@ -40,10 +40,11 @@ THRESHOLD_EXAMPLE: dict[str, Any] = {
 ALERT_EXAMPLE: dict[str, Any] = {
     "item_id": "cam1-000123",
     "line": "cam1",
-    "score": 311.2,
+    "score": 3.297,
     "recon": 301.0,
     "kl": 10.2,
-    "threshold": 182.4,
+    "complexity": 93.4,
+    "threshold": 1.824,
     "threshold_version": 3,
     "p_value": 0.0123,
     "model_version": "c96dc36985a2a968",
@@ -142,7 +143,7 @@ class SigmaParams(BaseModel):
 
 
 class ManualParams(BaseModel):
-    model_config = _example({"method": "manual", "threshold": 250.0})
+    model_config = _example({"method": "manual", "threshold": 2.5})
 
     method: Literal["manual"] = "manual"
     threshold: float = Field(allow_inf_nan=False)
@@ -164,7 +165,7 @@ class CalibrateRequest(BaseModel):
                  "why": "new lens installed"},
                 {"line": "default", "params": {"method": "labels", "objective": "f1"}},
                 {"line": "cam2", "params": {"method": "sigma", "k": 3}},
-                {"line": "cam3", "params": {"method": "manual", "threshold": 250.0},
+                {"line": "cam3", "params": {"method": "manual", "threshold": 2.5},
                  "why": "supplier spec"},
             ]
         },
@@ -220,7 +221,7 @@ class CalibrationResult(BaseModel):
     """The threshold a method chose and what it implies; ``applied`` is False for dry runs."""
 
     model_config = _example(
-        {"line": "cam1", "threshold": 182.4, "applied": False, "version": None,
+        {"line": "cam1", "threshold": 1.824, "applied": False, "version": None,
          "model_version": "c96dc36985a2a968",
          "false_alarm_rate": {"expected": 0.0123, "low": 0.004, "high": 0.031,
                               "confidence": 0.95, "n_calibration": 80, "n_above": 0},
@@ -278,6 +279,9 @@ class Alert(BaseModel):
     score: float
     recon: float
     kl: float
+    complexity: float | None = Field(
+        default=None, description="input complexity (total variation) the score is divided by"
+    )
     threshold: float
     threshold_version: int
     p_value: float | None = Field(
@@ -327,7 +331,7 @@ class ItemLabel(BaseModel):
         {
             "item_id": "cam1-000124",
             "line": "cam1",
-            "score": 140.2,
+            "score": 1.402,
             "model_version": "c96dc36985a2a968",
             "label": "anomaly",
             "who": "olga",
@@ -357,9 +361,9 @@ class StatsRow(BaseModel):
             "items": 1200,
             "alerts": 14,
             "alert_rate": 0.0117,
-            "score_p50": 98.2,
-            "score_p90": 131.0,
-            "score_p99": 190.4,
+            "score_p50": 0.982,
+            "score_p90": 1.31,
+            "score_p99": 1.904,
             "score_max": 402.1,
         }
     )
@@ -379,7 +383,7 @@ class StatsResponse(BaseModel):
     model_config = _example(
         {"window_s": 3600, "bucket_s": 300, "rows": [
             {"line": "cam1", "bucket_start": 1795000200.0, "items": 1200, "alerts": 14,
-             "alert_rate": 0.0117, "score_p50": 98.2, "score_p90": 131.0, "score_p99": 190.4,
+             "alert_rate": 0.0117, "score_p50": 0.982, "score_p90": 1.31, "score_p99": 1.904,
              "score_max": 402.1}]}
     )  # fmt: skip
 
@@ -395,7 +399,7 @@ class ScoreHistogram(BaseModel):
     model_config = _example(
         {"model_version": "c96dc36985a2a968", "edges": [50.0, 100.0, 150.0, 200.0],
          "calibration": [12, 60, 8], "lines": {"cam1": [30, 400, 70]}, "window_s": 3600,
-         "thresholds": {"default": 182.4}, "overflow": {"cam1": 12}}
+         "thresholds": {"default": 1.824}, "overflow": {"cam1": 12}}
     )  # fmt: skip
 
     model_version: str | None

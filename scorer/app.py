@@ -57,7 +57,8 @@ NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 
 app = FastAPI(
     title="vlaewatch scorer",
-    description="Scores image batches with a VLAE (score = recon + KL) and streams results.",
+    description="Scores image batches with a VLAE (reconstruction error plus KL divergence, "
+    "per unit of input complexity by default) and streams results.",
     version="1",
 )
 
@@ -208,10 +209,12 @@ class Scorer:
         scores = await asyncio.to_thread(score_images, loaded.model, images, None, len(images))
         now, version = time.time(), loaded.version
         recon, kl, total = scores.recon.tolist(), scores.kl.tolist(), scores.score.tolist()
+        complexity = scores.complexity.tolist()
         records = [
             ScoreRecord(
                 item_id=it.item_id, line=it.line, ts_ingested=it.ts_ingested, ts_scored=now,
-                score=total[i], recon=recon[i], kl=kl[i], model_version=version,
+                score=total[i], recon=recon[i], kl=kl[i], complexity=complexity[i],
+                model_version=version,
             )
             for i, it in enumerate(items)
         ]  # fmt: skip
@@ -219,8 +222,8 @@ class Scorer:
         await sink.publish(records, images)
         results = [
             ItemScore(item_id=r.item_id, line=r.line, score=r.score, recon=r.recon, kl=r.kl,
-                      model_version=version)
-            for r in records
+                      complexity=complexity[i], model_version=version)
+            for i, r in enumerate(records)
         ]  # fmt: skip
         out, start = [], 0
         for chunk in chunks:
@@ -468,7 +471,13 @@ class Scorer:
             await self._dead_letter([b for b, _ in bad], "frames", [eid for _, eid in bad])
         if items:
             await self._score_items(items)
-        await client.xack(self._keys.frames, FRAMES_GROUP, *[eid for eid, _ in entries])
+        # Acked frames are done (their images live on under the item keys for retention):
+        # deleting them keeps the frames stream as long as the backlog, not the history.
+        ids = [eid for eid, _ in entries]
+        pipe = client.pipeline(transaction=False)
+        pipe.xack(self._keys.frames, FRAMES_GROUP, *ids)
+        pipe.xdel(self._keys.frames, *ids)
+        await pipe.execute()
 
 
 def build_app(args: dict[str, Any]) -> Any:

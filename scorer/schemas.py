@@ -83,8 +83,9 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     def to_fields(self) -> dict[str, str | bytes]:
-        """Flat field map for XADD."""
-        return {k: v if isinstance(v, bytes) else str(v) for k, v in self.model_dump().items()}
+        """Flat field map for XADD; a field that is None is left out (absent reads as None)."""
+        return {k: v if isinstance(v, bytes) else str(v) for k, v in self.model_dump().items()
+                if v is not None}  # fmt: skip
 
     @classmethod
     def from_fields(cls, fields: Mapping[Any, Any]) -> Any:
@@ -113,6 +114,7 @@ class ScoreRecord(_Record):
     score: float
     recon: float
     kl: float
+    complexity: float | None = None  # absent in entries of older versions
     model_version: str
 
 
@@ -137,7 +139,7 @@ class ModelRecord(_Record):
 
     model_version: str
     card: str  # model_card.json
-    calibration: str  # calibration.csv: label, recon, kl, score
+    calibration: str  # calibration.csv: label, recon, kl, complexity, score
     loaded_at: float
 
     def calibration_scores(self) -> np.ndarray:
@@ -161,13 +163,14 @@ class DeadLetterRecord(_Record):
 
 
 class ItemScore(BaseModel):
-    """A scored item: ``score = recon + kl``."""
+    """A scored item: its score and the parts it is made of (recon, kl, and the input's
+    complexity); the model card's ``score_kind`` says how they combine."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "example": {
-                "item_id": "cam1-000123", "ok": True, "line": "cam1", "score": 231.4,
-                "recon": 228.3, "kl": 3.1, "model_version": "c96dc36985a2a968",
+                "item_id": "cam1-000123", "ok": True, "line": "cam1", "score": 2.373,
+                "recon": 228.3, "kl": 3.1, "complexity": 96.5, "model_version": "c96dc36985a2a968",
             }
         }
     )  # fmt: skip
@@ -178,6 +181,7 @@ class ItemScore(BaseModel):
     score: float
     recon: float
     kl: float
+    complexity: float
     model_version: str
 
 

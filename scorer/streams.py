@@ -29,7 +29,7 @@ class StoredItem:
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 for i = 0, n - 1 do
-  local a = 5 + i * 11
+  local a = 5 + i * 12
   local key = ARGV[a]
   redis.call('HSET', key, 'image', ARGV[a + 1], 'shape', ARGV[a + 2], 'line', ARGV[a + 3],
              'model_version', ARGV[a + 4], 'score', ARGV[a + 5])
@@ -37,7 +37,7 @@ for i = 0, n - 1 do
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'item_id', ARGV[a + 6],
              'line', ARGV[a + 3], 'ts_ingested', ARGV[a + 7], 'ts_scored', ARGV[a + 8],
              'score', ARGV[a + 5], 'recon', ARGV[a + 9], 'kl', ARGV[a + 10],
-             'model_version', ARGV[a + 4])
+             'complexity', ARGV[a + 11], 'model_version', ARGV[a + 4])
 end
 return n
 """
@@ -71,7 +71,7 @@ class ScoreSink:
             args += [self.keys.item(rec.item_id), img.tobytes(),
                      ",".join(str(d) for d in img.shape), rec.line, rec.model_version,
                      repr(rec.score), rec.item_id, repr(rec.ts_ingested), repr(rec.ts_scored),
-                     repr(rec.recon), repr(rec.kl)]  # fmt: skip
+                     repr(rec.recon), repr(rec.kl), repr(rec.complexity)]  # fmt: skip
         await self._publish(args=args)
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:

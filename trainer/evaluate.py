@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,24 +12,36 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from trainer.checkpoint import LoadedModel
 from trainer.data import DataError, LabelledImages, to_float
-from trainer.model import _VLAEBase
+from trainer.model import ScoreKind, _VLAEBase, combine_score, total_variation
 
-SCORE_KINDS = ("recon", "kl", "score")
+SCORE_KINDS = ("recon", "kl", "elbo", "score")
 
 
 @dataclass
 class Scores:
-    """Per-item score parts; ``score = recon + kl``."""
+    """Per-item score parts and the model's score of them (``trainer.model.combine_score``)."""
 
     recon: np.ndarray
     kl: np.ndarray
+    complexity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    kind: ScoreKind = "elbo"
+
+    @property
+    def elbo(self) -> np.ndarray:
+        """recon + kl: the negative ELBO at z = mu."""
+        return self.recon + self.kl
 
     @property
     def score(self) -> np.ndarray:
-        return self.recon + self.kl
+        if self.kind == "elbo":
+            return self.elbo
+        recon, kl, complexity = (torch.from_numpy(np.asarray(a))
+                                 for a in (self.recon, self.kl, self.complexity))  # fmt: skip
+        return combine_score(recon, kl, complexity, self.kind).numpy()
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"recon": self.recon, "kl": self.kl, "score": self.score})
+        return pd.DataFrame({"recon": self.recon, "kl": self.kl, "complexity": self.complexity,
+                             "score": self.score})  # fmt: skip
 
 
 @torch.no_grad()
@@ -56,9 +68,11 @@ def score_images(
     model.eval()
     device = next(model.parameters()).device
     k = int(getattr(model.config, "num_conditions", 0))
-    recon_parts, kl_parts = [], []
+    kind: ScoreKind = getattr(model.config, "score_kind", "elbo")
+    recon_parts, kl_parts, complexity = [], [], []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(to_float(images[i : i + batch_size])).to(device)
+        complexity.append(total_variation(x).cpu().numpy())
         if k == 0:
             r, kl = model.anomaly_score(x)
         elif conditions is not None:
@@ -69,8 +83,10 @@ def score_images(
         recon_parts.append(r.cpu().numpy())
         kl_parts.append(kl.cpu().numpy())
     if not recon_parts:
-        return Scores(np.zeros(0, np.float32), np.zeros(0, np.float32))
-    return Scores(np.concatenate(recon_parts), np.concatenate(kl_parts))
+        empty = np.zeros(0, np.float32)
+        return Scores(empty, empty, empty, kind)
+    return Scores(np.concatenate(recon_parts), np.concatenate(kl_parts),
+                  np.concatenate(complexity), kind)  # fmt: skip
 
 
 def detection_metrics(scores: Scores, is_anomaly: np.ndarray) -> dict[str, dict[str, float]]:
@@ -92,7 +108,7 @@ def evaluate(loaded: LoadedModel, test: LabelledImages) -> dict[str, Any]:
     is_anomaly = ~np.isin(labels, normal)
     scores = score_images(loaded.model, test.images)
     metrics = detection_metrics(scores, is_anomaly)
-    df = scores.frame().assign(label=labels)
+    df = scores.frame().assign(elbo=scores.elbo, label=labels)
     per_class = df.groupby("label")[list(SCORE_KINDS)].mean().round(3).to_dict(orient="index")
     return {
         "model_version": loaded.version,

@@ -17,7 +17,7 @@ import torch
 from trainer.checkpoint import WEIGHT_FILES, save_checkpoint
 from trainer.data import NormalSplit, fingerprint, to_float
 from trainer.evaluate import score_images
-from trainer.model import ModelConfig, build_model
+from trainer.model import SCORE_KIND_TEXT, ModelConfig, build_model
 from trainer.train import FitResult, TrainArrays, TrainConfig
 
 Fitter = Callable[[ModelConfig, TrainConfig, TrainArrays], FitResult]
@@ -97,7 +97,8 @@ def model_card(
         "beta": cfg.beta,
         "normal_classes": list(split.normal_classes),
         "conditions": list(split.normal_classes) if conditional else [],
-        "score": "recon + kl at z = mu (recon: Bernoulli negative log-likelihood, summed)",
+        "score_kind": model_cfg.score_kind,
+        "score": SCORE_KIND_TEXT[model_cfg.score_kind],
         "denoiser": "DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
         "dataset": {
             "name": dataset.name,

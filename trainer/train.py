@@ -32,7 +32,7 @@ class TrainConfig:
     batch_size: int = 32  # global: split across data-parallel workers
     lr: float = 1e-3
     beta: float = 1.0
-    lr_schedule: LRSchedule = "plateau"
+    lr_schedule: LRSchedule = "none"
     denoising: bool = False  # train the scoring model itself on noisy inputs
     denoiser: bool = True  # also fit a companion DenoisingVLAE for denoised previews
     noise_factor: float = 0.5

@@ -24,7 +24,7 @@ from trainer.checkpoint import load_checkpoint, read_card
 from trainer.evaluate import evaluate, score_images
 
 SCORE_FIELDS = {"item_id", "line", "ts_ingested", "ts_scored", "score", "recon", "kl",
-                "model_version"}  # fmt: skip
+                "complexity", "model_version"}  # fmt: skip
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -82,7 +82,12 @@ def test_served_scores_equal_evaluate_and_stream_one_entry_each(
     results = body["results"]
     assert [r["item_id"] for r in results] == ids
     served = np.array([r["score"] for r in results])
-    assert np.allclose(served, [r["recon"] + r["kl"] for r in results], rtol=1e-5)
+    # The default score kind: (recon + KL) per unit of input complexity (total variation).
+    parts = [(r["recon"] + r["kl"]) / (r["complexity"] + 1) for r in results]
+    assert np.allclose(served, parts, rtol=1e-5)
+    tv = [np.abs(np.diff(im / 255.0, axis=-1)).sum() + np.abs(np.diff(im / 255.0, axis=-2)).sum()
+          for im in test.images]  # fmt: skip
+    assert np.allclose([r["complexity"] for r in results], tv, rtol=1e-4)
 
     # The same numbers `vlaewatch evaluate` computes for these images and this checkpoint.
     loaded = load_checkpoint(checkpoint)
@@ -155,9 +160,12 @@ def test_frames_stream_is_consumed_scored_and_acked(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     good_id, bad_id = f"f{tag}-ok", f"f{tag}-bad"
-    client.xadd("vlaewatch:frames", {"image": _png(digits.test.images[5, 0]), "line": "cam3",
-                                     "item_id": good_id, "ts": time.time()})  # fmt: skip
-    client.xadd("vlaewatch:frames", {"image": b"not an image", "line": "cam3", "item_id": bad_id})
+    sent = [
+        client.xadd("vlaewatch:frames", {"image": _png(digits.test.images[5, 0]), "line": "cam3",
+                                         "item_id": good_id, "ts": time.time()}),
+        client.xadd("vlaewatch:frames", {"image": b"not an image", "line": "cam3",
+                                         "item_id": bad_id}),
+    ]  # fmt: skip
     garbage = client.xadd("vlaewatch:frames", {"line": "cam3", "what": "no image field"})
     scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {good_id}))
     assert scored[0]["line"] == "cam3"
@@ -169,6 +177,9 @@ def test_frames_stream_is_consumed_scored_and_acked(
     )
     assert "image" in dead[0]["reason"] and dead[0]["frame_id"] == garbage_id
     _wait_for(lambda: client.xpending("vlaewatch:frames", FRAMES_GROUP)["pending"] == 0)
+    # Handled frames are deleted: the stream holds the backlog, not the history.
+    for eid in [*sent, garbage]:
+        assert client.xrange("vlaewatch:frames", eid, eid) == []
 
 
 def test_frames_left_pending_by_a_dead_consumer_are_reclaimed(

@@ -32,7 +32,8 @@ def _run(
 
 @pytest.fixture(scope="module")
 def trained(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`vlaewatch train --dataset digits --normal 0 --epochs 5 --out DIR` on the session cluster."""
+    """`vlaewatch train --dataset digits --normal 0 --epochs 20 --out DIR` on the session
+    cluster."""
     out = tmp_path_factory.mktemp("cli") / "model"
     runs = tmp_path_factory.mktemp("runs")
     code = main(
@@ -43,7 +44,7 @@ def trained(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--normal",
             "0",
             "--epochs",
-            "5",
+            "20",
             "--workers",
             "2",
             "--out",
@@ -65,24 +66,25 @@ def test_train_writes_the_checkpoint(trained: Path) -> None:
         "calibration.csv",
     }
     card = json.loads((trained / "model_card.json").read_text())
-    assert card["variant"] == "VLAE" and card["architecture"]["arch"] == "mlp"
+    assert card["variant"] == "ConvVLAE" and card["architecture"]["arch"] == "conv"
+    assert card["score_kind"] == "elbo_per_tv" and card["training"]["epochs"] == 20
     assert card["normal_classes"] == ["0"]
     assert card["dataset"]["name"] == "digits"
     assert card["dataset"]["train_class_counts"] == {"0": card["dataset"]["n_train"]}
-    assert card["epochs"] == 5 and len(card["history"]) == 5
+    assert card["epochs"] == 20 and len(card["history"]) == 20
     assert card["training"]["launcher"]["kind"] == "ray-train"
     assert card["training"]["launcher"]["workers"] == 2
     assert len(card["model_version"]) == 16
     calib = pd.read_csv(trained / "calibration.csv")
-    assert list(calib.columns) == ["label", "recon", "kl", "score"]
+    assert list(calib.columns) == ["label", "recon", "kl", "complexity", "score"]
     assert len(calib) == card["dataset"]["n_calibration"] > 0
 
 
 def test_evaluate_prints_auroc_per_score_kind(trained: Path) -> None:
     proc = _run("evaluate", "--checkpoint", str(trained), "--dataset", "digits")
     report = json.loads(proc.stdout)
-    assert set(report["auroc"]) == {"recon", "kl", "score"}
-    assert report["auroc"]["score"] > 0.9
+    assert set(report["auroc"]) == {"recon", "kl", "elbo", "score"}
+    assert report["auroc"]["score"] > 0.95
     assert report["n_normal"] == 100 and report["n_anomalous"] == 900
     assert set(report["mean_score_by_class"]) == {str(d) for d in range(10)}
 

@@ -104,7 +104,9 @@ def test_only_normal_images_reach_the_training_loop(digits, tmp_path: Path) -> N
     calib = pd.read_csv(path / "calibration.csv")
     assert len(calib) == len(split.calibration) == card["dataset"]["n_calibration"]
     assert set(calib["label"].astype(str)) == {"0"}
-    assert np.allclose(calib["score"], calib["recon"] + calib["kl"])
+    assert card["score_kind"] == "elbo_per_tv"
+    per_tv = (calib["recon"] + calib["kl"]) / (calib["complexity"] + 1)
+    assert np.allclose(calib["score"], per_tv, rtol=1e-5)
 
 
 def test_model_card_and_checkpoint_round_trip(digits, tmp_path: Path) -> None:
