@@ -50,12 +50,13 @@ DATA_DIR ?= $(VLAEWATCH_DATA_DIR)
 QUALITY_ARGS ?=
 bench-quality: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
-	$(BIN)/python bench/quality.py --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
+	$(BIN)/python -m bench.quality --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
 
-# Raw model vs baselines vs the scorer over HTTP; writes bench/results/speed.{json,md}.
+# Raw model vs baselines vs the scorer over HTTP, frames, end to end, Ray Train vs the plain
+# loop, memory over a soak; writes bench/results/speed.{json,md}.
 bench-speed: install
-	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
-	$(BIN)/python bench/throughput.py $(SPEED_ARGS)
+	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1 psutil==7.2.2
+	$(BIN)/python -m bench.throughput $(SPEED_ARGS)
 
 clean:
 	rm -rf .vlaewatch .pytest_cache .ruff_cache .mypy_cache

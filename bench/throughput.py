@@ -1,8 +1,9 @@
 """Speed, side by side in one run on one checkpoint: the raw model in-process (the limit), the
-baselines a user might pick instead (the deck's per-item loop, PyOD's VAE), and the scorer over
-HTTP on Ray Serve across batch sizes and concurrency.
+baselines a user might pick instead (the deck's per-item loop, PyOD's VAE), the scorer over
+HTTP on Ray Serve across batch sizes and concurrency, the frames stream, the end-to-end alert
+latency, Ray Train against the plain loop, and the memory of every process over a soak.
 
-    python bench/throughput.py [--checkpoint DIR] [--seconds 5]
+    python -m bench.throughput [--checkpoint DIR] [--seconds 5] [--soak-seconds 180]
 
 Writes bench/results/speed.json and bench/results/speed.md (ratios to the raw model).
 """
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.common import RESULTS, command_line
 
 
 def _rate(fn: Callable[[], int], seconds: float) -> float:
@@ -219,8 +220,8 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
 
 
 def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
-              work: Callable[[str], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
-    """Run ``work`` against `vlaewatch api` in its own process (as deployed)."""
+              work: Callable[[str, int], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """Run ``work(url, pid)`` against `vlaewatch api` in its own process (as deployed)."""
     import subprocess
 
     import httpx
@@ -253,7 +254,7 @@ def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError("vlaewatch api did not start")
             time.sleep(0.2)
-        return work(url)
+        return work(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -284,6 +285,35 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| end to end, frames → alert on /v1/stream at {e2e['rate_per_s']:.0f}/s | "
                      f"- | - | {e2e['alerts']} alerts | {e2e['p50_ms']:.1f} | "
                      f"{e2e['p99_ms']:.1f} | |")  # fmt: skip
+    train = report.get("training")
+    if train:
+        lines += [
+            "",
+            f"Training ({train['model']}, {train['n_train']} images, {train['epochs']} epochs):",
+            "",
+            "| run | wall s | s/epoch | vs plain loop |",
+            "|---|---|---|---|",
+        ]
+        for name, run in train["runs"].items():
+            ratio = run["wall_s"] / train["runs"]["plain"]["wall_s"]
+            lines.append(f"| {name.replace('_', ' ')} | {run['wall_s']:.1f} | "
+                         f"{run['epoch_s']:.2f} | {ratio:.2f} |")  # fmt: skip
+    soak = report.get("soak")
+    if soak:
+        lines += [
+            "",
+            f"Memory over a {soak['seconds']:.0f} s soak at {soak['rate_per_s']:.0f} normal "
+            f"frames/s (after {soak['warmup_s']:.0f} s of warm-up; images kept 60 s, score "
+            f"stream 20,000 entries): {soak['items_scored']} of {soak['items_sent']} frames "
+            f"scored, {soak['items_lost']} lost, {soak['deadletters']} dead letters, "
+            f"{soak['frames_backlog']} left in the frames stream.",
+            "",
+            "| process | RSS MiB before | after | growth |",
+            "|---|---|---|---|",
+        ]
+        for role, before in soak["rss_mb_before"].items():
+            after, growth = soak["rss_mb_after"][role], soak["rss_growth"].get(role, float("nan"))
+            lines.append(f"| {role} | {before:.0f} | {after:.0f} | {100 * growth:+.1f} % |")
     best = report["best_http_ratio"]
     lines += ["", "Best HTTP throughput as a share of the raw model at the same batch size: "
               + ", ".join(f"batch {b}: {v:.2f}" for b, v in best.items()) + ".",
@@ -300,6 +330,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--replica-cpus", type=float, default=1.0)
     p.add_argument("--frame-rates", default="1000,2000,4000,8000", help="frames/s steps")
     p.add_argument("--no-pyod", action="store_true")
+    p.add_argument(
+        "--arch",
+        choices=("conv", "mlp"),
+        default="conv",
+        help="model of the default checkpoint (conv: the `vlaewatch train` default)",
+    )
+    p.add_argument("--train-epochs", type=int, default=10, help="0: skip the training step")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="torchvision root with MNIST: train on its 0s (default: bundled digits)",
+    )
+    p.add_argument("--soak-seconds", type=float, default=180.0, help="0: skip the soak")
+    p.add_argument(
+        "--soak-warmup",
+        type=float,
+        default=90.0,
+        help="seconds of load before the first RSS reading (past the 60 s retention)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -310,7 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainer import cluster
     from trainer.checkpoint import load_checkpoint
     from trainer.data import load_digits, split_normal
-    from trainer.model import VLAEConfig
+    from trainer.model import ConvVLAEConfig, VLAEConfig
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, TrainConfig, fit
 
@@ -320,14 +369,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     images = np.concatenate([digits.test.images] * 2)[: max(batches)]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or train_model(
-            split_normal(digits, ["0"]), VLAEConfig(), TrainConfig(epochs=3), DatasetInfo("digits"),
+            split_normal(digits, ["0"]), VLAEConfig() if args.arch == "mlp" else ConvVLAEConfig(),
+            TrainConfig(epochs=3), DatasetInfo("digits"),
             lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)), {"kind": "in-process"},
             out=Path(tmp) / "model",
         )  # fmt: skip
         loaded = load_checkpoint(checkpoint)
         report: dict[str, Any] = {
-            "command": "python bench/throughput.py "
-            + " ".join(a for a in (argv if argv is not None else sys.argv[1:])),
+            "command": command_line("bench.throughput", argv),
             "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}, "
             f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}",
             "model_version": loaded.version,
@@ -342,13 +391,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with EmbeddedRedis(Path(tmp) / "redis") as redis_server:
             cluster.connect(num_cpus=os.cpu_count() or 2)
             try:
+                if args.train_epochs:
+                    from bench.training import training_overhead
+                    from trainer.data import load_torchvision
+
+                    if args.data_dir:
+                        source, normal = load_torchvision("mnist", args.data_dir), ["0"]
+                    else:  # the bundled subset is small: every digit is "normal" here
+                        source, normal = digits, [str(d) for d in range(10)]
+                    split = split_normal(source, normal)
+                    report["training"] = training_overhead(split, args.train_epochs)
+                    report["training"]["data"] = f"{source.name}, normal {','.join(normal)}"
                 cfg = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
                                    consume_frames=False)  # fmt: skip
                 url = deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=free_port())
                 report["http"] = http_sweep(url, images, batches, concurrency, args.seconds)
                 # A fresh key prefix: the API's consumer group starts on an empty stream.
                 prefix = f"speed{time.time_ns()}"
-                cfg = cfg.model_copy(update={"consume_frames": True, "key_prefix": prefix})
+                # Short retention and score stream: the soak measures Redis at steady state.
+                frames_cfg = {"consume_frames": True, "key_prefix": prefix, "retention_s": 60,
+                              "scores_maxlen": 20_000}  # fmt: skip
+                cfg = cfg.model_copy(update=frames_cfg)
                 port = int(url.rsplit(":", 1)[1])
                 deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=port)
                 rates = [int(r) for r in args.frame_rates.split(",")]
@@ -358,11 +421,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         if r["scored_per_s"] >= 0.95 * r["offered_per_s"]]  # fmt: skip
                 report["frames_sustained_per_s"] = max(kept) if kept else None
                 half = (report["frames_sustained_per_s"] or rates[0]) / 2
-                report["end_to_end"] = _with_api(
-                    redis_server.url, prefix, url, Path(tmp),
-                    lambda api_url: end_to_end(api_url, redis_server.url, prefix, images, half,
-                                               args.seconds),
-                )  # fmt: skip
+                assert redis_server.process is not None  # started by the with statement
+                redis_pid = redis_server.process.pid
+
+                def with_api(api_url: str, api_pid: int) -> dict[str, Any]:
+                    out = {"end_to_end": end_to_end(api_url, redis_server.url, prefix, images,
+                                                    half, args.seconds)}  # fmt: skip
+                    if args.soak_seconds:
+                        from bench.soak import soak
+
+                        pids = {"redis-server": redis_pid, "api": api_pid}
+                        normal = digits.test.images[digits.test.labels.astype(str) == "0"]
+                        out["soak"] = soak(redis_server.url, prefix, normal, half,
+                                           args.soak_seconds, pids, args.soak_warmup)  # fmt: skip
+                    return out
+
+                report |= _with_api(redis_server.url, prefix, url, Path(tmp), with_api)
             finally:
                 from scorer.service import shutdown
 
