@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -61,7 +63,13 @@ def authenticate(services: Services, key: str | None) -> Principal:
         return ANONYMOUS  # open mode: the command line allows it on loopback only
     if key is None:
         raise Unauthorized("send an API key in the X-API-Key header")
-    principal = keys.get(key)
+    # Constant time: digests of equal length, every configured key compared, no early exit,
+    # so response times say nothing about how much of a key was right.
+    presented = hashlib.sha256(key.encode()).digest()
+    principal = None
+    for candidate, holder in keys.items():
+        if hmac.compare_digest(hashlib.sha256(candidate.encode()).digest(), presented):
+            principal = holder
     if principal is None:
         raise Unauthorized("unknown API key")
     return principal
