@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -23,3 +28,32 @@ def command_line(module: str, argv: list[str] | None) -> str:
         else:
             out.append(a)
     return " ".join(out)
+
+
+def png_frames(images: np.ndarray, n: int = 256) -> list[bytes]:
+    """The first ``n`` of uint8 (N, 1, H, W) images as PNG bytes, as a camera would send them."""
+    from PIL import Image
+
+    out = []
+    for im in images[:n, 0]:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def send_frames(client: Any, prefix: str, pngs: list[bytes], tag: str, rate: float,
+                seconds: float, line: str) -> int:  # fmt: skip
+    """XADD frames (item ids ``tag-<n>``) at a steady ``rate`` for ``seconds``, in pipelined
+    bursts of 50 ms; returns how many were sent."""
+    per_tick = max(1, int(rate * 0.05))
+    start, sent = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(per_tick):
+            pipe.xadd(f"{prefix}:frames", {"image": pngs[sent % len(pngs)], "line": line,
+                                           "item_id": f"{tag}-{sent}"})  # fmt: skip
+            sent += 1
+        pipe.execute()
+        time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+    return sent

@@ -8,7 +8,6 @@ measured is the steady state, not the fill."""
 
 from __future__ import annotations
 
-import io
 import sys
 import threading
 import time
@@ -16,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import psutil
+
+from bench.common import png_frames, send_frames
 
 # Ray names its worker processes by what they run ("ray::ServeReplica:scorer:Scorer").
 RAY_ROLES = {
@@ -47,33 +48,6 @@ def _rss(procs: dict[str, psutil.Process]) -> dict[str, float]:
         except psutil.Error:
             out[role] = float("nan")
     return out
-
-
-def _pngs(images: np.ndarray) -> list[bytes]:
-    from PIL import Image
-
-    out = []
-    for im in images[:256, 0]:
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def _send(client: Any, prefix: str, pngs: list[bytes], tag: str, rate: float,
-          seconds: float) -> int:  # fmt: skip
-    """XADD frames at ``rate`` for ``seconds`` in pipelined bursts of 50 ms; how many sent."""
-    per_tick = max(1, int(rate * 0.05))
-    start, sent = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds:
-        pipe = client.pipeline(transaction=False)
-        for _ in range(per_tick):
-            pipe.xadd(f"{prefix}:frames", {"image": pngs[sent % len(pngs)], "line": "soak",
-                                           "item_id": f"{tag}-{sent}"})  # fmt: skip
-            sent += 1
-        pipe.execute()
-        time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-    return sent
 
 
 class _Counter(threading.Thread):
@@ -112,16 +86,16 @@ def soak(redis_url: str, prefix: str, images: np.ndarray, rate: float, seconds: 
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    pngs = _pngs(images)
+    pngs = png_frames(images)
     procs = service_processes(named)
     tag = f"soak{time.time_ns()}"
     counter = _Counter(redis_url, f"{prefix}:scores", tag)
     counter.start()
     dead_before = client.xlen(f"{prefix}:deadletter")
-    sent = _send(client, prefix, pngs, f"{tag}w", rate, warmup_s)
+    sent = send_frames(client, prefix, pngs, f"{tag}w", rate, warmup_s, "soak")
     before = _rss(procs)
     t0 = time.perf_counter()
-    sent += _send(client, prefix, pngs, f"{tag}s", rate, seconds)
+    sent += send_frames(client, prefix, pngs, f"{tag}s", rate, seconds, "soak")
     elapsed = time.perf_counter() - t0
     after = _rss(procs)  # at the end of the load, before the drain
     deadline = time.monotonic() + 60  # let the backlog drain before counting

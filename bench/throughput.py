@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, command_line
+from bench.common import RESULTS, command_line, png_frames, send_frames
 
 
 def _rate(fn: Callable[[], int], seconds: float) -> float:
@@ -137,29 +137,14 @@ def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int
     """XADD PNG frames to ``vlaewatch:frames`` at each steady rate; how many were scored in
     the same time (the replicas consume the stream as the group ``scorers``)."""
     import redis
-    from PIL import Image
 
-    pngs = []
-    for im in images[:256, 0]:
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="PNG")
-        pngs.append(buf.getvalue())
+    pngs = png_frames(images)
     client = redis.Redis.from_url(redis_url)
     rows = []
     for rate in rates:
         tag = f"f{rate}-{time.time_ns()}"
-        tick = 0.05  # XADD in small pipelined bursts, 20 per second
-        per_tick = max(1, int(rate * tick))
         start = time.perf_counter()
-        sent = 0
-        while time.perf_counter() - start < seconds:
-            pipe = client.pipeline(transaction=False)
-            for _ in range(per_tick):
-                pipe.xadd(f"{prefix}:frames", {"image": pngs[sent % len(pngs)], "line": "bench",
-                                               "item_id": f"{tag}-{sent}"})  # fmt: skip
-                sent += 1
-            pipe.execute()
-            time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+        sent = send_frames(client, prefix, pngs, tag, rate, seconds, "bench")
         elapsed = time.perf_counter() - start
         scored = _scored_since(client, prefix, tag, start)
         rows.append({"offered_per_s": sent / elapsed, "scored_per_s": scored / elapsed,
@@ -186,18 +171,13 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
     """Frames at ``rate``; for each alert, the time from XADD to its arrival on the API's
     live stream."""
     import redis
-    from PIL import Image
 
     from vlaewatch.demo import AlertListener
 
     listener = AlertListener(api_url, {}).start()
     client = redis.Redis.from_url(redis_url)
     sent_at: dict[str, float] = {}
-    pngs = []
-    for im in images[:500, 0]:
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="PNG")
-        pngs.append(buf.getvalue())
+    pngs = png_frames(images, 500)
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         item = f"e2e-{time.time_ns()}-{n}"
