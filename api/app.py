@@ -22,6 +22,7 @@ from api.deps import Services
 from api.errors import install_handlers
 from api.metrics import Metrics
 from api.previews import PreviewClient
+from api.ratelimit import RateLimiter
 from api.routes import alerts, items, stats, system, thresholds
 from api.thresholds import ThresholdStore
 from scorer.schemas import StreamKeys
@@ -51,6 +52,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             models=models, consumer=consumer,
             previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
             metrics=metrics, http=http, annotator=annotator,
+            limiter=RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst),
         )  # fmt: skip
         task = asyncio.create_task(consumer.run()) if cfg.consume else None
         try:

@@ -108,6 +108,10 @@ class ApiConfig(BaseModel):
     preview_cache_s: int = Field(default=600, ge=0)
     preview_timeout_s: float = Field(default=30.0, gt=0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    rate_limit_per_s: float = Field(
+        default=100.0, ge=0, description="requests per second per API key (0: no limit)"
+    )
+    rate_burst: int = Field(default=200, ge=1, description="requests a key may send at once")
     alert_retention_s: int = Field(default=30 * 86400, ge=60)
     scores_group: str = SCORES_GROUP
     grafana_url: str | None = Field(

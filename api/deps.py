@@ -16,9 +16,10 @@ from api.alerts import AlertStore
 from api.annotations import Annotator
 from api.config import ApiConfig, Principal, Role
 from api.consumer import ModelCache, ScoreConsumer
-from api.errors import Forbidden, Unauthorized
+from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.metrics import Metrics
 from api.previews import PreviewClient
+from api.ratelimit import RateLimiter
 from api.thresholds import ThresholdStore
 from scorer.schemas import StreamKeys
 
@@ -40,6 +41,7 @@ class Services:
     metrics: Metrics
     http: httpx.AsyncClient
     annotator: Annotator
+    limiter: RateLimiter
 
 
 def get_services(request: Request) -> Services:
@@ -79,12 +81,26 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits callers holding ``role`` (operators hold viewer too)."""
 
     async def dependency(request: Request) -> Principal:
-        principal = authenticate(get_services(request), api_key(request))
+        services = get_services(request)
+        principal = authenticate(services, api_key(request))
+        # Per key; in open mode (no keys) per client address.
+        caller = principal.name if principal is not ANONYMOUS else _address(request)
+        wait = services.limiter.take(caller)
+        if wait is not None:
+            raise TooManyRequests(
+                f"rate limit: {services.limiter.rate:g} requests/s (bursts of "
+                f"{services.limiter.burst}) for {caller}; retry in {wait:.2f} s",
+                RateLimiter.retry_after_header(wait),
+            )
         if not principal.may(role):
             raise Forbidden(f"{principal.name} is a {principal.role}; this needs {role}")
         return principal
 
     return dependency
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -39,6 +39,16 @@ class Forbidden(ApiError):
     status = 403
 
 
+class TooManyRequests(ApiError):
+    """A caller over its request rate; ``retry_after`` seconds until it may try again."""
+
+    status = 429
+
+    def __init__(self, reason: str, retry_after: str) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
 class Upstream(ApiError):
     """The scorer (for previews) did not answer as it should."""
 
@@ -55,6 +65,8 @@ def install_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         headers = {"WWW-Authenticate": "ApiKey"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": exc.retry_after}
         return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=headers)
 
     async def calibration_error(_: Request, exc: Exception) -> JSONResponse:

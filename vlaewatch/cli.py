@@ -206,6 +206,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.01,
         help="false-alarm rate of the automatic first default threshold (0: none)",
     )
+    a.add_argument(
+        "--rate-limit",
+        type=float,
+        default=100.0,
+        help="requests per second per API key, 429 beyond (0: no limit)",
+    )
+    a.add_argument("--rate-burst", type=int, default=200, help="requests a key may send at once")
     a.add_argument("--no-consume", action="store_true", help="serve HTTP only, consume nothing")
     a.add_argument("--log-level", default="info")
 
@@ -474,6 +481,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             consume=not args.no_consume,
             reclaim_idle_ms=args.reclaim_idle_ms,
             initial_fpr=args.initial_fpr,
+            rate_limit_per_s=args.rate_limit,
+            rate_burst=args.rate_burst,
             **extra,
         )
         _err(f"API at http://{args.host}:{args.port}/v1 (docs /docs); consumer {cfg.consumer}")

@@ -1,0 +1,53 @@
+"""Request rate limits: a key over its rate gets 429 with a reason and Retry-After, other keys
+are unaffected, and the key is admitted again once its bucket refills."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.ratelimit import RateLimiter
+from tests.conftest import API_KEYS, ApiProcess
+
+OP = {"X-API-Key": API_KEYS["operator"]}
+VIEW = {"X-API-Key": API_KEYS["viewer"]}
+
+
+def test_token_bucket_admits_bursts_then_the_rate() -> None:
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.take("a", now=0.0) for _ in range(3)] == [None, None, None]
+    wait = limiter.take("a", now=0.0)
+    assert wait is not None and abs(wait - 0.5) < 1e-9  # one token every 0.5 s
+    assert limiter.take("b", now=0.0) is None  # its own bucket
+    assert limiter.take("a", now=0.5) is None  # refilled one token
+    assert limiter.take("a", now=0.5) is not None
+    assert RateLimiter.retry_after_header(0.2) == "1"
+    assert RateLimiter(rate=0, burst=1).take("a", now=0.0) is None  # 0: no limit
+    small = RateLimiter(rate=1.0, burst=1, max_callers=2)
+    for caller in ("x", "y", "z"):
+        small.take(caller, now=0.0)
+    assert len(small._buckets) == 2  # bounded memory
+
+
+def test_a_key_over_its_rate_gets_429_and_others_do_not(redis_server: Any, tmp_path: Path) -> None:
+    api = ApiProcess(redis_server.url, None, tmp_path, key_prefix=f"rl{uuid.uuid4().hex[:6]}",
+                     rate_limit=2, rate_burst=5)  # fmt: skip
+    try:
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            codes = [http.get("/v1/thresholds", headers=OP).status_code for _ in range(8)]
+            assert codes[:5] == [200] * 5 and 429 in codes[5:], codes
+            r = http.get("/v1/thresholds", headers=OP)
+            assert r.status_code == 429
+            assert "rate limit" in r.json()["detail"] and "olga" in r.json()["detail"]
+            retry = int(r.headers["retry-after"])
+            assert retry >= 1
+            assert http.get("/v1/thresholds", headers=VIEW).status_code == 200  # own bucket
+            assert http.get("/v1/health").status_code == 200  # unauthenticated: not limited
+            time.sleep(retry)
+            assert http.get("/v1/thresholds", headers=OP).status_code == 200
+    finally:
+        api.stop()
