@@ -18,7 +18,7 @@ from api.alerts import AlertStore
 from api.annotations import Annotator
 from api.config import ApiConfig
 from api.consumer import ModelCache, ScoreConsumer
-from api.deps import Services
+from api.deps import KeyRing, Services
 from api.errors import install_handlers
 from api.metrics import Metrics
 from api.previews import PreviewClient
@@ -53,6 +53,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
             metrics=metrics, http=http, annotator=annotator,
             limiter=RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst),
+            keyring=KeyRing(cfg.api_keys),
         )  # fmt: skip
         task = asyncio.create_task(consumer.run()) if cfg.consume else None
         try:

@@ -26,6 +26,26 @@ from scorer.schemas import StreamKeys
 ANONYMOUS = Principal(name="anonymous", role="operator")
 
 
+class KeyRing:
+    """The configured API keys as sha256 digests, hashed once at start: a request hashes only
+    the key it presents. Lookups take constant time: digests of equal length, every key
+    compared, no early exit, so response times say nothing about how much of a key was right."""
+
+    def __init__(self, keys: dict[str, Principal]) -> None:
+        self._digests = [(hashlib.sha256(k.encode()).digest(), p) for k, p in keys.items()]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def find(self, key: str) -> Principal | None:
+        presented = hashlib.sha256(key.encode()).digest()
+        found = None
+        for digest, holder in self._digests:
+            if hmac.compare_digest(digest, presented):
+                found = holder
+        return found
+
+
 @dataclass
 class Services:
     """What one API process holds, built in the app's lifespan."""
@@ -42,6 +62,7 @@ class Services:
     http: httpx.AsyncClient
     annotator: Annotator
     limiter: RateLimiter
+    keyring: KeyRing
 
 
 def get_services(request: Request) -> Services:
@@ -60,18 +81,11 @@ def api_key(request: Request) -> str | None:
 
 
 def authenticate(services: Services, key: str | None) -> Principal:
-    keys = services.cfg.api_keys
-    if not keys:
+    if not services.keyring:
         return ANONYMOUS  # open mode: the command line allows it on loopback only
     if key is None:
         raise Unauthorized("send an API key in the X-API-Key header")
-    # Constant time: digests of equal length, every configured key compared, no early exit,
-    # so response times say nothing about how much of a key was right.
-    presented = hashlib.sha256(key.encode()).digest()
-    principal = None
-    for candidate, holder in keys.items():
-        if hmac.compare_digest(hashlib.sha256(candidate.encode()).digest(), presented):
-            principal = holder
+    principal = services.keyring.find(key)
     if principal is None:
         raise Unauthorized("unknown API key")
     return principal

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,21 @@ def command_line(module: str, argv: list[str] | None) -> str:
         else:
             out.append(a)
     return " ".join(out)
+
+
+def write_report(out: Path, stem: str, report: dict[str, Any],
+                 markdown: Callable[[dict[str, Any]], str]) -> None:  # fmt: skip
+    """``out/<stem>.json`` (every number) and ``out/<stem>.md`` (the table), also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(report)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{stem}.md").write_text(table)
+    print(table)
+
+
+def p99(ordered: list[float]) -> float | None:
+    """The 99th percentile of sorted values (the nearest rank below); None when empty."""
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
 
 
 def png_frames(images: np.ndarray, n: int = 256) -> list[bytes]:

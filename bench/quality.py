@@ -11,7 +11,6 @@ Writes bench/results/quality.json and bench/results/quality.md (beside the publi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from bench.common import RESULTS, command_line
+from bench.common import RESULTS, command_line, write_report
 from trainer.checkpoint import load_checkpoint
 from trainer.data import Source, load_torchvision, split_normal, to_float
 from trainer.evaluate import Scores, score_images
@@ -222,10 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"cuda {torch.cuda.is_available()}",
         "wall_s": time.monotonic() - t0,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "quality.json").write_text(json.dumps(report, indent=2))
-    (args.out / "quality.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, "quality", report, markdown)
     return report
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import json
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, command_line, png_frames, send_frames
+from bench.common import RESULTS, command_line, p99, png_frames, send_frames, write_report
 
 
 def _rate(fn: Callable[[], int], seconds: float) -> float:
@@ -128,7 +127,7 @@ def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> di
         "images_per_s": len(lat) * batch / elapsed,
         "requests": len(lat),
         "p50_ms": 1000 * statistics.median(lat),
-        "p99_ms": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+        "p99_ms": 1000 * (p99(lat) or 0.0),
     }
 
 
@@ -202,20 +201,16 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
         for name, a, b in zip(list(stages)[1:], marks[:-1], marks[1:], strict=True):
             stages[name].append(1000 * (b - a))
     lat = sorted(stages["total"])
-    quantiles = {name: {"p50": statistics.median(v), "p99": _p99(sorted(v))}
+    quantiles = {name: {"p50": statistics.median(v), "p99": p99(sorted(v))}
                  for name, v in stages.items() if v}  # fmt: skip
     return {
         "rate_per_s": n / (time.perf_counter() - start - 2.0),
         "items": n,
         "alerts": len(lat),
         "p50_ms": statistics.median(lat) if lat else None,
-        "p99_ms": _p99(lat),
+        "p99_ms": p99(lat),
         "stages_ms": quantiles,
     }
-
-
-def _p99(ordered: list[float]) -> float | None:
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
 
 
 def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
@@ -452,10 +447,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratio = row["images_per_s"] / report["raw_images_per_s"][str(row["batch"])]
         best[str(row["batch"])] = max(best.get(str(row["batch"]), 0.0), ratio)
     report["best_http_ratio"] = best
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(report, indent=2))
-    (args.out / "speed.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, "speed", report, markdown)
     return report
 
 
