@@ -115,6 +115,7 @@ class ScoreConsumer:
                 try:
                     if not group_ready:
                         await ensure_group(self.client, self.keys.scores, self.cfg.scores_group)
+                        await self._prepare()
                         group_ready = True
                     reclaim = None
                     if time.monotonic() - last_reclaim > self.cfg.reclaim_idle_ms / 2000:
@@ -200,6 +201,15 @@ class ScoreConsumer:
         for alert, created in zip(alerts, results, strict=False):
             if created == 1:
                 self.metrics.alerts.labels(alert.line).inc()
+
+    async def _prepare(self) -> None:
+        """Before the first entry: the newest served model's record, and the initial default
+        threshold from it, so the first scores are not delayed by setting them up."""
+        if self.cfg.initial_fpr <= 0 or DEFAULT_LINE in await self.thresholds.current():
+            return
+        newest = await self.models.get()
+        if newest is not None:
+            await self._initial_default(newest.version)
 
     async def _model_seen(self, version: str) -> None:
         """The first score of a model version marks a swap on the dashboards, once across all

@@ -165,19 +165,50 @@ def _scored_since(client: Any, prefix: str, tag: str, start_perf: float) -> int:
     return n
 
 
-def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, rate: float,
-               seconds: float, warmup_s: float = 3.0) -> dict[str, Any]:  # fmt: skip
-    """Frames at ``rate``; for each alert, the time from XADD to its arrival on the API's
-    live stream. ``warmup_s`` of frames go first, not measured: the API's first scores load
-    the model record and set the initial default threshold (a one-off, not steady state)."""
-    import redis
-
+def _listen(api_url: str, ready: Any, stop: Any, out: Any) -> None:
+    """In a process of its own (so that parsing events does not compete with the sender for
+    one interpreter): read the API's live stream until ``stop``, then send back, per alert,
+    (seen at, scored at, created at)."""
     from vlaewatch.demo import AlertListener
 
     listener = AlertListener(api_url, {}).start()
+    ready.set()
+    stop.wait()
+    listener.stop()
+    out.send({item: (seen, a["ts_scored"], a["created_at"])
+              for item, (seen, a) in list(listener.seen.items())})  # fmt: skip
+
+
+def line_mix(normal: np.ndarray, anomalous: np.ndarray, share: float, n: int = 500,
+             seed: int = 0) -> np.ndarray:  # fmt: skip
+    """``n`` frames of an inspection line: normal images with ``share`` anomalous ones mixed
+    in at random places."""
+    rng = np.random.default_rng(seed)
+    k = round(share * n)
+    frames = np.concatenate([normal[rng.integers(0, len(normal), n - k)],
+                             anomalous[rng.integers(0, len(anomalous), k)]])  # fmt: skip
+    return frames[rng.permutation(n)]
+
+
+def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, rate: float,
+               seconds: float, warmup_s: float = 3.0) -> dict[str, Any]:  # fmt: skip
+    """Frames at ``rate`` (``images`` in turn); for each alert, the time from XADD to its
+    arrival on the API's live stream (read by a listener process). ``warmup_s`` of frames go
+    first, not measured."""
+    import multiprocessing as mp
+
+    import redis
+
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    receive, send = ctx.Pipe(duplex=False)
+    listener = ctx.Process(target=_listen, args=(api_url, ready, stop, send), daemon=True)
+    listener.start()
+    if not ready.wait(60):
+        raise RuntimeError("the alert listener did not subscribe")
     client = redis.Redis.from_url(redis_url)
     sent_at: dict[str, float] = {}
-    pngs = png_frames(images, 500)
+    pngs = png_frames(images, len(images))
     send_frames(client, prefix, pngs, f"e2ew{time.time_ns()}", rate, warmup_s, "e2e")
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
@@ -188,15 +219,17 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
         n += 1
         time.sleep(max(0.0, start + n / rate - time.perf_counter()))
     time.sleep(2.0)
-    listener.stop()
+    stop.set()
+    seen_by_item = receive.recv() if receive.poll(30) else {}
+    listener.join(10)
     # Each alert carries its own timeline: scored by the replica, created by the API consumer,
     # then delivered on the live stream. Where the milliseconds go, per stage.
     stages: dict[str, list[float]] = {"total": [], "xadd→scored": [], "scored→alert": [],
                                       "alert→seen": []}  # fmt: skip
-    for item, (seen, alert) in listener.seen.items():
+    for item, (seen, scored, created) in seen_by_item.items():
         if item not in sent_at:
             continue
-        marks = [sent_at[item], alert["ts_scored"], alert["created_at"], seen]
+        marks = [sent_at[item], scored, created, seen]
         stages["total"].append(1000 * (seen - sent_at[item]))
         for name, a, b in zip(list(stages)[1:], marks[:-1], marks[1:], strict=True):
             stages[name].append(1000 * (b - a))
@@ -278,7 +311,10 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{row['offered_per_s']:.0f} offered | | | |")  # fmt: skip
     e2e = report.get("end_to_end")
     if e2e and e2e["p50_ms"] is not None:
-        lines.append(f"| end to end, frames → alert on /v1/stream at {e2e['rate_per_s']:.0f}/s | "
+        share = e2e.get("anomalous_share")
+        mixed = f", {100 * share:.0f} % anomalous" if share is not None else ""
+        lines.append(f"| end to end, frames{mixed} → alert on /v1/stream at "
+                     f"{e2e['rate_per_s']:.0f}/s | "
                      f"- | - | {e2e['alerts']} alerts | {e2e['p50_ms']:.1f} | "
                      f"{e2e['p99_ms']:.1f} | |")  # fmt: skip
         for name, q in e2e.get("stages_ms", {}).items():
@@ -327,7 +363,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seconds", type=float, default=5.0, help="per measurement point")
     p.add_argument("--batches", default="1,64,512")
     p.add_argument("--concurrency", default="1,4,16")
-    p.add_argument("--replica-cpus", type=float, default=1.0)
+    p.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=float(os.cpu_count() or 1),
+        help="CPUs of the scorer replica (default: all, as the raw model uses)",
+    )
     p.add_argument("--frame-rates", default="1000,2000,4000,8000", help="frames/s steps")
     p.add_argument("--no-pyod", action="store_true")
     p.add_argument(
@@ -348,6 +389,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         default=90.0,
         help="seconds of load before the first RSS reading (past the 60 s retention)",
+    )
+    p.add_argument(
+        "--e2e-anomalies",
+        type=float,
+        default=0.1,
+        help="share of anomalous frames in the end-to-end step (a line that "
+        "fails one item in ten: far more than most)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
@@ -370,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = args.checkpoint or train_model(
             split_normal(digits, ["0"]), VLAEConfig() if args.arch == "mlp" else ConvVLAEConfig(),
-            TrainConfig(epochs=3), DatasetInfo("digits"),
+            TrainConfig(epochs=10), DatasetInfo("digits"),
             lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)), {"kind": "in-process"},
             out=Path(tmp) / "model",
         )  # fmt: skip
@@ -424,14 +472,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 assert redis_server.process is not None  # started by the with statement
                 redis_pid = redis_server.process.pid
 
+                is_normal = digits.test.labels.astype(str) == "0"
+                normal = digits.test.images[is_normal]
+                mix = line_mix(normal, digits.test.images[~is_normal], args.e2e_anomalies)
+
                 def with_api(api_url: str, api_pid: int) -> dict[str, Any]:
-                    out = {"end_to_end": end_to_end(api_url, redis_server.url, prefix, images,
+                    out = {"end_to_end": end_to_end(api_url, redis_server.url, prefix, mix,
                                                     half, args.seconds)}  # fmt: skip
+                    out["end_to_end"]["anomalous_share"] = args.e2e_anomalies
                     if args.soak_seconds:
                         from bench.soak import soak
 
                         pids = {"redis-server": redis_pid, "api": api_pid}
-                        normal = digits.test.images[digits.test.labels.astype(str) == "0"]
                         out["soak"] = soak(redis_server.url, prefix, normal, half,
                                            args.soak_seconds, pids, args.soak_warmup)  # fmt: skip
                     return out

@@ -9,6 +9,7 @@ read by a background task in every replica.
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import time
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import redis.asyncio as aioredis
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from ray import serve
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -36,24 +37,27 @@ from scorer.schemas import (
     Health,
     ItemError,
     ItemPreview,
-    ItemScore,
     ModelRecord,
     PreviewRequest,
     PreviewResponse,
     RecordError,
-    ScoreRecord,
     ScoreResponse,
     StreamKeys,
     valid_item_id,
     valid_line,
 )
-from scorer.streams import ScoreSink, ensure_group, entry_ms, read_group
+from scorer.streams import ScoredBatch, ScoreSink, ensure_group, entry_ms, read_group
 from trainer.checkpoint import CheckpointError, LoadedModel, load_checkpoint, resolve_checkpoint
 from trainer.evaluate import score_images
 
 logger = logging.getLogger("ray.serve")
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
+
+# Batches a replica runs at once, and frame reads in flight: one batch's forward pass runs
+# while the other's images are decoded or its results published and answered, each forward
+# on its share of the replica's CPUs (bench/README.md, "Where the time goes").
+CONCURRENT_BATCHES = 2
 
 app = FastAPI(
     title="vlaewatch scorer",
@@ -84,8 +88,30 @@ def _count_items(chunks: list[list[_Item]]) -> int:
     return sum(len(c) for c in chunks)
 
 
-def _new_id() -> str:
-    return uuid.uuid4().hex
+def _frames_done(
+    slots: asyncio.Semaphore, handling: set[asyncio.Task[None]], task: asyncio.Task[None]
+) -> None:
+    """A frames read is handled (or failed: its entries stay pending for reclaiming)."""
+    slots.release()
+    handling.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("frames consumer: a read was not handled, left pending: %r",
+                       task.exception())  # fmt: skip
+
+
+def _forward_threads() -> int:
+    """Torch threads of one forward pass: the replica's CPUs shared by its concurrent
+    batches (threads beyond the cores only contend)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    return max(1, int(cpus) // CONCURRENT_BATCHES)
+
+
+def _new_ids(n: int) -> list[str]:
+    """Ids for items sent without one: a random request id and the item's position."""
+    base = uuid.uuid4().hex
+    return [f"{base}-{i}" for i in range(n)]
 
 
 def _error(item: _Raw, exc: InputError) -> ItemError:
@@ -113,10 +139,9 @@ class Scorer:
         """Apply a new ``user_config``: load a new model version, resize batches, reconnect."""
         cfg = ScorerConfig.model_validate(user_config)
         old = self._cfg
-        if cfg.torch_threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(cfg.torch_threads or _forward_threads())
         if old is None or (cfg.checkpoint, cfg.model_version) != (
             old.checkpoint,
             old.model_version,
@@ -199,45 +224,45 @@ class Scorer:
 
     # --- scoring -------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005, batch_size_fn=_count_items)
-    async def _score_chunks(self, chunks: list[list[_Item]]) -> list[list[ItemScore]]:
-        loaded, sink = self._loaded, self._sink
-        assert loaded is not None and sink is not None
-        await self._announce()
-        items = [it for chunk in chunks for it in chunk]
-        images = np.stack([it.image for it in items])
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005,
+                 max_concurrent_batches=CONCURRENT_BATCHES, batch_size_fn=_count_items)  # fmt: skip
+    async def _score_chunks(self, chunks: list[list[_Item]]) -> list[ScoredBatch]:
+        """The model's forward pass over every waiting chunk at once, and nothing more: the
+        next batch's forward starts while the callers of this one publish their results."""
+        loaded = self._loaded
+        assert loaded is not None
+        images = np.stack([it.image for chunk in chunks for it in chunk])
         scores = await asyncio.to_thread(score_images, loaded.model, images, None, len(images))
-        now, version = time.time(), loaded.version
-        recon, kl, total = scores.recon.tolist(), scores.kl.tolist(), scores.score.tolist()
-        complexity = scores.complexity.tolist()
-        records = [
-            ScoreRecord(
-                item_id=it.item_id, line=it.line, ts_ingested=it.ts_ingested, ts_scored=now,
-                score=total[i], recon=recon[i], kl=kl[i], complexity=complexity[i],
-                model_version=version,
-            )
-            for i, it in enumerate(items)
-        ]  # fmt: skip
-        # Published before anyone is answered: an acknowledged item is in the stream.
-        await sink.publish(records, images)
-        results = [
-            ItemScore(item_id=r.item_id, line=r.line, score=r.score, recon=r.recon, kl=r.kl,
-                      complexity=complexity[i], model_version=version)
-            for i, r in enumerate(records)
-        ]  # fmt: skip
-        out, start = [], 0
+        now, out, start = time.time(), [], 0
         for chunk in chunks:
-            out.append(results[start : start + len(chunk)])
+            part = slice(start, start + len(chunk))
+            out.append(ScoredBatch(
+                item_ids=[it.item_id for it in chunk], lines=[it.line for it in chunk],
+                ts_ingested=[it.ts_ingested for it in chunk], images=images[part],
+                score=scores.score[part].tolist(), recon=scores.recon[part].tolist(),
+                kl=scores.kl[part].tolist(), complexity=scores.complexity[part].tolist(),
+                ts_scored=now, model_version=loaded.version,
+            ))  # fmt: skip
             start += len(chunk)
         return out
 
-    async def _score_items(self, items: list[_Item]) -> list[ItemScore]:
-        """Score any number of items: chunks of at most one batch, batched with other calls."""
+    async def _score_chunk(self, items: list[_Item]) -> ScoredBatch:
+        """Score one chunk (batched with other callers' chunks), then publish it: an item is
+        in the score stream before anyone is answered."""
+        assert self._sink is not None
+        await self._announce()
+        scored = await self._score_chunks(items)
+        await self._sink.publish(scored)
+        return scored
+
+    async def _score_items(self, items: list[_Item]) -> list[dict[str, Any]]:
+        """Score any number of items: chunks of at most one batch, batched with other calls;
+        per-item results (the fields of ``ItemScore``) in order."""
         assert self._cfg is not None
         size = self._cfg.max_batch_size
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        parts = await asyncio.gather(*(self._score_chunks(c) for c in chunks))
-        return [r for part in parts for r in part]
+        parts = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
+        return [r for part in parts for r in part.results()]
 
     def _decode(self, raws: list[_Raw], limits: Limits) -> tuple[list[_Item], dict[int, ItemError]]:
         """Validate ids and decode images; errors by position, one per bad item."""
@@ -258,7 +283,11 @@ class Scorer:
                     raise InputError(f"line {raw.line[:40]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
                 seen.add(raw.item_id)
                 if isinstance(raw.payload, np.ndarray):
-                    image = decode_array(raw.payload, shape, limits)
+                    p = raw.payload
+                    if p.dtype == np.uint8 and p.shape == shape[1:] and shape[0] == 1:
+                        image = p[None]  # already what the model takes: no copy
+                    else:
+                        image = decode_array(p, shape, limits)
                 else:
                     image = decode_image(raw.payload, shape, limits)
                 items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image))
@@ -296,7 +325,7 @@ class Scorer:
         item_id: Annotated[
             list[str] | None, Query(description="client item ids, one per image")
         ] = None,
-    ) -> ScoreResponse:
+    ) -> Response:
         """Score a batch: multipart files in field ``files`` (PNG/JPEG), or an NPY body
         (uint8 N x H x W[x C]). Each item gets a score or its own error."""
         assert self._cfg is not None and self._loaded is not None
@@ -326,7 +355,7 @@ class Scorer:
             raise HTTPException(413, f"{len(payloads)} images; at most {limits.max_items}")
         if item_id and len(item_id) != len(payloads):
             raise HTTPException(400, f"{len(item_id)} item ids for {len(payloads)} images")
-        ids = item_id or [_new_id() for _ in payloads]
+        ids = item_id or _new_ids(len(payloads))
         raws = [_Raw(i, line, p, ts) for i, p in zip(ids, payloads, strict=True)]
         items, errors = await asyncio.to_thread(self._decode, raws, limits)
         try:
@@ -335,15 +364,14 @@ class Scorer:
             scored = iter(await self._score_items(items)) if items else iter([])
         except (RedisError, OSError) as exc:
             raise HTTPException(503, f"score stream unavailable: {exc}") from None
-        results: list[ItemScore | ItemError] = [
-            errors[i] if i in errors else next(scored) for i in range(len(raws))
+        results = [
+            errors[i].model_dump() if i in errors else next(scored) for i in range(len(raws))
         ]
-        return ScoreResponse(
-            model_version=self.version,
-            n_scored=len(items),
-            n_failed=len(errors),
-            results=results,
-        )
+        # The body of a ScoreResponse, written directly: validating hundreds of per-item
+        # models again on the way out cost as much as the work they describe.
+        out = {"model_version": self.version, "n_scored": len(items), "n_failed": len(errors),
+               "results": results}  # fmt: skip
+        return Response(json.dumps(out, separators=(",", ":")), media_type="application/json")
 
     async def _read_form(
         self, request: Request, limits: Limits, line: str, item_id: list[str]
@@ -411,14 +439,20 @@ class Scorer:
     # --- the frames consumer -------------------------------------------------------------
 
     async def _consume_frames(self) -> None:
-        """Read ``{prefix}:frames`` as one consumer of the group; ack after publishing."""
+        """Read ``{prefix}:frames`` as one consumer of the group; ack after publishing. Up to
+        ``CONCURRENT_BATCHES`` reads are handled at once: the next one is read and decoded
+        while the last one is scored. A read whose handling fails stays pending in the group
+        and is reclaimed (by this or another replica) after ``reclaim_idle_ms``."""
         ctx = serve.get_replica_context()
         consumer = f"scorer-{ctx.replica_id.unique_id}"
         group_ready, backoff, last_reclaim = False, 0.1, 0.0
+        slots = asyncio.Semaphore(CONCURRENT_BATCHES)
+        handling: set[asyncio.Task[None]] = set()
         while True:
             cfg, client = self._cfg, self._client
             assert cfg is not None and client is not None
             try:
+                await slots.acquire()
                 if not group_ready:
                     await ensure_group(client, self._keys.frames, FRAMES_GROUP)
                     group_ready = True
@@ -429,23 +463,30 @@ class Scorer:
                     client, self._keys.frames, FRAMES_GROUP, consumer, cfg.max_batch_size,
                     cfg.frames_block_ms, reclaim,
                 )  # fmt: skip
-                if entries:
-                    await self._handle_frames(entries, client)
                 backoff = 0.1
             except asyncio.CancelledError:
+                for task in handling:
+                    task.cancel()
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 logger.warning("frames consumer: Redis unavailable (%s); retrying", exc)
-                group_ready = False
+                group_ready, entries = False, []
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except ResponseError as exc:
                 logger.warning("frames consumer: %s", exc)
-                group_ready = False
+                group_ready, entries = False, []
                 await asyncio.sleep(backoff)
             except Exception:
                 logger.exception("frames consumer: unexpected error; continuing")
+                entries = []
                 await asyncio.sleep(1.0)
+            if not entries:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._handle_frames(entries, client))
+            handling.add(task)
+            task.add_done_callback(functools.partial(_frames_done, slots, handling))
 
     async def _handle_frames(
         self, entries: list[tuple[str, dict[Any, Any]]], client: aioredis.Redis

@@ -27,7 +27,11 @@ class ScorerConfig(BaseModel):
     consume_frames: bool = True
     frames_block_ms: int = Field(default=200, ge=1)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
-    torch_threads: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(
+        default=None, ge=1,
+        description="threads of one forward pass; default: the replica's CPUs / 2 (it runs "
+        "two batches at once), at least 1",
+    )  # fmt: skip
     max_request_bytes: int = 64 * 1024 * 1024
     max_items: int = 1024
     max_image_bytes: int = 8 * 1024 * 1024
@@ -55,7 +59,7 @@ class DeploymentConfig(BaseModel):
     target_ongoing_requests: float = 2.0
     num_cpus: float = Field(default=1.0, ge=0, description="a fraction shares a small machine")
     num_gpus: float = Field(default=0.0, ge=0)
-    max_ongoing_requests: int = Field(default=256, ge=1)
+    max_ongoing_requests: int = Field(default=512, ge=1)
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of ``Deployment.options``."""

@@ -10,7 +10,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from scorer.schemas import DeadLetterRecord, ModelRecord, ScoreRecord, StreamKeys
+from scorer.schemas import DeadLetterRecord, ModelRecord, StreamKeys
 
 
 @dataclass
@@ -24,20 +24,65 @@ class StoredItem:
     score: float
 
 
-# Per item: the image hash with its TTL, then the score entry (fields of ScoreRecord). Keys
-# are computed by the caller (standalone Redis; a Redis Cluster would need them in KEYS).
+@dataclass
+class ScoredBatch:
+    """Scored items as columns (one caller's share of a forward pass): what a replica
+    publishes and answers with, without an object per item."""
+
+    item_ids: list[str]
+    lines: list[str]
+    ts_ingested: list[float]
+    images: np.ndarray  # uint8 (N, C, H, W)
+    score: list[float]
+    recon: list[float]
+    kl: list[float]
+    complexity: list[float]
+    ts_scored: float
+    model_version: str
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def results(self) -> list[dict[str, Any]]:
+        """Per-item results, the fields of ``ItemScore``."""
+        v = self.model_version
+        return [
+            {"item_id": i, "ok": True, "line": ln, "score": s, "recon": r, "kl": k,
+             "complexity": c, "model_version": v}
+            for i, ln, s, r, k, c in zip(self.item_ids, self.lines, self.score, self.recon,
+                                         self.kl, self.complexity, strict=True)
+        ]  # fmt: skip
+
+
+def _numbers(values: list[float]) -> str:
+    """A numeric column for the publish script: Python's shortest round-trip text."""
+    return ",".join(map(repr, values))
+
+
+# Per item: the image hash with its TTL, then the score entry (the fields of ScoreRecord).
+# The batch arrives as columns: the images as one blob, everything else comma-joined (item
+# ids and lines cannot hold commas, or be empty: their patterns), so the client packs 17
+# arguments instead of a dozen per item. Keys are computed here from the
+# item key prefix (standalone Redis; a Redis Cluster would need them in KEYS).
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-for i = 0, n - 1 do
-  local a = 5 + i * 12
-  local key = ARGV[a]
-  redis.call('HSET', key, 'image', ARGV[a + 1], 'shape', ARGV[a + 2], 'line', ARGV[a + 3],
-             'model_version', ARGV[a + 4], 'score', ARGV[a + 5])
+local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
+local shape, size, images = ARGV[8], tonumber(ARGV[9]), ARGV[10]
+local function col(s)
+  local t = {}
+  for v in string.gmatch(s, '[^,]+') do t[#t + 1] = v end
+  return t
+end
+local ids, lines, ts = col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
+local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
+for i = 1, n do
+  local key = item_prefix .. ids[i]
+  redis.call('HSET', key, 'image', string.sub(images, (i - 1) * size + 1, i * size),
+             'shape', shape, 'line', lines[i], 'model_version', version, 'score', score[i])
   redis.call('EXPIRE', key, ttl)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'item_id', ARGV[a + 6],
-             'line', ARGV[a + 3], 'ts_ingested', ARGV[a + 7], 'ts_scored', ARGV[a + 8],
-             'score', ARGV[a + 5], 'recon', ARGV[a + 9], 'kl', ARGV[a + 10],
-             'complexity', ARGV[a + 11], 'model_version', ARGV[a + 4])
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'item_id', ids[i], 'line', lines[i],
+             'ts_ingested', ts[i], 'ts_scored', ts_scored, 'score', score[i],
+             'recon', recon[i], 'kl', kl[i], 'complexity', cx[i], 'model_version', version)
 end
 return n
 """
@@ -61,18 +106,23 @@ class ScoreSink:
         self.retention_s = retention_s
         self._publish = client.register_script(_PUBLISH)
 
-    async def publish(self, records: list[ScoreRecord], images: np.ndarray) -> None:
+    async def publish(self, batch: ScoredBatch) -> None:
         """Store each image (with TTL), then append its score: a reader of the score stream
         always finds the image of an entry that is still in retention. One script call per
-        batch: building three pipelined commands per item cost more than the model's forward
-        pass (bench/README.md, "Where the time goes")."""
-        args: list[Any] = [self.keys.scores, self.scores_maxlen, self.retention_s, len(records)]
-        for rec, img in zip(records, images, strict=True):
-            args += [self.keys.item(rec.item_id), img.tobytes(),
-                     ",".join(str(d) for d in img.shape), rec.line, rec.model_version,
-                     repr(rec.score), rec.item_id, repr(rec.ts_ingested), repr(rec.ts_scored),
-                     repr(rec.recon), repr(rec.kl), repr(rec.complexity)]  # fmt: skip
-        await self._publish(args=args)
+        batch, its arguments columns: three pipelined commands per item cost more than the
+        model's forward pass, and a dozen arguments per item still held the replica's event
+        loop (bench/README.md, "Where the time goes")."""
+        if not len(batch):
+            return
+        images = np.ascontiguousarray(batch.images, dtype=np.uint8)
+        shape = ",".join(str(d) for d in images.shape[1:])
+        await self._publish(args=[
+            self.keys.scores, self.scores_maxlen, self.retention_s, len(batch),
+            self.keys.item(""), batch.model_version, repr(batch.ts_scored), shape,
+            images[0].nbytes, images.tobytes(), ",".join(batch.item_ids), ",".join(batch.lines),
+            _numbers(batch.ts_ingested), _numbers(batch.score), _numbers(batch.recon),
+            _numbers(batch.kl), _numbers(batch.complexity),
+        ])  # fmt: skip
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
         await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)
