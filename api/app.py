@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from importlib.metadata import version
 
 import httpx
-import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +25,7 @@ from api.ratelimit import RateLimiter
 from api.routes import alerts, items, stats, system, thresholds
 from api.thresholds import ThresholdStore
 from scorer.schemas import StreamKeys
+from scorer.streams import connect
 
 
 def create_app(cfg: ApiConfig) -> FastAPI:
@@ -34,10 +34,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.from_url(
-            cfg.redis_url, health_check_interval=10, socket_keepalive=True,
-            socket_connect_timeout=5,
-        )  # fmt: skip
+        client = connect(cfg.redis_url)
         keys = StreamKeys(cfg.key_prefix)
         threshold_store = ThresholdStore(client, cfg.key_prefix)
         alert_store = AlertStore(client, cfg.key_prefix, cfg.alert_retention_s)

@@ -46,7 +46,7 @@ from scorer.schemas import (
     valid_item_id,
     valid_line,
 )
-from scorer.streams import ScoredBatch, ScoreSink, ensure_group, entry_ms, read_group
+from scorer.streams import ScoredBatch, ScoreSink, connect, ensure_group, entry_ms, read_group
 from trainer.checkpoint import CheckpointError, LoadedModel, load_checkpoint, resolve_checkpoint
 from trainer.evaluate import score_images
 
@@ -160,10 +160,7 @@ class Scorer:
         if old is None or (cfg.redis_url, cfg.key_prefix) != (old.redis_url, old.key_prefix):
             if self._client is not None:
                 await self._client.aclose()
-            self._client = aioredis.from_url(
-                cfg.redis_url, health_check_interval=10, socket_keepalive=True,
-                socket_connect_timeout=5,
-            )  # fmt: skip
+            self._client = connect(cfg.redis_url)
             self._keys = StreamKeys(cfg.key_prefix)
         assert self._client is not None
         self._sink = ScoreSink(

@@ -88,6 +88,23 @@ return n
 """
 
 
+def connect(url: str) -> aioredis.Redis:
+    """The client of a long-lived service process: keepalive, a health check of idle pooled
+    connections, and a retry of a command whose pooled connection died (as after a Redis
+    restart) instead of failing the request that found it. A retried write may apply twice:
+    delivery is at least once, and alerts are idempotent per item."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return aioredis.from_url(
+        url, health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )  # fmt: skip
+
+
 class ScoreSink:
     """Writes what the scorer produces: one round trip per batch."""
 
