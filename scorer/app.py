@@ -280,11 +280,7 @@ class Scorer:
                     raise InputError(f"line {raw.line[:40]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
                 seen.add(raw.item_id)
                 if isinstance(raw.payload, np.ndarray):
-                    p = raw.payload
-                    if p.dtype == np.uint8 and p.shape == shape[1:] and shape[0] == 1:
-                        image = p[None]  # already what the model takes: no copy
-                    else:
-                        image = decode_array(p, shape, limits)
+                    image = decode_array(raw.payload, shape, limits)
                 else:
                     image = decode_image(raw.payload, shape, limits)
                 items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image))

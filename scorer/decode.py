@@ -104,6 +104,8 @@ def split_batch(arr: np.ndarray, shape: tuple[int, int, int]) -> list[np.ndarray
 
 def decode_array(arr: np.ndarray, shape: tuple[int, int, int], limits: Limits) -> np.ndarray:
     """One image array to uint8 (C, H, W)."""
+    if arr.dtype == np.uint8 and shape[0] == 1 and arr.shape == shape[1:]:
+        return arr[None]  # already what the model takes (the common NPY batch item): a view
     if arr.ndim >= 2 and arr.shape[0] * arr.shape[1] > limits.max_pixels:
         raise InputError(f"image larger than {limits.max_pixels} pixels", 413)
     return _to_chw(arr, shape, limits)

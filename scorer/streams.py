@@ -8,7 +8,11 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scorer.schemas import DeadLetterRecord, ModelRecord, StreamKeys
 
@@ -62,8 +66,8 @@ def _numbers(values: list[float]) -> str:
 # Per item: the image hash with its TTL, then the score entry (the fields of ScoreRecord).
 # The batch arrives as columns: the images as one blob, everything else comma-joined (item
 # ids and lines cannot hold commas, or be empty: their patterns), so the client packs 17
-# arguments instead of a dozen per item. Keys are computed here from the
-# item key prefix (standalone Redis; a Redis Cluster would need them in KEYS).
+# arguments instead of a dozen per item. Keys are computed here from the item key prefix
+# (standalone Redis; a Redis Cluster would need them in KEYS).
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
@@ -93,11 +97,6 @@ def connect(url: str) -> aioredis.Redis:
     connections, and a retry of a command whose pooled connection died (as after a Redis
     restart) instead of failing the request that found it. A retried write may apply twice:
     delivery is at least once, and alerts are idempotent per item."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     return aioredis.from_url(
         url, health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),

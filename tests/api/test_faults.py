@@ -3,7 +3,6 @@ while the scorer (Ray Serve) and the API (uvicorn, its own process) keep running
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from typing import Any
@@ -11,21 +10,13 @@ from typing import Any
 import httpx
 import numpy as np
 import redis
-from PIL import Image
 
 from tests.api.test_api import _alerts, _consumed, _set_manual
-
-
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.scorer.test_service import _npy, _png
 
 
 def _post(scorer_url: str, images: np.ndarray, line: str, ids: list[str]) -> httpx.Response:
-    buf = io.BytesIO()
-    np.save(buf, images)
-    return httpx.post(f"{scorer_url}/v1/score", content=buf.getvalue(),
+    return httpx.post(f"{scorer_url}/v1/score", content=_npy(images),
                       headers={"content-type": "application/x-npy"},
                       params={"line": line, "item_id": ids}, timeout=60)  # fmt: skip
 
