@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch bench
 
-.PHONY: install demo test lint format clean system-deps bench-quality bench-speed
+.PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed \
+	bench-soak
 
 install: $(STAMP)
 
@@ -41,8 +42,13 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Everything, the reliability tests included (about 5 of its minutes; CI has the time).
 test: lint system-deps
 	$(BIN)/python -m pytest -q
+
+# Only the faults, fuzzing, TLS and loopback tests (README "Reliability").
+test-reliability: install system-deps
+	$(BIN)/python -m pytest -q -m reliability
 
 # One-class MNIST benchmark (full MNIST in torchvision's layout under DATA_DIR, downloaded
 # there when missing and a network exists); writes bench/results/quality.{json,md}.
@@ -57,6 +63,14 @@ bench-quality: install
 bench-speed: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1 psutil==7.2.2
 	$(BIN)/python -m bench.throughput $(SPEED_ARGS)
+
+# The reliability soak: frames at the full sustained rate the frames step measures, then
+# error rate, ingested-to-scored p99, RSS of every process and items lost;
+# writes bench/results/reliability.{json,md}.
+SOAK_ARGS ?= --soak-seconds 180
+bench-soak: install
+	$(BIN)/python -m bench.throughput --stem reliability --soak-rate sustained --no-pyod \
+	  --train-epochs 0 --batches 64 --concurrency 8 --seconds 3 $(SOAK_ARGS)
 
 clean:
 	rm -rf .vlaewatch .pytest_cache .ruff_cache .mypy_cache

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from importlib.metadata import version
+from typing import Any
 
 import httpx
 import uvicorn
@@ -22,7 +23,8 @@ from api.errors import install_handlers
 from api.metrics import Metrics
 from api.previews import PreviewClient
 from api.ratelimit import RateLimiter
-from api.routes import alerts, items, stats, system, thresholds
+from api.routes import alerts, explore, items, stats, system, thresholds
+from api.schemas import ErrorBody
 from api.thresholds import ThresholdStore
 from scorer.schemas import StreamKeys
 from scorer.streams import connect
@@ -73,8 +75,15 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         max_body_size=cfg.max_body_bytes,
     )
     install_handlers(app)
-    for module in (thresholds, alerts, items, stats, system):
-        app.include_router(module.router)
+    # Answers any route may give, each an ErrorBody (validation errors too: api.errors).
+    common: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorBody, "description": "unparseable request body"},
+        413: {"model": ErrorBody, "description": "request body over the size limit"},
+        422: {"model": ErrorBody, "description": "invalid request, with a reason per field"},
+        429: {"model": ErrorBody, "description": "over the key's request rate (Retry-After)"},
+    }
+    for module in (thresholds, alerts, items, explore, stats, system):
+        app.include_router(module.router, responses=common)
     app.add_middleware(_Timing, metrics=metrics)
     return app
 

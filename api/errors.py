@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -75,7 +77,20 @@ def install_handlers(app: FastAPI) -> None:
     async def redis_error(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": f"Redis unavailable: {exc}"}, status_code=503)
 
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's default puts the list of field errors in ``detail``; the schema (and every
+        # client) reads ``detail`` as one reason, so the list moves to ``errors``.
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        reason = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in errors
+        )
+        body = {"detail": f"invalid request: {reason or 'unreadable'}", "errors": errors}
+        return JSONResponse(jsonable_encoder(body), status_code=422)
+
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(CalibrationError, calibration_error)
     app.add_exception_handler(RedisError, redis_error)
     app.add_exception_handler(ConnectionError, redis_error)

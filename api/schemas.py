@@ -179,7 +179,10 @@ class CalibrateRequest(BaseModel):
         default=None, description="calibrate on this version's scores (default: newest served)"
     )
     window_s: float | None = Field(
-        default=None, gt=0, description="what-if window of recent scores (default configured)"
+        default=None,
+        gt=0,
+        le=30 * 86400,
+        description="what-if window of recent scores, at most 30 days (default configured)",
     )
 
 
@@ -450,3 +453,27 @@ class ErrorBody(BaseModel):
     model_config = _example({"detail": "alert cam1-000123 is resolved; it cannot be acknowledged"})
 
     detail: str
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="for 422 request validation: each failing field"
+    )
+
+
+# --- explorer ------------------------------------------------------------------------------
+
+
+class ExploreView(BaseModel):
+    """The numbers of a latent-space view (the PNG endpoint beside it draws them)."""
+
+    model_config = _example(
+        {"kind": "neighbours", "model_version": "c96dc36985a2a968", "width": 200, "height": 29,
+         "cached": False, "data": {"item": "cam1-000123", "k": 6,
+                                   "latent_distance": [1.92, 2.01, 2.05, 2.1, 2.2, 2.3],
+                                   "distance_from_normal": 2.7}}
+    )  # fmt: skip
+
+    kind: str
+    model_version: str
+    width: int = Field(description="of the PNG view")
+    height: int
+    cached: bool
+    data: dict[str, Any]

@@ -20,7 +20,8 @@ async def recent_scores(
 ) -> pd.DataFrame:
     """Score entries of the last ``window_s`` seconds (the newest ``max_entries`` at most),
     read straight from the score stream: it is the record of what was scored."""
-    start = f"{int((time.time() - window_s) * 1000)}-0"
+    # A window longer than the epoch reads everything (a negative id is no stream id).
+    start = f"{max(0, int((time.time() - window_s) * 1000))}-0"
     rows: Any = await client.xrevrange(keys.scores, "+", start, count=max_entries)
     # Plain field reads, not one pydantic model per entry: windows hold up to 10^5 entries.
     table: dict[str, list[Any]] = {c: [] for c in WINDOW_COLUMNS}

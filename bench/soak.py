@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from bench.common import png_frames, send_frames
+from bench.common import p99, png_frames, send_frames
 
 # Ray names its worker processes by what they run ("ray::ServeReplica:scorer:Scorer").
 RAY_ROLES = {
@@ -61,6 +61,7 @@ class _Counter(threading.Thread):
         self.client = redis.Redis.from_url(redis_url)
         self.stream, self.tag = stream, tag.encode()
         self.count = 0
+        self.latencies_ms: list[float] = []  # ingested -> scored, per counted item
         self.last = self.client.xinfo_stream(stream)["last-generated-id"]
         self.stopping = threading.Event()
 
@@ -72,6 +73,9 @@ class _Counter(threading.Thread):
                     self.last = eid
                     if fields.get(b"item_id", b"").startswith(self.tag):
                         self.count += 1
+                        ingested, scored = fields.get(b"ts_ingested"), fields.get(b"ts_scored")
+                        if ingested and scored:
+                            self.latencies_ms.append(1000 * (float(scored) - float(ingested)))
 
     def stop(self) -> int:
         self.stopping.set()
@@ -105,6 +109,8 @@ def soak(redis_url: str, prefix: str, images: np.ndarray, rate: float, seconds: 
     dead = client.xlen(f"{prefix}:deadletter") - dead_before
     redis_info = client.info("memory")
     growth = {k: (after[k] - before[k]) / before[k] for k in before if before[k] > 0}
+    latencies = sorted(counter.latencies_ms)
+    latency = {"p50": latencies[len(latencies) // 2] if latencies else None, "p99": p99(latencies)}
     print(f"soak {seconds:.0f} s at {rate:.0f}/s: {scored}/{sent} scored, max RSS growth "
           f"{100 * max(growth.values()):.1f} %", file=sys.stderr)  # fmt: skip
     return {
@@ -115,6 +121,8 @@ def soak(redis_url: str, prefix: str, images: np.ndarray, rate: float, seconds: 
         "items_scored": scored,
         "items_lost": sent - scored,
         "deadletters": dead,
+        "error_rate": (sent - scored) / sent if sent else None,  # dead-lettered or lost
+        "latency_ms": latency,
         "frames_backlog": client.xlen(f"{prefix}:frames"),
         "redis_used_memory_mb": redis_info["used_memory"] / 2**20,
         "rss_mb_before": before,

@@ -342,7 +342,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"frames/s (after {soak['warmup_s']:.0f} s of warm-up; images kept 60 s, score "
             f"stream 20,000 entries): {soak['items_scored']} of {soak['items_sent']} frames "
             f"scored, {soak['items_lost']} lost, {soak['deadletters']} dead letters, "
-            f"{soak['frames_backlog']} left in the frames stream.",
+            f"{soak['frames_backlog']} left in the frames stream; error rate "
+            f"{100 * (soak.get('error_rate') or 0):.3f} %, ingested to scored p50 "
+            f"{_ms(soak.get('latency_ms', {}).get('p50'))}, p99 "
+            f"{_ms(soak.get('latency_ms', {}).get('p99'))}.",
             "",
             "| process | RSS MiB before | after | growth |",
             "|---|---|---|---|",
@@ -355,6 +358,10 @@ def markdown(report: dict[str, Any]) -> str:
               + ", ".join(f"batch {b}: {v:.2f}" for b, v in best.items()) + ".",
               "", f"Command: `{report['command']}`; {report['machine']}."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -391,6 +398,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="seconds of load before the first RSS reading (past the 60 s retention)",
     )
     p.add_argument(
+        "--soak-rate",
+        default="half",
+        help="frames/s of the soak: half (of the sustained rate), sustained, or a number",
+    )
+    p.add_argument(
         "--e2e-anomalies",
         type=float,
         default=0.1,
@@ -398,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fails one item in ten: far more than most)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--stem", default="speed", help="results file names: <out>/<stem>.json|md")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -468,7 +481,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 kept = [r["offered_per_s"] for r in report["frames"]
                         if r["scored_per_s"] >= 0.95 * r["offered_per_s"]]  # fmt: skip
                 report["frames_sustained_per_s"] = max(kept) if kept else None
-                half = (report["frames_sustained_per_s"] or rates[0]) / 2
+                sustained = report["frames_sustained_per_s"] or rates[0]
+                half = sustained / 2
+                soak_rate = {"half": half, "sustained": sustained}.get(args.soak_rate)
+                soak_rate = soak_rate or float(args.soak_rate)
                 assert redis_server.process is not None  # started by the with statement
                 redis_pid = redis_server.process.pid
 
@@ -484,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         from bench.soak import soak
 
                         pids = {"redis-server": redis_pid, "api": api_pid}
-                        out["soak"] = soak(redis_server.url, prefix, normal, half,
+                        out["soak"] = soak(redis_server.url, prefix, normal, soak_rate,
                                            args.soak_seconds, pids, args.soak_warmup)  # fmt: skip
                     return out
 
@@ -499,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ratio = row["images_per_s"] / report["raw_images_per_s"][str(row["batch"])]
         best[str(row["batch"])] = max(best.get(str(row["batch"]), 0.0), ratio)
     report["best_http_ratio"] = best
-    write_report(args.out, "speed", report, markdown)
+    write_report(args.out, args.stem, report, markdown)
     return report
 
 

@@ -19,13 +19,14 @@ from typing import Annotated, Any
 
 import numpy as np
 import redis.asyncio as aioredis
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
 from ray import serve
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.datastructures import UploadFile
 
+from scorer import explore
 from scorer.config import ScorerConfig
 from scorer.decode import InputError, Limits, decode_array, decode_image, load_npy, split_batch
 from scorer.previews import render
@@ -33,6 +34,8 @@ from scorer.schemas import (
     DEFAULT_LINE,
     FRAMES_GROUP,
     DeadLetterRecord,
+    ExploreRequest,
+    ExploreResponse,
     FrameRecord,
     Health,
     ItemError,
@@ -47,7 +50,13 @@ from scorer.schemas import (
     valid_line,
 )
 from scorer.streams import ScoredBatch, ScoreSink, connect, ensure_group, entry_ms, read_group
-from trainer.checkpoint import CheckpointError, LoadedModel, load_checkpoint, resolve_checkpoint
+from trainer.checkpoint import (
+    CheckpointError,
+    LoadedModel,
+    UnmappedLineError,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from trainer.evaluate import score_images
 
 logger = logging.getLogger("ray.serve")
@@ -229,7 +238,15 @@ class Scorer:
         loaded = self._loaded
         assert loaded is not None
         images = np.stack([it.image for chunk in chunks for it in chunk])
-        scores = await asyncio.to_thread(score_images, loaded.model, images, None, len(images))
+        # A conditional model scores each item under its line's condition (-1: its best).
+        conditions = (
+            np.array([explore.line_condition(loaded, it.line) for chunk in chunks for it in chunk])
+            if loaded.conditions
+            else None
+        )
+        scores = await asyncio.to_thread(
+            score_images, loaded.model, images, conditions, len(images)
+        )
         now, out, start = time.time(), [], 0
         for chunk in chunks:
             part = slice(start, start + len(chunk))
@@ -278,6 +295,10 @@ class Scorer:
                     raise InputError(f"item_id {raw.item_id!r} appears twice in this request")
                 if not valid_line(raw.line):
                     raise InputError(f"line {raw.line[:40]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+                try:
+                    self._loaded.condition_for_line(raw.line)
+                except UnmappedLineError as exc:
+                    raise InputError(str(exc)) from None
                 seen.add(raw.item_id)
                 if isinstance(raw.payload, np.ndarray):
                     image = decode_array(raw.payload, shape, limits)
@@ -407,7 +428,8 @@ class Scorer:
                           f"{loaded.card['image_shape']}")  # fmt: skip
                 out.append(ItemPreview(item_id=item_id, ok=False, status=409, error=reason))
                 continue
-            pngs = await asyncio.to_thread(render, loaded, stored.image, req.scale)
+            condition = explore.line_condition(loaded, stored.line)
+            pngs = await asyncio.to_thread(render, loaded, stored.image, req.scale, condition)
             out.append(
                 ItemPreview(
                     item_id=item_id, ok=True, model_version=loaded.version, line=stored.line,
@@ -415,6 +437,29 @@ class Scorer:
                 )
             )  # fmt: skip
         return PreviewResponse(previews=out)
+
+    @app.post(
+        "/v1/explore",
+        response_model=ExploreResponse,
+        responses={
+            404: {"description": "an item named is not (or no longer) stored"},
+            409: {"description": "the model has no calibration latents, or an item's shape "
+                                 "differs from the model's"},
+            422: {"description": "a request that does not fit the model"},
+        },
+    )  # fmt: skip
+    async def explore_view(self, req: Annotated[ExploreRequest, Body()]) -> ExploreResponse:
+        """A view of the served model's latent space (PNG, base64) and its numbers: latent map,
+        nearest normal items, prior samples, interpolation, traversal, compression."""
+        assert self._sink is not None and self._loaded is not None
+        loaded, sink = self._loaded, self._sink
+        try:
+            items, lines, flags = await explore.gather(loaded, req, sink.load_item)
+            return await asyncio.to_thread(explore.render, loaded, req, items, lines, flags)
+        except explore.ExploreError as exc:
+            raise HTTPException(exc.status, exc.reason) from None
+        except (RedisError, OSError) as exc:
+            raise HTTPException(503, f"item store unavailable: {exc}") from None
 
     @app.get("/v1/health", response_model=Health)
     async def health(self) -> Health:
@@ -427,6 +472,9 @@ class Scorer:
             image_shape=list(self._loaded.card["image_shape"]),
             consuming_frames=self._consumer is not None and not self._consumer.done(),
             load_error=self._load_error,
+            conditions=self._loaded.conditions,
+            line_conditions=self._loaded.line_conditions,
+            explorer=self._loaded.latents is not None,
         )
 
     # --- the frames consumer -------------------------------------------------------------

@@ -7,7 +7,7 @@ import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -248,3 +248,101 @@ class Health(BaseModel):
     image_shape: list[int]
     consuming_frames: bool
     load_error: str | None = None  # why the last model swap was refused, if it was
+    conditions: list[str] = Field(default_factory=list)  # a conditional model's
+    line_conditions: dict[str, str] = Field(default_factory=dict)  # line -> condition
+    explorer: bool = False  # calibration latents present: /v1/explore has its reference
+
+
+# --- explorer (the latent space of the served model) ---------------------------------------
+
+MAX_EXPLORE_STEPS = 32
+MAX_MAP_ITEMS = 2000
+Scale = Annotated[int, Field(ge=1, le=16, description="nearest-neighbour upscaling of tiles")]
+
+
+class MapItem(BaseModel):
+    """An item to overlay on the latent map (still in retention), and whether it alerted."""
+
+    item_id: str = Field(pattern=ID_PATTERN)
+    flagged: bool = False
+
+
+class LatentMapRequest(BaseModel):
+    """Normal calibration items' latent means in 2-D, the given items overlaid by line."""
+
+    kind: Literal["latent_map"] = "latent_map"
+    items: list[MapItem] = Field(default_factory=list, max_length=MAX_MAP_ITEMS)
+    method: Literal["auto", "tsne", "pca"] = Field(
+        default="auto", description="auto: t-SNE up to 3,000 points, PCA beyond"
+    )
+    width: int = Field(default=640, ge=240, le=1600)
+    height: int = Field(default=480, ge=180, le=1200)
+
+
+class NeighboursRequest(BaseModel):
+    """The item beside its ``k`` nearest normal calibration items in latent space."""
+
+    kind: Literal["neighbours"] = "neighbours"
+    item_id: str = Field(pattern=ID_PATTERN)
+    k: int = Field(default=6, ge=1, le=32)
+    scale: Scale = 2
+
+
+class SampleRequest(BaseModel):
+    """Images decoded from the prior; a conditional model: one row per condition, or one."""
+
+    kind: Literal["sample"] = "sample"
+    n: int = Field(default=16, ge=1, le=64)
+    condition: str | None = None
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    scale: Scale = 2
+
+
+class InterpolateRequest(BaseModel):
+    """The decoded straight latent path between two stored items, originals at the ends."""
+
+    kind: Literal["interpolate"] = "interpolate"
+    item_a: str = Field(pattern=ID_PATTERN)
+    item_b: str = Field(pattern=ID_PATTERN)
+    steps: int = Field(default=10, ge=2, le=MAX_EXPLORE_STEPS)
+    scale: Scale = 2
+
+
+class TraverseRequest(BaseModel):
+    """One latent dimension at a time around an item (or the normal centroid)."""
+
+    kind: Literal["traverse"] = "traverse"
+    item_id: str | None = Field(default=None, pattern=ID_PATTERN)
+    dims: list[int] | None = Field(default=None, min_length=1, max_length=16)
+    n_dims: int = Field(default=4, ge=1, le=16, description="the most used dims, without dims")
+    steps: int = Field(default=9, ge=2, le=MAX_EXPLORE_STEPS)
+    span: float = Field(default=3.0, gt=0, le=10, description="normal items' std, each side")
+    condition: str | None = None
+    scale: Scale = 2
+
+
+class CompressRequest(BaseModel):
+    """Stored items encoded to their latent codes and decoded back."""
+
+    kind: Literal["compress"] = "compress"
+    item_ids: list[str] = Field(min_length=1, max_length=64)
+    dtype: Literal["float32", "float16"] = "float32"
+    scale: Scale = 2
+
+
+ExploreRequest = Annotated[
+    LatentMapRequest | NeighboursRequest | SampleRequest | InterpolateRequest | TraverseRequest
+    | CompressRequest,
+    Field(discriminator="kind"),
+]  # fmt: skip
+
+
+class ExploreResponse(BaseModel):
+    """A rendered view of the served model's latent space: a PNG (base64) and its numbers."""
+
+    kind: str
+    model_version: str
+    png: str
+    width: int
+    height: int
+    data: dict[str, Any] = Field(default_factory=dict)

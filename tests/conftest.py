@@ -96,7 +96,7 @@ class ApiProcess:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | None,
         scorer_url: str | None,
         home: Path,
         env: dict[str, str] | None = None,
@@ -107,7 +107,9 @@ class ApiProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [str(Path(sys.executable).parent / "vlaewatch"), "api", "--port", str(self.port),
-                "--redis-url", redis_url, "--log-level", "warning"]  # fmt: skip
+                "--log-level", "warning"]  # fmt: skip
+        if redis_url:  # else from the environment (REDIS_URL, REDIS_URL_FILE)
+            args += ["--redis-url", redis_url]
         if scorer_url:
             args += ["--scorer-url", scorer_url]
         for name, value in flags.items():
@@ -157,3 +159,49 @@ def api_url(
     yield api.url
     # uvicorn drains, then re-raises the signal it caught: exit by SIGTERM is a clean stop.
     assert api.stop() in (0, -signal.SIGTERM)
+
+
+# --- explorer and conditional models (issue 10) --------------------------------------------
+
+LINE_CONDITIONS = {"line-a": "0", "line-b": "1"}
+
+
+@pytest.fixture(scope="session")
+def conditional_checkpoint(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A ConditionalVLAE on digits 0 and 1, served as two lines (``LINE_CONDITIONS``)."""
+    from trainer.data import split_normal
+    from trainer.model import VLAEConfig
+    from trainer.pipeline import DatasetInfo, train_model
+    from trainer.train import LoopContext, TrainConfig, fit
+
+    return train_model(
+        split_normal(digits, ["0", "1"]),
+        # A latent too small to carry which digit it is: the condition must say it.
+        VLAEConfig(num_conditions=1, latent_dim=2),
+        TrainConfig(epochs=5, denoiser=False),
+        DatasetInfo("digits"),
+        lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)),
+        {"kind": "in-process"},
+        out=tmp_path_factory.mktemp("ckpt") / "conditional",
+        line_conditions=LINE_CONDITIONS,
+    )
+
+
+@pytest.fixture(scope="session")
+def conditional_scorer_url(
+    scorer_url: str, redis_server: Any, conditional_checkpoint: Any
+) -> Iterator[str]:
+    """The conditional model on a second Serve application beside the main scorer (same HTTP
+    proxy, route prefix ``/conditional``, its own Redis key prefix)."""
+    from ray import serve
+
+    from scorer.app import Scorer
+    from scorer.config import DeploymentConfig, ScorerConfig
+
+    cfg = ScorerConfig(checkpoint=str(conditional_checkpoint), redis_url=redis_server.url,
+                       key_prefix="vlaewatch-cond", consume_frames=False)  # fmt: skip
+    options = DeploymentConfig(num_cpus=0.25).options()
+    app = Scorer.options(user_config=cfg.model_dump(), **options).bind()  # type: ignore[attr-defined]
+    serve.run(app, name="conditional", route_prefix="/conditional")
+    yield f"{scorer_url}/conditional"
+    serve.delete("conditional")

@@ -6,9 +6,14 @@ Layout of one checkpoint::
     denoiser.safetensors   weights of the companion denoising model (when fitted)
     model_card.json        what the model is, how it was trained, its version
     calibration.csv        recon, kl, score of every held-out normal image
+    calibration_latents.safetensors
+                           latent means, condition and uint8 image of those images (the
+                           explorer's normal reference: latent map, nearest normal items)
 
-The model version is a content hash over the weight files and the architecture, so any change
-to either is a new version, and a corrupted or swapped file is detected on load.
+The model version is a content hash over the weight files, the calibration latents, the
+architecture and the line-to-condition mapping of a conditional model, so any change to one of
+them is a new version, and a corrupted or swapped file is detected on load. Checkpoints written
+before calibration latents existed hash as they always did and load without them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,10 +37,45 @@ from trainer.model import ModelConfig, _VLAEBase, build_model, config_from_dict,
 CARD = "model_card.json"
 CALIBRATION = "calibration.csv"
 WEIGHT_FILES = {"model": "model.safetensors", "denoiser": "denoiser.safetensors"}
+LATENTS = "calibration_latents.safetensors"
+# Files a content hash covers, when present. The card lists them (``hashed_files``); cards
+# written before the calibration scores were covered lack the list and get LEGACY_HASHED.
+HASHED_FILES = (*WEIGHT_FILES.values(), LATENTS, CALIBRATION)
+LEGACY_HASHED = (*WEIGHT_FILES.values(), LATENTS)
+# The value of a line mapping that scores the item under its best condition.
+BEST_CONDITION = "best"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, malformed, or does not match its content hash."""
+
+
+class UnmappedLineError(ValueError):
+    """A conditional model's card maps lines to conditions, and not this line."""
+
+
+@dataclass(frozen=True)
+class CalibrationLatents:
+    """The held-out normal images as the model sees them: latent means (z = mu) under their
+    own condition, that condition (-1 for an unconditional model) and the uint8 images."""
+
+    mu: np.ndarray  # (N, D) float32
+    conditions: np.ndarray  # (N,) int64
+    images: np.ndarray  # (N, C, H, W) uint8
+
+    def __len__(self) -> int:
+        return len(self.mu)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "mu": torch.from_numpy(np.ascontiguousarray(self.mu, dtype=np.float32)),
+            "conditions": torch.from_numpy(np.ascontiguousarray(self.conditions, np.int64)),
+            "images": torch.from_numpy(np.ascontiguousarray(self.images, dtype=np.uint8)),
+        }
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> CalibrationLatents:
+        return cls(t["mu"].numpy(), t["conditions"].numpy(), t["images"].numpy())
 
 
 @dataclass
@@ -46,6 +87,7 @@ class LoadedModel:
     denoiser: _VLAEBase | None
     card: dict[str, Any]
     calibration: pd.DataFrame
+    latents: CalibrationLatents | None = None  # None in checkpoints from before the explorer
 
     @property
     def version(self) -> str:
@@ -56,11 +98,51 @@ class LoadedModel:
         """Condition names of a conditional model, in index order ([] otherwise)."""
         return list(self.card.get("conditions", []))
 
+    @property
+    def line_conditions(self) -> dict[str, str]:
+        """Line -> condition name (or ``best``) of a conditional model; ``*`` is the fallback."""
+        return dict(self.card.get("line_conditions") or {})
 
-def content_hash(directory: Path, architecture: dict[str, Any]) -> str:
-    """sha256 over the weight files present and the architecture, shortened to 16 hex digits."""
+    def condition_index(self, name: str) -> int:
+        """Index of a condition name; ValueError names the choices when it is not one."""
+        try:
+            return self.conditions.index(str(name))
+        except ValueError:
+            raise ValueError(
+                f"condition {name!r} is not one of the model's {self.conditions}"
+            ) from None
+
+    def condition_for_line(self, line: str) -> int | None:
+        """The condition an item of ``line`` is scored under: an index, or None for its best
+        condition (an unconditional model, a conditional one without a line mapping, or a
+        line mapped to ``best``). A conditional model whose card maps lines refuses a line it
+        does not map (and no ``*`` fallback): ``UnmappedLineError``."""
+        if not self.conditions:
+            return None
+        mapping = self.line_conditions
+        if not mapping:
+            return None
+        name = mapping.get(line, mapping.get("*"))
+        if name is None:
+            raise UnmappedLineError(
+                f"line {line!r} has no condition in model {self.version} (mapped lines: "
+                f"{', '.join(sorted(mapping))}); map it at training time (--line-condition)"
+            )
+        return None if name == BEST_CONDITION else self.condition_index(name)
+
+
+def content_hash(
+    directory: Path,
+    architecture: dict[str, Any],
+    line_conditions: dict[str, str] | None = None,
+    files: tuple[str, ...] | list[str] = LEGACY_HASHED,
+) -> str:
+    """sha256 over ``files`` where present, the architecture and a line mapping (when there
+    is one), shortened to 16 hex digits."""
     h = hashlib.sha256(json.dumps(architecture, sort_keys=True).encode())
-    for name in sorted(WEIGHT_FILES.values()):
+    if line_conditions:
+        h.update(json.dumps({"line_conditions": line_conditions}, sort_keys=True).encode())
+    for name in sorted(files):
         p = directory / name
         if p.exists():
             h.update(name.encode())
@@ -75,6 +157,7 @@ def save_checkpoint(
     card: dict[str, Any],
     calibration: pd.DataFrame,
     store: str | Path | None = None,
+    latents: CalibrationLatents | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp dir, then rename) to ``directory``, or into
     ``store`` under its model version; return its path."""
@@ -86,13 +169,20 @@ def save_checkpoint(
     try:
         for name, sd in state_dicts.items():
             save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / WEIGHT_FILES[name]))
+        if latents is not None:
+            save_file(latents.tensors(), str(tmp / LATENTS))
         architecture = config_to_dict(model_cfg)
         card = dict(card)
         card["architecture"] = architecture
         card["has_denoiser"] = "denoiser" in state_dicts
-        card["model_version"] = content_hash(tmp, architecture)
-        (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+        card["has_calibration_latents"] = latents is not None
+        # The calibration scores set thresholds: a swapped file must not pass either.
         calibration.to_csv(tmp / CALIBRATION, index=False)
+        card["hashed_files"] = sorted(n for n in HASHED_FILES if (tmp / n).exists())
+        card["model_version"] = content_hash(
+            tmp, architecture, card.get("line_conditions"), card["hashed_files"]
+        )
+        (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
         directory = Path(directory) if directory is not None else parent / card["model_version"]
         if directory.exists():
             shutil.rmtree(directory)
@@ -124,7 +214,8 @@ def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
         expected = card["model_version"]
     except KeyError as exc:
         raise CheckpointError(f"model card of {directory} lacks {exc}") from exc
-    actual = content_hash(directory, architecture)
+    files = card.get("hashed_files", LEGACY_HASHED)
+    actual = content_hash(directory, architecture, card.get("line_conditions"), files)
     if actual != expected:
         raise CheckpointError(
             f"content hash mismatch in {directory}: model card says {expected}, files hash to "
@@ -150,7 +241,13 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
     denoiser = _load("denoiser") if card.get("has_denoiser") else None
     calibration = pd.read_csv(directory / CALIBRATION)
-    return LoadedModel(directory, _load("model"), denoiser, card, calibration)
+    latents = None
+    if (directory / LATENTS).is_file():
+        try:
+            latents = CalibrationLatents.from_tensors(load_file(str(directory / LATENTS)))
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"cannot load {LATENTS} from {directory}: {exc}") from exc
+    return LoadedModel(directory, _load("model"), denoiser, card, calibration, latents)
 
 
 def list_versions(store: str | Path) -> list[dict[str, Any]]:

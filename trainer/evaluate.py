@@ -19,12 +19,20 @@ SCORE_KINDS = ("recon", "kl", "elbo", "score")
 
 @dataclass
 class Scores:
-    """Per-item score parts and the model's score of them (``trainer.model.combine_score``)."""
+    """Per-item score parts and the model's score of them (``trainer.model.combine_score``).
+
+    ``contrast`` (conditional models scored under a given condition): how much better another
+    condition explains the item, elbo(x | c) - min over c' of elbo(x | c'), >= 0. It is added
+    to the ELBO before the complexity normalisation: an item of another product type that the
+    line's condition still reconstructs (its latent carries the shape) scores high, because the
+    other product's condition explains it better. 0 for an item scored under its best one.
+    """
 
     recon: np.ndarray
     kl: np.ndarray
     complexity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     kind: ScoreKind = "elbo"
+    contrast: np.ndarray | None = None
 
     @property
     def elbo(self) -> np.ndarray:
@@ -33,25 +41,34 @@ class Scores:
 
     @property
     def score(self) -> np.ndarray:
+        extra = 0.0 if self.contrast is None else self.contrast
         if self.kind == "elbo":
-            return self.elbo
+            return self.elbo + extra
         recon, kl, complexity = (torch.from_numpy(np.asarray(a))
-                                 for a in (self.recon, self.kl, self.complexity))  # fmt: skip
+                                 for a in (self.recon + extra, self.kl,
+                                           self.complexity))  # fmt: skip
         return combine_score(recon, kl, complexity, self.kind).numpy()
 
     def frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"recon": self.recon, "kl": self.kl, "complexity": self.complexity,
-                             "score": self.score})  # fmt: skip
+        columns = {"recon": self.recon, "kl": self.kl, "complexity": self.complexity}
+        if self.contrast is not None:
+            columns["contrast"] = self.contrast
+        return pd.DataFrame({**columns, "score": self.score})
+
+
+@torch.no_grad()
+def _all_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(recon, kl) of every item under every condition, each (K, N)."""
+    k = int(model.config.num_conditions)
+    options = [model.anomaly_score(x, torch.full((len(x),), j, device=x.device)) for j in range(k)]
+    return torch.stack([o[0] for o in options]), torch.stack([o[1] for o in options])
 
 
 @torch.no_grad()
 def best_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """For a conditional model scored without conditions: per item, the condition under which
     it looks most normal (lowest score), and its (recon, kl) under that condition."""
-    k = int(model.config.num_conditions)
-    options = [model.anomaly_score(x, torch.full((len(x),), j, device=x.device)) for j in range(k)]
-    r_all = torch.stack([o[0] for o in options])
-    kl_all = torch.stack([o[1] for o in options])
+    r_all, kl_all = _all_conditions(model, x)
     best = (r_all + kl_all).argmin(dim=0, keepdim=True)
     return best[0], r_all.gather(0, best)[0], kl_all.gather(0, best)[0]
 
@@ -63,21 +80,26 @@ def score_images(
     conditions: np.ndarray | None = None,
     batch_size: int = 512,
 ) -> Scores:
-    """Score uint8 (N, C, H, W) images; a conditional model without conditions takes, per item,
-    the condition under which it looks most normal (lowest score)."""
+    """Score uint8 (N, C, H, W) images; a conditional model without conditions (or with a
+    negative condition index for an item) takes, per item, the condition under which it looks
+    most normal (lowest score)."""
     model.eval()
     device = next(model.parameters()).device
     k = int(getattr(model.config, "num_conditions", 0))
     kind: ScoreKind = getattr(model.config, "score_kind", "elbo")
-    recon_parts, kl_parts, complexity = [], [], []
+    recon_parts, kl_parts, complexity, contrast = [], [], [], []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(to_float(images[i : i + batch_size])).to(device)
         complexity.append(total_variation(x).cpu().numpy())
         if k == 0:
             r, kl = model.anomaly_score(x)
         elif conditions is not None:
-            c = torch.from_numpy(np.asarray(conditions[i : i + batch_size])).to(device)
-            r, kl = model.anomaly_score(x, c)
+            c = torch.from_numpy(np.asarray(conditions[i : i + batch_size])).to(device).long()
+            r_all, kl_all = _all_conditions(model, x)
+            elbo_all = r_all + kl_all
+            c = torch.where(c < 0, elbo_all.argmin(dim=0), c)  # -1: the item's best
+            r, kl = r_all.gather(0, c[None])[0], kl_all.gather(0, c[None])[0]
+            contrast.append(((r + kl) - elbo_all.min(dim=0).values).cpu().numpy())
         else:
             _, r, kl = best_conditions(model, x)
         recon_parts.append(r.cpu().numpy())
@@ -86,7 +108,8 @@ def score_images(
         empty = np.zeros(0, np.float32)
         return Scores(empty, empty, empty, kind)
     return Scores(np.concatenate(recon_parts), np.concatenate(kl_parts),
-                  np.concatenate(complexity), kind)  # fmt: skip
+                  np.concatenate(complexity), kind,
+                  np.concatenate(contrast) if contrast else None)  # fmt: skip
 
 
 def detection_metrics(scores: Scores, is_anomaly: np.ndarray) -> dict[str, dict[str, float]]:

@@ -14,13 +14,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainer.checkpoint import WEIGHT_FILES, save_checkpoint
+from trainer.checkpoint import BEST_CONDITION, WEIGHT_FILES, CalibrationLatents, save_checkpoint
 from trainer.data import NormalSplit, fingerprint, to_float
 from trainer.evaluate import score_images
+from trainer.explore import calibration_latents
 from trainer.model import SCORE_KIND_TEXT, ModelConfig, build_model
 from trainer.train import FitResult, TrainArrays, TrainConfig
 
 Fitter = Callable[[ModelConfig, TrainConfig, TrainArrays], FitResult]
+CONTRAST_TEXT = (
+    "; an item of a mapped line adds, to recon + kl, its contrast: its elbo under the line's "
+    "condition minus its lowest elbo under any condition"
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,36 @@ def calibration_scores(
     return frame
 
 
+def reference_latents(
+    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
+) -> CalibrationLatents:
+    """Latent means and images of the held-out normal images (the explorer's reference)."""
+    model = build_model(model_cfg)
+    model.load_state_dict(weights)
+    conditions = (
+        split.condition_index(split.calibration.labels) if model_cfg.num_conditions else None
+    )
+    return calibration_latents(model.eval(), split.calibration.images, conditions)
+
+
+def check_line_conditions(
+    line_conditions: dict[str, str], normal_classes: tuple[str, ...], conditional: bool
+) -> dict[str, str]:
+    """A line -> condition mapping for the model card, validated against the conditions."""
+    if not line_conditions:
+        return {}
+    if not conditional:
+        raise ValueError("a line -> condition mapping needs a conditional model (--conditional)")
+    allowed = {*normal_classes, BEST_CONDITION}
+    bad = {ln: c for ln, c in line_conditions.items() if str(c) not in allowed}
+    if bad:
+        raise ValueError(
+            f"line conditions {bad}: each must be one of the normal classes {list(normal_classes)}"
+            f" or {BEST_CONDITION!r}"
+        )
+    return {str(ln): str(c) for ln, c in line_conditions.items()}
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -81,6 +116,7 @@ def model_card(
     result: FitResult,
     launcher: dict[str, Any],
     seconds: float,
+    line_conditions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """What the model is and how it was made; ``save_checkpoint`` adds architecture and version."""
     conditional = model_cfg.num_conditions > 0
@@ -97,8 +133,10 @@ def model_card(
         "beta": cfg.beta,
         "normal_classes": list(split.normal_classes),
         "conditions": list(split.normal_classes) if conditional else [],
+        "line_conditions": dict(line_conditions or {}),
         "score_kind": model_cfg.score_kind,
-        "score": SCORE_KIND_TEXT[model_cfg.score_kind],
+        "score": SCORE_KIND_TEXT[model_cfg.score_kind]
+        + (CONTRAST_TEXT if conditional and line_conditions else ""),
         "denoiser": "DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
         "dataset": {
             "name": dataset.name,
@@ -128,10 +166,16 @@ def train_model(
     launcher: dict[str, Any],
     out: str | Path | None = None,
     store: str | Path | None = None,
+    line_conditions: dict[str, str] | None = None,
 ) -> Path:
-    """Fit on the normal split and write the checkpoint to ``out``, or to ``store/<version>``."""
+    """Fit on the normal split and write the checkpoint to ``out``, or to ``store/<version>``.
+    ``line_conditions`` maps lines to the condition (a normal class) a conditional model
+    scores their items under."""
     if out is None and store is None:
         raise ValueError("give an output directory or a model store")
+    mapping = check_line_conditions(
+        line_conditions or {}, split.normal_classes, model_cfg.num_conditions > 0
+    )
     if model_cfg.image_shape != split.train.image_shape:
         raise ValueError(
             f"model image shape {model_cfg.image_shape} differs from the data's "
@@ -143,6 +187,9 @@ def train_model(
     result = fitter(model_cfg, cfg, train_arrays(split, model_cfg.num_conditions > 0))
     seconds = time.monotonic() - t0
     calibration = calibration_scores(model_cfg, result.state_dicts["model"], split)
-    card = model_card(model_cfg, cfg, split, dataset, result, launcher, seconds)
+    latents = reference_latents(model_cfg, result.state_dicts["model"], split)
+    card = model_card(model_cfg, cfg, split, dataset, result, launcher, seconds, mapping)
     state_dicts = {k: v for k, v in result.state_dicts.items() if k in WEIGHT_FILES}
-    return save_checkpoint(out, model_cfg, state_dicts, card, calibration, store=store)
+    return save_checkpoint(
+        out, model_cfg, state_dicts, card, calibration, store=store, latents=latents
+    )

@@ -68,6 +68,81 @@ def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None) -> N
     )
 
 
+def _line_conditions(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        line, sep, cond = part.partition("=")
+        if not sep or not line.strip() or not cond.strip():
+            raise argparse.ArgumentTypeError(f"{part!r}: use LINE=CONDITION[,LINE=CONDITION...]")
+        out[line.strip()] = cond.strip()
+    return out
+
+
+def _dims(text: str) -> list[int]:
+    try:
+        return [int(d) for d in text.split(",") if d.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give latent dimensions like 0,3,7") from None
+
+
+def _add_explore_parser(sub: Any) -> None:
+    x = sub.add_parser(
+        "explore",
+        help="the latent space of a model: map, samples, interpolation, traversal, compression",
+    )
+    xsub = x.add_subparsers(dest="explore_command", required=True)
+
+    def common(name: str, help_: str, out: str) -> argparse.ArgumentParser:
+        p = xsub.add_parser(name, help=help_)
+        p.add_argument("--checkpoint", type=Path,
+                       help="checkpoint directory, or a model store (default "
+                            "VLAEWATCH_MODEL_STORE: its newest version)")  # fmt: skip
+        p.add_argument("--version", help="model version in the store")
+        _add_data_args(p, None)
+        p.add_argument("--out", type=Path, default=Path(out), help=f"PNG to write ({out})")
+        p.add_argument("--json", type=Path, help="also write the JSON result here")
+        p.add_argument("--scale", type=int, default=2, help="upscaling of image tiles (1-16)")
+        return p
+
+    m = common("latent-map", "2-D map of normal latent means with test items overlaid",
+               "latent-map.png")  # fmt: skip
+    m.add_argument("--method", choices=("auto", "tsne", "pca"), default="auto",
+                   help="auto: t-SNE up to 3,000 points, PCA beyond")  # fmt: skip
+    m.add_argument("--n-test", type=int, default=300, help="test items overlaid")
+    m.add_argument("--fpr", type=float, default=0.01, help="flag items above this threshold")
+    m.add_argument("--size", type=_parse_size, default=(480, 640), help="HxW pixels")
+    m.add_argument("--seed", type=int, default=0)
+
+    sm = common("sample", "images decoded from the prior", "samples.png")
+    sm.add_argument("--n", type=int, default=16, help="samples (per condition)")
+    sm.add_argument("--condition", help="a conditional model's condition (default: each)")
+    sm.add_argument("--seed", type=int, default=0)
+
+    i = common("interpolate", "decode the straight latent path between two items",
+               "interpolation.png")  # fmt: skip
+    i.add_argument("item_a", help="test:N or an image file")
+    i.add_argument("item_b", help="test:N or an image file")
+    i.add_argument("--steps", type=int, default=10)
+
+    t = common("traverse", "move one latent dimension at a time", "traversal.png")
+    t.add_argument("item", nargs="?", help="start item (default: the normal centroid)")
+    t.add_argument("--dims", type=_dims, help="dimensions (default: the most used ones)")
+    t.add_argument("--n-dims", type=int, default=4, help="how many of the most used dims")
+    t.add_argument("--steps", type=int, default=9)
+    t.add_argument("--span", type=float, default=3.0,
+                   help="each side, in standard deviations of the normal items' means")  # fmt: skip
+    t.add_argument("--condition", help="a conditional model's condition at the centroid")
+
+    c = common("compress", "encode items to latent codes and back", "compression.png")
+    c.add_argument("items", nargs="*", help="test:N or image files (default: --n normal ones)")
+    c.add_argument("--n", type=int, default=8, help="normal test items when none are named")
+    c.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="how the latent code is stored")  # fmt: skip
+    c.add_argument("--store", type=Path,
+                   help="rate-distortion table over the models of this store (default: the "
+                        "folder holding the checkpoint)")  # fmt: skip
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlaewatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +174,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--conditional",
         action="store_true",
         help="ConditionalVLAE: the normal class is a condition of the model",
+    )
+    t.add_argument(
+        "--line-condition",
+        type=_line_conditions,
+        default={},
+        metavar="LINE=CLASS,...",
+        help="conditional model: score each line's items under that normal class ('best': "
+        "the class an item fits best; line '*': lines not listed). A mapped model refuses "
+        "items of other lines (422, dead-lettered)",
     )
     t.add_argument("--batch-norm", action="store_true", help="batch-norm layers (deck slide 14)")
     t.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
@@ -251,6 +335,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ge = gsub.add_parser("export", help="write the dashboards and rules as JSON files")
     ge.add_argument("--out", type=Path, required=True)
 
+    _add_explore_parser(sub)
     sub.add_parser("info", help="versions, settings, devices and the models in the store")
     return parser
 
@@ -346,7 +431,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 "gpu": cluster.cluster_gpus() > 0,
             }
             fitter = lambda m, c, d: fit_with_ray(m, c, d, launch)  # noqa: E731
-        path = train_model(split, model_cfg, cfg, dataset, fitter, launcher, out=out, store=store)
+        path = train_model(split, model_cfg, cfg, dataset, fitter, launcher, out=out, store=store,
+                           line_conditions=args.line_condition)  # fmt: skip
     from trainer.checkpoint import read_card
 
     card = read_card(path)
@@ -365,7 +451,12 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     path = resolve_checkpoint(args.checkpoint or settings.store_path, args.version)
     loaded = load_checkpoint(path)
-    ds = loaded.card.get("dataset", {})
+    return evaluate(loaded, _dataset_of(args, settings, loaded.card).test)
+
+
+def _dataset_of(args: argparse.Namespace, settings: Settings, card: dict[str, Any]) -> Any:
+    """The dataset named by the arguments, else the one the model card was trained on."""
+    ds = card.get("dataset", {})
     if args.dataset is None:
         name = str(ds.get("name", "digits"))
         args.dataset = "folder" if name.startswith("folder:") else name
@@ -373,10 +464,83 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         if args.image_folder is None and ds.get("image_folder"):
             args.image_folder = Path(ds["image_folder"])
     if args.dataset == "folder":
-        c, h, w = loaded.card["image_shape"]
+        c, h, w = card["image_shape"]
         args.channels = c
         args.image_size = args.image_size or (h, w)
-    return evaluate(loaded, _load(args, settings).test)
+    return _load(args, settings)
+
+
+def _explore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from vlaewatch import explore
+
+    if not 1 <= args.scale <= 16:
+        raise UsageError("--scale: 1 to 16")
+    for name in ("steps", "n", "n_test", "n_dims"):
+        value = getattr(args, name, None)
+        if value is not None and not 1 <= value <= explore.MAX_IMAGES:
+            raise UsageError(f"--{name.replace('_', '-')}: 1 to {explore.MAX_IMAGES}")
+    source = args.checkpoint or settings.store_path
+    loaded = load_checkpoint(resolve_checkpoint(source, args.version))
+    cmd = args.explore_command
+    needs_data = cmd != "sample"
+    test: Any = _dataset_of(args, settings, loaded.card).test if needs_data else None
+    try:
+        png, data = _explore_view(args, loaded, test)
+    except ValueError as exc:  # a request that does not fit the model
+        raise UsageError(str(exc)) from exc
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(png)
+    result = {"command": f"explore {cmd}", "model_version": loaded.version,
+              "png": str(args.out), **data}  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _explore_view(args: argparse.Namespace, loaded: Any, test: Any) -> tuple[bytes, dict[str, Any]]:
+    from vlaewatch import explore
+
+    cmd = args.explore_command
+    data: dict[str, Any]
+    if cmd == "latent-map":
+        h, w = args.size
+        png, data = explore.latent_map(loaded, test, args.n_test, args.method, args.fpr, (w, h),
+                                       args.seed)  # fmt: skip
+    elif cmd == "sample":
+        png, data = explore.sample(loaded, args.n, args.condition, args.seed, args.scale)
+    elif cmd == "interpolate":
+        if not 2 <= args.steps <= explore.MAX_STEPS:
+            raise UsageError(f"--steps: 2 to {explore.MAX_STEPS}")
+        items = explore.resolve_items(loaded, [args.item_a, args.item_b], test)
+        png, data = explore.interpolate(loaded, items, args.steps, args.scale)
+    elif cmd == "traverse":
+        if not 2 <= args.steps <= explore.MAX_STEPS:
+            raise UsageError(f"--steps: 2 to {explore.MAX_STEPS}")
+        start = explore.resolve_items(loaded, [args.item], test) if args.item else None
+        png, data = explore.traverse(loaded, start, args.dims, args.n_dims, args.steps,
+                                     args.span, args.scale, args.condition)  # fmt: skip
+    else:
+        specs = args.items or _normal_test_items(loaded.card, test, args.n)
+        items = explore.resolve_items(loaded, specs, test)
+        png, data = explore.compress(loaded, items, args.dtype, args.scale)
+        store = args.store or loaded.path.parent
+        idx = [int(n[5:]) for n in _normal_test_items(loaded.card, test, 200)]
+        data["rate_distortion"] = explore.rate_distortion(
+            Path(store), test.images[idx], test.labels[idx], args.dtype
+        )
+        data["rate_distortion_store"] = str(store)
+        for row in data["rate_distortion"]:
+            _err(f"latent {row['latent_dim']:4d}  {row['code_bytes']:6d} B  ratio "
+                 f"{row['ratio']:7.2f}  mse {row['mse']:.4f}  PSNR {row['psnr_db']:5.2f} dB  "
+                 f"{row['model_version']}")  # fmt: skip
+    return png, data
+
+
+def _normal_test_items(card: dict[str, Any], test: Any, n: int) -> list[str]:
+    normal = {str(c) for c in card["normal_classes"]}
+    idx = [i for i, lab in enumerate(test.labels.astype(str)) if lab in normal][:n]
+    return [f"test:{i}" for i in idx]
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -725,6 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _demo(args, settings)
         elif args.command == "grafana":
             result = _grafana(args, settings)
+        elif args.command == "explore":
+            result = _explore(args, settings)
         else:
             result = _info(settings)
     except (

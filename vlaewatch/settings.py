@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,24 @@ class Settings(BaseSettings):
         default=None, description="Grafana to provision, and to annotate changes in."
     )
     grafana_token: str | None = Field(default=None, description="Grafana service account token.")
+    # Secrets may come from files (Kubernetes and Docker secrets mount them) rather than the
+    # environment, where every process of the user can read them.
+    redis_url_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL_FILE", "VLAEWATCH_REDIS_URL_FILE"),
+        description="A file holding REDIS_URL (with its password), read when REDIS_URL is unset.",
+    )
+    grafana_token_file: Path | None = Field(
+        default=None, description="A file holding the Grafana token, read when it is unset."
+    )
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        if self.redis_url is None and self.redis_url_file is not None:
+            self.redis_url = self.redis_url_file.read_text().strip()
+        if self.grafana_token is None and self.grafana_token_file is not None:
+            self.grafana_token = self.grafana_token_file.read_text().strip()
+        return self
 
     @property
     def store_path(self) -> Path:

@@ -9,10 +9,13 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import redis
 
 from tests.api.test_api import _alerts, _consumed, _set_manual
 from tests.scorer.test_service import _npy, _png
+
+pytestmark = pytest.mark.reliability
 
 
 def _post(scorer_url: str, images: np.ndarray, line: str, ids: list[str]) -> httpx.Response:

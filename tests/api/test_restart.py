@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from scorer.schemas import ScoreRecord
 from tests.conftest import API_KEYS, ApiProcess
 
 OP = {"X-API-Key": API_KEYS["operator"]}
+
+
+pytestmark = pytest.mark.reliability
 
 
 def _record(prefix_line: str, i: int) -> dict[str, Any]:

@@ -64,6 +64,7 @@ def test_train_writes_the_checkpoint(trained: Path) -> None:
         "denoiser.safetensors",
         "model_card.json",
         "calibration.csv",
+        "calibration_latents.safetensors",
     }
     card = json.loads((trained / "model_card.json").read_text())
     assert card["variant"] == "ConvVLAE" and card["architecture"]["arch"] == "conv"

@@ -172,6 +172,13 @@ def test_corrupted_or_swapped_weights_are_refused(digits, tmp_path: Path) -> Non
     with pytest.raises(CheckpointError, match="content hash mismatch"):
         load_checkpoint(other)
 
+    # The calibration scores (thresholds come from them) are covered too.
+    third = _small_checkpoint(digits, tmp_path / "c", "7")
+    load_checkpoint(third)
+    (third / "calibration.csv").write_bytes((tmp_path / "a" / "calibration.csv").read_bytes())
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        load_checkpoint(third)
+
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a checkpoint"):
