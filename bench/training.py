@@ -28,34 +28,49 @@ def _epoch_s(result: FitResult) -> float:
     return times[len(times) // 2]
 
 
-def training_overhead(split: NormalSplit, epochs: int) -> dict[str, Any]:
-    """Wall time of the same fit three ways, and the ratios to the plain loop."""
+def training_overhead(split: NormalSplit, epochs: int, repeats: int = 2) -> dict[str, Any]:
+    """Wall time of the same fit three ways, and the ratios to the plain loop.
+
+    The plain loop and one Ray worker run ``repeats`` times in turn (plain, Ray, plain, Ray,
+    ...): this VM's speed drifts by ±10 % over minutes, and taking turns spreads the drift over
+    both. The overhead ratio is the summed Ray time over the summed plain time; each pair's
+    own ratio is kept beside it."""
     model_cfg = ConvVLAEConfig(image_shape=split.train.image_shape)  # the product default
     cfg = TrainConfig(epochs=epochs)  # with the companion denoiser, as `vlaewatch train`
     arrays = train_arrays(split, conditional=False)
     cpus = os.cpu_count() or 2
-    runs: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, float]]] = {"plain": [], "ray_1_worker": [], "ray_2_workers": []}
 
-    t0 = time.perf_counter()
-    result = fit(model_cfg, cfg, arrays, LoopContext(log=lambda _: None))
-    runs["plain"] = {"wall_s": time.perf_counter() - t0, "epoch_s": _epoch_s(result)}
-    print(f"train plain: {runs['plain']['wall_s']:.1f} s", file=sys.stderr)
+    def timed(name: str, call: Any) -> None:
+        t0 = time.perf_counter()
+        result = call()
+        runs[name].append({"wall_s": time.perf_counter() - t0, "epoch_s": _epoch_s(result)})
+        print(f"train {name}: {runs[name][-1]['wall_s']:.1f} s", file=sys.stderr)
 
     with tempfile.TemporaryDirectory() as storage:
-        for name, workers in (("ray_1_worker", 1), ("ray_2_workers", 2)):
+
+        def ray(workers: int) -> FitResult:
             launch = RayLaunch(storage_path=storage, run_name=new_run_name("bench"),
                                num_workers=workers, cpus_per_worker=cpus / workers)  # fmt: skip
-            t0 = time.perf_counter()
-            result = fit_with_ray(model_cfg, cfg, arrays, launch)
-            runs[name] = {"wall_s": time.perf_counter() - t0, "epoch_s": _epoch_s(result)}
-            print(f"train {name}: {runs[name]['wall_s']:.1f} s", file=sys.stderr)
+            return fit_with_ray(model_cfg, cfg, arrays, launch)
 
-    plain = runs["plain"]["wall_s"]
+        for _ in range(repeats):
+            timed("plain", lambda: fit(model_cfg, cfg, arrays, LoopContext(log=lambda _: None)))
+            timed("ray_1_worker", lambda: ray(1))
+        timed("ray_2_workers", lambda: ray(2))
+
+    def total(name: str) -> float:
+        return sum(r["wall_s"] for r in runs[name])
+
+    plain = total("plain") / repeats
+    pairs = zip(runs["plain"], runs["ray_1_worker"], strict=True)
     return {
         "n_train": len(split.train),
         "epochs": epochs,
+        "repeats": repeats,
         "model": "ConvVLAE + companion denoiser (the `vlaewatch train` default)",
         "runs": runs,
-        "overhead_ratio": runs["ray_1_worker"]["wall_s"] / plain,
-        "two_workers_ratio": runs["ray_2_workers"]["wall_s"] / plain,
+        "overhead_ratio": total("ray_1_worker") / total("plain"),
+        "pair_ratios": [r["wall_s"] / p["wall_s"] for p, r in pairs],
+        "two_workers_ratio": total("ray_2_workers") / plain,
     }

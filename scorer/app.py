@@ -230,7 +230,7 @@ class Scorer:
 
     # --- scoring -------------------------------------------------------------------------
 
-    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.005,
+    @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0,
                  max_concurrent_batches=CONCURRENT_BATCHES, batch_size_fn=_count_items)  # fmt: skip
     async def _score_chunks(self, chunks: list[list[_Item]]) -> list[ScoredBatch]:
         """The model's forward pass over every waiting chunk at once, and nothing more: the

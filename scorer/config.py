@@ -20,7 +20,12 @@ class ScorerConfig(BaseModel):
     redis_url: str
     key_prefix: str = "vlaewatch"
     max_batch_size: int = Field(default=256, ge=1, le=8192)
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=5)
+    batch_wait_timeout_s: float = Field(
+        default=0.0, ge=0, le=5,
+        description="how long a batch waits for more items once one is queued; 0: it takes "
+        "what is queued when a forward slot frees (under load the queue forms the batches, "
+        "and a frames read is a batch already)",
+    )  # fmt: skip
     retention_s: int = Field(default=3600, ge=1, description="how long images stay for previews")
     scores_maxlen: int = Field(default=100_000, ge=100)
     deadletter_maxlen: int = Field(default=10_000, ge=100)

@@ -263,7 +263,12 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica (fractions ok)")
     s.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
     s.add_argument("--max-batch-size", type=int, default=256)
-    s.add_argument("--batch-wait-ms", type=float, default=5.0)
+    s.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits for more items (0: it takes what is queued)",
+    )
     s.add_argument("--retention-s", type=int, default=3600, help="image retention for previews")
     s.add_argument(
         "--no-frames",
