@@ -60,17 +60,22 @@ def png_frames(images: np.ndarray, n: int = 256) -> list[bytes]:
 
 
 def send_frames(client: Any, prefix: str, pngs: list[bytes], tag: str, rate: float,
-                seconds: float, line: str) -> int:  # fmt: skip
-    """XADD frames (item ids ``tag-<n>``) at a steady ``rate`` for ``seconds``, in pipelined
-    bursts of 50 ms; returns how many were sent."""
-    per_tick = max(1, int(rate * 0.05))
+                seconds: float, line: str, tick_s: float = 0.05,
+                sent_at: dict[str, float] | None = None) -> int:  # fmt: skip
+    """XADD frames (item ids ``tag-<n>``) at a steady ``rate`` for ``seconds``, each ``tick_s``
+    of them in one pipelined round trip; returns how many were sent. ``sent_at`` gets each
+    item's XADD time (wall clock, taken as its round trip goes out)."""
+    per_tick = max(1, int(rate * tick_s))
     start, sent = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         pipe = client.pipeline(transaction=False)
-        for _ in range(per_tick):
+        ids = [f"{tag}-{sent + i}" for i in range(per_tick)]
+        for item_id in ids:
             pipe.xadd(f"{prefix}:frames", {"image": pngs[sent % len(pngs)], "line": line,
-                                           "item_id": f"{tag}-{sent}"})  # fmt: skip
+                                           "item_id": item_id})  # fmt: skip
             sent += 1
+        if sent_at is not None:
+            sent_at.update(dict.fromkeys(ids, time.time()))
         pipe.execute()
         time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
     return sent

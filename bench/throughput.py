@@ -214,19 +214,9 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
     # The line's client sends what its cameras produced every TICK_S in one pipelined round
     # trip (one XADD each); a frame's clock starts when its XADD goes out, so the wait for the
     # tick is not counted, and it is at most TICK_S.
-    start, n, tag = time.perf_counter(), 0, f"e2e-{time.time_ns()}"
-    while (tick := time.perf_counter()) - start < seconds:
-        due = max(n + 1, int((tick - start) * rate))
-        pipe, batch = client.pipeline(transaction=False), []
-        for i in range(n, due):
-            batch.append(f"{tag}-{i}")
-            pipe.xadd(f"{prefix}:frames", {"image": pngs[i % len(pngs)], "line": "e2e",
-                                           "item_id": batch[-1]})  # fmt: skip
-        now = time.time()
-        sent_at.update(dict.fromkeys(batch, now))
-        pipe.execute()
-        n = due
-        time.sleep(max(0.0, tick + TICK_S - time.perf_counter()))
+    start = time.perf_counter()
+    n = send_frames(client, prefix, pngs, f"e2e-{time.time_ns()}", rate, seconds, "e2e",
+                    TICK_S, sent_at)  # fmt: skip
     elapsed = time.perf_counter() - start
     time.sleep(2.0)
     stop.set()
