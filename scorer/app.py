@@ -82,6 +82,8 @@ class _Item:
     line: str
     ts_ingested: float
     image: np.ndarray  # uint8 (C, H, W)
+    stored: bytes  # kept for previews: the file as received when smaller, else the pixels
+    as_file: bool
 
 
 @dataclass
@@ -252,7 +254,8 @@ class Scorer:
             part = slice(start, start + len(chunk))
             out.append(ScoredBatch(
                 item_ids=[it.item_id for it in chunk], lines=[it.line for it in chunk],
-                ts_ingested=[it.ts_ingested for it in chunk], images=images[part],
+                ts_ingested=[it.ts_ingested for it in chunk], shape=images.shape[1:],
+                stored=[it.stored for it in chunk], as_file=[it.as_file for it in chunk],
                 score=scores.score[part].tolist(), recon=scores.recon[part].tolist(),
                 kl=scores.kl[part].tolist(), complexity=scores.complexity[part].tolist(),
                 ts_scored=now, model_version=loaded.version,
@@ -304,7 +307,13 @@ class Scorer:
                     image = decode_array(raw.payload, shape, limits)
                 else:
                     image = decode_image(raw.payload, shape, limits)
-                items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image))
+                # A camera's PNG is a third of its pixels: kept as sent, decoded on reading.
+                if isinstance(raw.payload, bytes) and len(raw.payload) < image.nbytes:
+                    stored, as_file = raw.payload, True
+                else:
+                    stored, as_file = image.tobytes(), False
+                items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image, stored,
+                                   as_file))  # fmt: skip
             except InputError as exc:
                 errors[i] = _error(raw, exc)
         return items, errors

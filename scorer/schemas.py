@@ -50,7 +50,7 @@ class StreamKeys:
         return f"{self.prefix}:deadletter"
 
     def item(self, item_id: str) -> str:
-        """The stored image of a scored item (a hash with a retention TTL)."""
+        """The stored image of a scored item (an ``ItemBlob`` string with a retention TTL)."""
         return f"{self.prefix}:item:{item_id}"
 
     def model(self, version: str) -> str:
@@ -64,6 +64,39 @@ class StreamKeys:
 
 
 FRAMES_GROUP = "scorers"
+
+
+@dataclass(frozen=True)
+class ItemBlob:
+    """A scored item's image as stored under ``{prefix}:item:<item_id>``: one string, a
+    header line then the image bytes::
+
+        b"<kind> <C,H,W> <line> <model_version> <score>\\n" + payload
+
+    ``kind`` is ``file`` (the PNG or JPEG exactly as received, kept when it is smaller than
+    its pixels and decoded again on reading) or ``pixels`` (uint8 C x H x W). One string per
+    item, not a hash of fields: Redis stores, expires and rewrites it for a fraction of the
+    cost (bench/README.md, "Where the time goes"). The replica's publish script writes it
+    (``scorer.streams``); every reader parses it here."""
+
+    kind: Literal["file", "pixels"]
+    shape: tuple[int, ...]
+    line: str
+    model_version: str
+    score: float
+    payload: bytes
+
+    @classmethod
+    def parse(cls, value: bytes) -> ItemBlob:
+        header, sep, payload = value.partition(b"\n")
+        try:
+            kind, shape, line, version, score = header.decode().split(" ")
+            if not sep or kind not in ("file", "pixels"):
+                raise ValueError(kind)
+            return cls(kind, tuple(int(d) for d in shape.split(",")), line, version,  # type: ignore[arg-type]
+                       float(score), payload)  # fmt: skip
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise RecordError(f"not an item blob: {header[:80]!r}") from exc
 
 
 def _decode_fields(fields: Mapping[Any, Any], binary: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scorer.schemas import DeadLetterRecord, ModelRecord, StreamKeys
+from scorer.decode import Limits, decode_image
+from scorer.schemas import DeadLetterRecord, ItemBlob, ModelRecord, StreamKeys
 
 
 @dataclass
@@ -36,7 +37,9 @@ class ScoredBatch:
     item_ids: list[str]
     lines: list[str]
     ts_ingested: list[float]
-    images: np.ndarray  # uint8 (N, C, H, W)
+    shape: tuple[int, ...]  # of every item's decoded image (C, H, W)
+    stored: list[bytes]  # per item: what to keep for previews (``ItemBlob.payload``)
+    as_file: list[bool]  # per item: ``stored`` is the file as received, else its pixels
     score: list[float]
     recon: list[float]
     kl: list[float]
@@ -63,27 +66,31 @@ def _numbers(values: list[float]) -> str:
     return ",".join(map(repr, values))
 
 
-# Per item: the image hash with its TTL, then the score entry (the fields of ScoreRecord).
-# The batch arrives as columns: the images as one blob, everything else comma-joined (item
-# ids and lines cannot hold commas, or be empty: their patterns), so the client packs 17
-# arguments instead of a dozen per item. Keys are computed here from the item key prefix
-# (standalone Redis; a Redis Cluster would need them in KEYS).
+# Per item: the image (an ItemBlob string with its TTL), then the score entry (the fields of
+# ScoreRecord). The batch arrives as columns: the images as one blob with their sizes and
+# kinds, everything else comma-joined (item ids and lines cannot hold commas, spaces, or be
+# empty: their patterns), so the client packs 18 arguments instead of a dozen per item. Keys
+# are computed here from the item key prefix (standalone Redis; a Redis Cluster would need
+# them in KEYS).
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
-local shape, size, images = ARGV[8], tonumber(ARGV[9]), ARGV[10]
+local shape, images, kinds = ARGV[8], ARGV[10], ARGV[18]
 local function col(s)
   local t = {}
   for v in string.gmatch(s, '[^,]+') do t[#t + 1] = v end
   return t
 end
-local ids, lines, ts = col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
+local sizes, ids, lines, ts = col(ARGV[9]), col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
 local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
+local pos = 1
 for i = 1, n do
-  local key = item_prefix .. ids[i]
-  redis.call('HSET', key, 'image', string.sub(images, (i - 1) * size + 1, i * size),
-             'shape', shape, 'line', lines[i], 'model_version', version, 'score', score[i])
-  redis.call('EXPIRE', key, ttl)
+  local size = tonumber(sizes[i])
+  local kind = string.sub(kinds, i, i) == 'f' and 'file' or 'pixels'
+  local header = kind .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
+  redis.call('SET', item_prefix .. ids[i],
+             header .. '\\n' .. string.sub(images, pos, pos + size - 1), 'EX', ttl)
+  pos = pos + size
   redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'item_id', ids[i], 'line', lines[i],
              'ts_ingested', ts[i], 'ts_scored', ts_scored, 'score', score[i],
              'recon', recon[i], 'kl', kl[i], 'complexity', cx[i], 'model_version', version)
@@ -130,14 +137,14 @@ class ScoreSink:
         loop (bench/README.md, "Where the time goes")."""
         if not len(batch):
             return
-        images = np.ascontiguousarray(batch.images, dtype=np.uint8)
-        shape = ",".join(str(d) for d in images.shape[1:])
         await self._publish(args=[
             self.keys.scores, self.scores_maxlen, self.retention_s, len(batch),
-            self.keys.item(""), batch.model_version, repr(batch.ts_scored), shape,
-            images[0].nbytes, images.tobytes(), ",".join(batch.item_ids), ",".join(batch.lines),
+            self.keys.item(""), batch.model_version, repr(batch.ts_scored),
+            ",".join(map(str, batch.shape)), ",".join(str(len(b)) for b in batch.stored),
+            b"".join(batch.stored), ",".join(batch.item_ids), ",".join(batch.lines),
             _numbers(batch.ts_ingested), _numbers(batch.score), _numbers(batch.recon),
             _numbers(batch.kl), _numbers(batch.complexity),
+            "".join("f" if f else "p" for f in batch.as_file),
         ])  # fmt: skip
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
@@ -152,18 +159,34 @@ class ScoreSink:
 
     async def load_item(self, item_id: str) -> StoredItem | None:
         """The stored image of an item, or None once it has left retention."""
-        raw: Any = await self.client.hgetall(self.keys.item(item_id))
-        if not raw or b"image" not in raw:
+        blob = await read_item(self.client, self.keys.item(item_id))
+        if blob is None:
             return None
-        shape = tuple(int(d) for d in raw[b"shape"].decode().split(","))
-        image = np.frombuffer(raw[b"image"], dtype=np.uint8).reshape(shape)
-        return StoredItem(
-            item_id=item_id,
-            image=image,
-            line=raw.get(b"line", b"").decode(),
-            model_version=raw.get(b"model_version", b"").decode(),
-            score=float(raw.get(b"score", b"nan")),
-        )
+        if blob.kind == "file":  # decoded as it was when scored (``shape`` is what came out)
+            c, h, w = blob.shape
+            image = decode_image(blob.payload, (c, h, w), Limits(resize=True))
+        else:
+            image = np.frombuffer(blob.payload, dtype=np.uint8).reshape(blob.shape)
+        return StoredItem(item_id=item_id, image=image, line=blob.line,
+                          model_version=blob.model_version, score=blob.score)  # fmt: skip
+
+
+async def read_item(client: aioredis.Redis, key: str) -> ItemBlob | None:
+    """An item's stored image, or None once it has left retention. Items stored by scorers
+    before the ``ItemBlob`` string (a hash of fields, pixels only) are read too, until their
+    retention ends."""
+    try:
+        value: Any = await client.get(key)
+    except ResponseError as exc:
+        if "WRONGTYPE" not in str(exc):
+            raise
+        old: Any = await client.hgetall(key)
+        if b"image" not in old:
+            return None
+        return ItemBlob("pixels", tuple(int(d) for d in old[b"shape"].split(b",")),
+                        as_text(old[b"line"]), as_text(old[b"model_version"]),
+                        float(old[b"score"]), old[b"image"])  # fmt: skip
+    return None if value is None else ItemBlob.parse(value)
 
 
 async def dead_letter(

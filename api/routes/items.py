@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response
@@ -12,7 +12,7 @@ from api.deps import Operator, ServicesDep, Viewer
 from api.errors import NotFound
 from api.schemas import ErrorBody, ItemLabel, LabelRequest
 from scorer.schemas import ID_PATTERN
-from scorer.streams import as_text
+from scorer.streams import read_item
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 ItemPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["cam1-000123"])]
@@ -68,14 +68,11 @@ async def label_item(
         return ItemLabel(item_id=item_id, line=alert.line, score=alert.score,
                          model_version=alert.model_version, label=body.label, who=who.name,
                          at=alert.events[-1].at, note=body.note)  # fmt: skip
-    raw: Any = await services.client.hmget(
-        services.keys.item(item_id), ["line", "score", "model_version"]
-    )
-    if raw[1] is None:
+    blob = await read_item(services.client, services.keys.item(item_id))
+    if blob is None:
         raise NotFound(f"item {item_id}: never scored, or expired from retention")
-    line, score, version = (as_text(v) for v in raw)
-    record = ItemLabel(item_id=item_id, line=line, score=float(score), model_version=version,
-                       label=body.label, who=who.name, at=time.time(),
-                       note=body.note)  # fmt: skip
+    record = ItemLabel(item_id=item_id, line=blob.line, score=blob.score,
+                       model_version=blob.model_version, label=body.label, who=who.name,
+                       at=time.time(), note=body.note)  # fmt: skip
     await services.alerts.label_item(record)
     return record

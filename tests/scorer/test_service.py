@@ -18,7 +18,7 @@ import redis
 from PIL import Image
 
 from scorer.config import DeploymentConfig, ScorerConfig
-from scorer.schemas import FRAMES_GROUP, ScoreRecord
+from scorer.schemas import FRAMES_GROUP, ItemBlob, ScoreRecord
 from scorer.service import DeployError, deploy
 from trainer.checkpoint import load_checkpoint, read_card
 from trainer.evaluate import evaluate, score_images
@@ -213,6 +213,52 @@ def test_previews_of_a_scored_item(scorer_url: str, digits: Any) -> None:
         original = np.asarray(im.convert("L"))[::2, ::2]
     assert np.array_equal(original, digits.test.images[0, 0])
     assert not missing["ok"] and missing["status"] == 404 and "retention" in missing["error"]
+
+
+def _original(url: str, item: str) -> np.ndarray:
+    resp = httpx.post(f"{url}/v1/preview", json={"item_ids": [item], "scale": 1}, timeout=60)
+    found = resp.json()["previews"][0]
+    assert found["ok"], found
+    with Image.open(io.BytesIO(base64.b64decode(found["images"]["original"]))) as im:
+        return np.asarray(im.convert("L"))
+
+
+def test_stored_images_keep_the_smaller_of_file_and_pixels_and_read_back_exactly(
+    scorer_url: str, client: redis.Redis, digits: Any
+) -> None:
+    """A digit's PNG (a third of its pixels) and a JPEG are kept as sent; noise, whose PNG is
+    larger than its pixels, and NPY items keep their pixels. Each previews as the pixels that
+    were scored, with the retention TTL; an item stored in the earlier hash layout still
+    previews until it expires."""
+    digit = digits.test.images[0, 0]
+    noise = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(digit).save(buf, format="JPEG", quality=90)
+    jpeg = buf.getvalue()
+    files = {"digit": _png(digit), "noise": _png(noise), "jpeg": jpeg}
+    assert len(files["digit"]) < digit.nbytes < len(files["noise"])
+    tag = uuid.uuid4().hex[:8]
+    ids = ",".join(f"{k}-{tag}" for k in files)
+    resp = httpx.post(f"{scorer_url}/v1/score", data={"item_id": ids}, timeout=60,
+                      files=[("files", (f"{k}.png", v)) for k, v in files.items()])  # fmt: skip
+    assert resp.status_code == 200 and resp.json()["n_scored"] == 3, resp.text
+    _post_npy(scorer_url, digit[None], [f"npy-{tag}"], line="default")
+    with Image.open(io.BytesIO(jpeg)) as im:
+        jpeg_pixels = np.asarray(im)
+    expected = {"digit": ("file", digit), "noise": ("pixels", noise),
+                "jpeg": ("file", jpeg_pixels), "npy": ("pixels", digit)}  # fmt: skip
+    for name, (kind, pixels) in expected.items():
+        key = f"vlaewatch:item:{name}-{tag}"
+        blob = ItemBlob.parse(client.get(key))  # type: ignore[arg-type]
+        assert (blob.kind, blob.shape, blob.line) == (kind, (1, 28, 28), "default"), name
+        assert blob.payload == (files[name] if kind == "file" else pixels.tobytes()), name
+        assert 3500 < client.ttl(key) <= 3600
+        assert np.array_equal(_original(scorer_url, f"{name}-{tag}"), pixels), name
+    legacy = f"vlaewatch:item:legacy-{tag}"
+    client.hset(legacy, mapping={"image": noise.tobytes(), "shape": "1,28,28", "line": "cam9",
+                                 "model_version": "v0", "score": "1.5"})  # fmt: skip
+    client.expire(legacy, 60)
+    assert np.array_equal(_original(scorer_url, f"legacy-{tag}"), noise)
 
 
 def test_model_swap_mid_stream_loses_no_request(
