@@ -75,7 +75,7 @@ def _numbers(values: list[float]) -> str:
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
-local shape, images, kinds = ARGV[8], ARGV[10], ARGV[18]
+local shape, images = ARGV[8], ARGV[10]
 local function col(s)
   local t = {}
   for v in string.gmatch(s, '[^,]+') do t[#t + 1] = v end
@@ -83,11 +83,10 @@ local function col(s)
 end
 local sizes, ids, lines, ts = col(ARGV[9]), col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
 local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
-local pos = 1
+local kinds, pos = col(ARGV[18]), 1
 for i = 1, n do
   local size = tonumber(sizes[i])
-  local kind = string.sub(kinds, i, i) == 'f' and 'file' or 'pixels'
-  local header = kind .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
+  local header = kinds[i] .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
   redis.call('SET', item_prefix .. ids[i],
              header .. '\\n' .. string.sub(images, pos, pos + size - 1), 'EX', ttl)
   pos = pos + size
@@ -144,7 +143,7 @@ class ScoreSink:
             b"".join(batch.stored), ",".join(batch.item_ids), ",".join(batch.lines),
             _numbers(batch.ts_ingested), _numbers(batch.score), _numbers(batch.recon),
             _numbers(batch.kl), _numbers(batch.complexity),
-            "".join("f" if f else "p" for f in batch.as_file),
+            ",".join("file" if f else "pixels" for f in batch.as_file),
         ])  # fmt: skip
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
