@@ -449,12 +449,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from scorer.redis_server import EmbeddedRedis, free_port
     from scorer.service import deploy
     from trainer import cluster
+    from trainer.allocator import keep_batch_memory
     from trainer.checkpoint import load_checkpoint
     from trainer.data import load_digits, split_normal
     from trainer.model import ConvVLAEConfig, VLAEConfig
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, TrainConfig, fit
 
+    # The raw model and the plain training loop run in this process under the allocator
+    # settings the replica and the Ray Train workers use (trainer/allocator.py).
+    keep_batch_memory()
     batches = [int(b) for b in args.batches.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     digits = load_digits()

@@ -50,6 +50,7 @@ from scorer.schemas import (
     valid_line,
 )
 from scorer.streams import ScoredBatch, ScoreSink, connect, ensure_group, entry_ms, read_group
+from trainer.allocator import keep_batch_memory
 from trainer.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -135,6 +136,7 @@ class Scorer:
     """One replica: a model, a Redis client, and a frames consumer task."""
 
     def __init__(self) -> None:
+        keep_batch_memory()  # forwards from reused memory, not fresh pages (trainer/allocator.py)
         self._cfg: ScorerConfig | None = None
         self._loaded: LoadedModel | None = None
         self._load_error: str | None = None

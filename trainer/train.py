@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainer.allocator import keep_batch_memory
 from trainer.model import ModelConfig, add_noise, bernoulli_nll, build_model, kl_divergence
 
 LRSchedule = Literal["none", "plateau", "cosine"]
@@ -116,6 +117,7 @@ def fit(
 ) -> FitResult:
     """Fit the scoring model (and the denoiser) on normal images; return weights and history."""
     ctx = ctx or LoopContext()
+    keep_batch_memory()  # the same allocator in-process and in a Ray worker (trainer/allocator.py)
     device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed + ctx.rank)
 
