@@ -181,6 +181,18 @@ def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int
     return rows
 
 
+def sustained_rate(steps: list[dict[str, Any]], share: float = 0.95) -> float | None:
+    """The highest offered rate before scored results first stopped keeping up (less than
+    ``share`` of it scored in the same time); steps in increasing rate. A higher step that
+    scores enough after one that did not is noise on a loaded machine, not capacity."""
+    sustained = None
+    for step in steps:
+        if step["scored_per_s"] < share * step["offered_per_s"]:
+            break
+        sustained = step["offered_per_s"]
+    return sustained
+
+
 def _listen(api_url: str, ready: Any, stop: Any, out: Any) -> None:
     """In a process of its own (so that parsing events does not compete with the sender for
     one interpreter): read the API's live stream until ``stop``, then send back, per alert,
@@ -539,12 +551,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 frames_cfg = {"consume_frames": True, "key_prefix": prefix}
                 cfg = cfg.model_copy(update=frames_cfg)
                 url = deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=port)
-                rates = [int(r) for r in args.frame_rates.split(",")]
+                rates = sorted(int(r) for r in args.frame_rates.split(","))
                 report["frames"] = frames_path(redis_server.url, prefix, images, rates,
                                                args.seconds)  # fmt: skip
-                kept = [r["offered_per_s"] for r in report["frames"]
-                        if r["scored_per_s"] >= 0.95 * r["offered_per_s"]]  # fmt: skip
-                report["frames_sustained_per_s"] = max(kept) if kept else None
+                report["frames_sustained_per_s"] = sustained_rate(report["frames"])
                 sustained = report["frames_sustained_per_s"] or rates[0]
                 half = sustained / 2
                 soak_rate = {"half": half, "sustained": sustained}.get(args.soak_rate)
