@@ -150,9 +150,11 @@ def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> di
 
 
 def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int],
-                seconds: float) -> list[dict[str, Any]]:  # fmt: skip
+                seconds: float, climb: int = 4) -> list[dict[str, Any]]:  # fmt: skip
     """XADD PNG frames to ``vlaewatch:frames`` at each steady rate; how many were scored in
-    the same time (the replicas consume the stream as the group ``scorers``).
+    the same time (the replicas consume the stream as the group ``scorers``). While the last
+    step still kept up, up to ``climb`` more steps follow, each a fifth faster, so that the
+    sustained rate is a limit found, not the highest rate asked for.
 
     A replica XACKs and XDELs a frame once its score is published, so the frames that left the
     stream by the end of a step, less any dead-lettered, are the ones scored in it. (Counting
@@ -163,8 +165,10 @@ def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int
     pngs = png_frames(images)
     client = redis.Redis.from_url(redis_url)
     frames, dead = f"{prefix}:frames", f"{prefix}:deadletter"
-    rows = []
-    for rate in rates:
+    rows: list[dict[str, Any]] = []
+    steps = list(rates)
+    while steps:
+        rate = steps.pop(0)
         backlog0, dead0 = client.xlen(frames), client.xlen(dead)
         start = time.perf_counter()
         sent = send_frames(client, prefix, pngs, f"f{rate}-{time.time_ns()}", rate, seconds,
@@ -172,22 +176,31 @@ def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int
         elapsed = time.perf_counter() - start
         backlog, dead_letters = client.xlen(frames), client.xlen(dead) - dead0
         scored = sent + backlog0 - backlog - dead_letters
-        rows.append({"offered_per_s": sent / elapsed, "scored_per_s": scored / elapsed,
-                     "backlog": backlog, "dead_letters": dead_letters})  # fmt: skip
+        rows.append({"rate": rate, "offered_per_s": sent / elapsed,
+                     "scored_per_s": scored / elapsed, "backlog": backlog,
+                     "dead_letters": dead_letters})  # fmt: skip
         print(f"frames at {rate}/s: scored {scored / elapsed:.0f}/s", file=sys.stderr)
+        if not steps and climb and kept_up(rows[-1]):
+            steps, climb = [int(round(rate * 1.2, -2))], climb - 1
         deadline = time.perf_counter() + 60  # drain before the next rate
         while client.xlen(frames) and time.perf_counter() < deadline:
             time.sleep(0.2)
     return rows
 
 
-def sustained_rate(steps: list[dict[str, Any]], share: float = 0.95) -> float | None:
-    """The highest offered rate before scored results first stopped keeping up (less than
-    ``share`` of it scored in the same time); steps in increasing rate. A higher step that
-    scores enough after one that did not is noise on a loaded machine, not capacity."""
+def kept_up(step: dict[str, Any], share: float = 0.95) -> bool:
+    """Scored results kept up with a frames step: at least ``share`` of the offered rate was
+    scored in the same time (the rest is the frames still in flight when the step ended)."""
+    return bool(step["scored_per_s"] >= share * step["offered_per_s"])
+
+
+def sustained_rate(steps: list[dict[str, Any]]) -> float | None:
+    """The highest offered rate before scored results first stopped keeping up; steps in
+    increasing rate. A higher step that keeps up after one that did not is noise on a loaded
+    machine, not capacity."""
     sustained = None
     for step in steps:
-        if step["scored_per_s"] < share * step["offered_per_s"]:
+        if not kept_up(step):
             break
         sustained = step["offered_per_s"]
     return sustained
@@ -343,6 +356,11 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report.get("frames", []):
         lines.append(f"| frames stream (XADD, PNG) | - | - | {row['scored_per_s']:.0f} scored of "
                      f"{row['offered_per_s']:.0f} offered | | | |")  # fmt: skip
+    if report.get("frames"):
+        last = report["frames"][-1]
+        limit = "no step stopped keeping up: a lower bound" if kept_up(last) else "limit found"
+        lines.append(f"| frames stream, sustained ({limit}) | - | - | "
+                     f"{report['frames_sustained_per_s'] or 0:.0f} | | | |")  # fmt: skip
     e2e = report.get("end_to_end")
     if e2e and e2e["p50_ms"] is not None:
         share = e2e.get("anomalous_share")
@@ -422,6 +440,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="CPUs of the scorer replica (default: all, as the raw model uses)",
     )
     p.add_argument("--frame-rates", default="1000,2000,4000,8000", help="frames/s steps")
+    p.add_argument(
+        "--frame-climb", type=int, default=4,
+        help="steps a fifth faster each that follow the last rate while it still keeps up",
+    )  # fmt: skip
     p.add_argument("--no-pyod", action="store_true")
     p.add_argument(
         "--arch",
@@ -553,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 url = deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=port)
                 rates = sorted(int(r) for r in args.frame_rates.split(","))
                 report["frames"] = frames_path(redis_server.url, prefix, images, rates,
-                                               args.seconds)  # fmt: skip
+                                               args.seconds, args.frame_climb)  # fmt: skip
                 report["frames_sustained_per_s"] = sustained_rate(report["frames"])
                 sustained = report["frames_sustained_per_s"] or rates[0]
                 half = sustained / 2
