@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -137,6 +138,11 @@ class Scorer:
 
     def __init__(self) -> None:
         keep_batch_memory()  # forwards from reused memory, not fresh pages (trainer/allocator.py)
+        # Forward passes run on threads of their own, one per concurrent batch: glibc gives
+        # each thread that allocates its own arena, and each arena keeps the high-water mark of
+        # the activations it served, so forwards spread over asyncio's default pool (six
+        # threads here) grew the replica's RSS for minutes (bench/README.md, step 12).
+        self._forwards = ThreadPoolExecutor(CONCURRENT_BATCHES, thread_name_prefix="forward")
         self._cfg: ScorerConfig | None = None
         self._loaded: LoadedModel | None = None
         self._load_error: str | None = None
@@ -227,6 +233,7 @@ class Scorer:
             raise RuntimeError("no model loaded")
 
     async def __del__(self) -> None:
+        self._forwards.shutdown(wait=False)
         if self._consumer is not None:
             self._consumer.cancel()
         if self._client is not None:
@@ -248,9 +255,8 @@ class Scorer:
             if loaded.conditions
             else None
         )
-        scores = await asyncio.to_thread(
-            score_images, loaded.model, images, conditions, len(images)
-        )
+        forward = functools.partial(score_images, loaded.model, images, conditions, len(images))
+        scores = await asyncio.get_running_loop().run_in_executor(self._forwards, forward)
         now, out, start = time.time(), [], 0
         for chunk in chunks:
             part = slice(start, start + len(chunk))
