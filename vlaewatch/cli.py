@@ -302,6 +302,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="requests per second per API key, 429 beyond (0: no limit)",
     )
     a.add_argument("--rate-burst", type=int, default=200, help="requests a key may send at once")
+    a.add_argument(
+        "--alert-retention-s",
+        type=int,
+        default=30 * 86400,
+        help="keep alerts, their events and index entries this long (at least 60; 30 days)",
+    )
     a.add_argument("--no-consume", action="store_true", help="serve HTTP only, consume nothing")
     a.add_argument("--log-level", default="info")
 
@@ -625,6 +631,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from api.app import run
     from api.config import ApiConfig, load_api_keys
 
+    if args.alert_retention_s < 60:
+        raise UsageError(f"--alert-retention-s must be at least 60, got {args.alert_retention_s}")
     keys = load_api_keys(settings.api_keys, settings.api_keys_file)
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
@@ -652,6 +660,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             initial_fpr=args.initial_fpr,
             rate_limit_per_s=args.rate_limit,
             rate_burst=args.rate_burst,
+            alert_retention_s=args.alert_retention_s,
             **extra,
         )
         _err(f"API at http://{args.host}:{args.port}/v1 (docs /docs); consumer {cfg.consumer}")

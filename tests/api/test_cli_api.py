@@ -75,3 +75,5 @@ def test_no_keys_means_loopback_only(
     monkeypatch.setenv("VLAEWATCH_API_KEYS", "long-enough-key:admin")
     assert main(["api", "--redis-url", "redis://127.0.0.1:1"]) == 2
     assert "role 'admin'" in capsys.readouterr().err
+    assert main(["api", "--alert-retention-s", "10", "--redis-url", "redis://127.0.0.1:1"]) == 2
+    assert "--alert-retention-s must be at least 60" in capsys.readouterr().err
