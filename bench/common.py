@@ -79,3 +79,11 @@ def send_frames(client: Any, prefix: str, pngs: list[bytes], tag: str, rate: flo
         pipe.execute()
         time.sleep(max(0.0, start + sent / rate - time.perf_counter()))
     return sent
+
+
+def halves_max(samples: list[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    """Per process, the largest RSS in the first and in the second half of the samples."""
+    half = len(samples) // 2
+    roles = [k for k in samples[0] if k != "t_s"] if half else []
+    return {r: (max(s[r] for s in samples[:half]), max(s[r] for s in samples[half:]))
+            for r in roles}  # fmt: skip

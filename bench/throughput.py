@@ -27,7 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.common import RESULTS, command_line, p99, png_frames, send_frames, write_report
+from bench.common import (
+    RESULTS,
+    command_line,
+    halves_max,
+    p99,
+    png_frames,
+    send_frames,
+    write_report,
+)
 
 
 def _rate(fn: Callable[[], int], seconds: float) -> float:
@@ -310,7 +318,7 @@ def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "vlaewatch"), "api", "--port", str(port),
          "--redis-url", redis_url, "--key-prefix", prefix, "--scorer-url", scorer_url,
-         "--initial-fpr", "0.02", "--log-level", "warning"],
+         "--initial-fpr", "0.02", "--alert-retention-s", "60", "--log-level", "warning"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -401,20 +409,23 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Memory over a {soak['seconds']:.0f} s soak at {soak['rate_per_s']:.0f} normal "
-            f"frames/s (after {soak['warmup_s']:.0f} s of warm-up; images kept 60 s, score "
-            f"stream 20,000 entries): {soak['items_scored']} of {soak['items_sent']} frames "
+            f"frames/s (after {soak['warmup_s']:.0f} s of warm-up; images and alerts kept 60 s, "
+            f"score stream 20,000 entries): {soak['items_scored']} of {soak['items_sent']} frames "
             f"scored, {soak['items_lost']} lost, {soak['deadletters']} dead letters, "
             f"{soak['frames_backlog']} left in the frames stream; error rate "
             f"{100 * (soak.get('error_rate') or 0):.3f} %, ingested to scored p50 "
             f"{_ms(soak.get('latency_ms', {}).get('p50'))}, p99 "
             f"{_ms(soak.get('latency_ms', {}).get('p99'))}.",
             "",
-            "| process | RSS MiB before | after | growth |",
-            "|---|---|---|---|",
+            "| process | RSS MiB before | after | growth | largest, first half | second half |",
+            "|---|---|---|---|---|---|",
         ]
+        halves = halves_max(soak.get("rss_mb_samples", []))
         for role, before in soak["rss_mb_before"].items():
             after, growth = soak["rss_mb_after"][role], soak["rss_growth"].get(role, float("nan"))
-            lines.append(f"| {role} | {before:.0f} | {after:.0f} | {100 * growth:+.1f} % |")
+            first, second = (f"{v:.0f}" for v in halves[role]) if role in halves else "--"
+            lines.append(f"| {role} | {before:.0f} | {after:.0f} | {100 * growth:+.1f} % | "
+                         f"{first} | {second} |")  # fmt: skip
     best = report["best_http_ratio"]
     lines += ["", "Best HTTP throughput as a share of the raw model at the same batch size "
               "(measured just before and after): "
