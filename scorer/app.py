@@ -14,7 +14,6 @@ import json
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -138,11 +137,6 @@ class Scorer:
 
     def __init__(self) -> None:
         keep_batch_memory()  # forwards from reused memory, not fresh pages (trainer/allocator.py)
-        # Forward passes run on threads of their own, one per concurrent batch: glibc gives
-        # each thread that allocates its own arena, and each arena keeps the high-water mark of
-        # the activations it served, so forwards spread over asyncio's default pool (six
-        # threads here) grew the replica's RSS for minutes (bench/README.md, step 12).
-        self._forwards = ThreadPoolExecutor(CONCURRENT_BATCHES, thread_name_prefix="forward")
         self._cfg: ScorerConfig | None = None
         self._loaded: LoadedModel | None = None
         self._load_error: str | None = None
@@ -233,7 +227,6 @@ class Scorer:
             raise RuntimeError("no model loaded")
 
     async def __del__(self) -> None:
-        self._forwards.shutdown(wait=False)
         if self._consumer is not None:
             self._consumer.cancel()
         if self._client is not None:
@@ -255,8 +248,9 @@ class Scorer:
             if loaded.conditions
             else None
         )
-        forward = functools.partial(score_images, loaded.model, images, conditions, len(images))
-        scores = await asyncio.get_running_loop().run_in_executor(self._forwards, forward)
+        scores = await asyncio.to_thread(
+            score_images, loaded.model, images, conditions, len(images)
+        )
         now, out, start = time.time(), [], 0
         for chunk in chunks:
             part = slice(start, start + len(chunk))
