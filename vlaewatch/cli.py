@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from vlaewatch.settings import Settings
 
 DEFAULT_FOLDER_SIZE = 64
@@ -909,7 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = _info(settings)
     except (
         UsageError, DataError, CheckpointError, RedisStartError, KeyConfigError, DeployError,
-        DemoError, GrafanaException, OSError,
+        DemoError, GrafanaException, OSError, ValidationError,
     ) as exc:  # fmt: skip
         print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -77,3 +77,6 @@ def test_no_keys_means_loopback_only(
     assert "role 'admin'" in capsys.readouterr().err
     assert main(["api", "--alert-retention-s", "10", "--redis-url", "redis://127.0.0.1:1"]) == 2
     assert "--alert-retention-s must be at least 60" in capsys.readouterr().err
+    monkeypatch.setenv("VLAEWATCH_API_KEYS", "long-enough-key:operator")
+    assert main(["api", "--initial-fpr", "2", "--redis-url", "redis://127.0.0.1:1"]) == 2
+    assert "initial_fpr" in capsys.readouterr().err  # a one-line reason, not a traceback
