@@ -423,7 +423,7 @@ def markdown(report: dict[str, Any]) -> str:
         halves = halves_max(soak.get("rss_mb_samples", []))
         for role, before in soak["rss_mb_before"].items():
             after, growth = soak["rss_mb_after"][role], soak["rss_growth"].get(role, float("nan"))
-            first, second = (f"{v:.0f}" for v in halves[role]) if role in halves else "--"
+            first, second = (f"{v:.0f}" for v in halves[role]) if role in halves else ("-", "-")
             lines.append(f"| {role} | {before:.0f} | {after:.0f} | {100 * growth:+.1f} % | "
                          f"{first} | {second} |")  # fmt: skip
     best = report["best_http_ratio"]
