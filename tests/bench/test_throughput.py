@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 from bench.throughput import RewriteWatch, latency_readings
+from scorer.redis_server import EmbeddedRedis
 
 
 def test_latency_readings_split_by_send_time_and_fold_a_short_last_window() -> None:
@@ -22,37 +24,30 @@ def test_latency_readings_split_by_send_time_and_fold_a_short_last_window() -> N
     assert readings[1]["p50_ms"] == 300.0 and readings[1]["p99_ms"] == 400.0
 
 
-def test_rewrite_watch_records_a_rewrite_of_the_embedded_server(redis_server: Any) -> None:
-    client = redis.Redis.from_url(redis_server.url)
-    keys = [f"rewrite-watch-{i}" for i in range(20_000)]
-    blob = b"x" * 2048  # 40 MB in all: a rewrite that lasts longer than a few polls
-    try:
-        pipe = client.pipeline(transaction=False)
-        for k in keys:
-            pipe.set(k, blob, ex=300)
-        pipe.execute()
-        _rewrites_done(client)  # one Redis may have started on its own: not the one asked for
-        with RewriteWatch(redis_server.url, every_s=0.002) as watch:
+def test_rewrite_watch_records_a_rewrite_while_it_runs(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path) as server:
+        client = redis.Redis.from_url(server.url)
+        client.mset({f"k{i}": i for i in range(20)})
+        client.config_set("rdb-key-save-delay", 15_000)  # 15 ms a key: a 0.3 s rewrite
+        with RewriteWatch(server.url, every_s=0.01) as watch:
             time.sleep(0.05)
-            before = time.time()
+            asked = time.time()
             client.bgrewriteaof()
-            _rewrites_done(client)
+            deadline = time.monotonic() + 10
+            while _rewriting(client):
+                if time.monotonic() > deadline:
+                    pytest.fail("the rewrite did not finish in 10 s")
+                time.sleep(0.01)
+            done = time.time()
             time.sleep(0.05)
-        ours = [(a, b) for a, b in watch.spans if a >= before]
-        assert len(ours) == 1, watch.spans
-        began, ended = ours[0]
-        assert began <= ended
-        assert watch.during((began + ended) / 2) and not watch.during(before - 1)
-    finally:
-        client.delete(*keys)
         client.close()
+    assert len(watch.spans) == 1, watch.spans
+    began, ended = watch.spans[0]
+    assert asked <= began < ended <= done + 0.05
+    assert ended - began >= 0.2
+    assert watch.during((began + ended) / 2) and not watch.during(asked - 0.01)
 
 
-def _rewrites_done(client: redis.Redis, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info: Any = client.info("persistence")
-        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-            return
-        time.sleep(0.01)
-    pytest.fail(f"Redis was still rewriting its AOF after {timeout_s} s")
+def _rewriting(client: redis.Redis) -> bool:
+    info: Any = client.info("persistence")
+    return bool(info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])

@@ -43,6 +43,9 @@ def test_the_append_only_file_rewrite_runs_at_the_lowest_cpu_priority(tmp_path: 
         pid = server.process.pid
         client = redis.Redis.from_url(server.url)
         assert client.config_get("rdbcompression")["rdbcompression"] == "no"
+        assert client.config_get("auto-aof-rewrite-percentage") == {
+            "auto-aof-rewrite-percentage": "400"
+        }
         client.mset({f"k{i}": i for i in range(20)})
         client.config_set("rdb-key-save-delay", 100_000)  # 0.1 s per key: a 2 s rewrite
         client.bgrewriteaof()
