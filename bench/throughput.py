@@ -453,8 +453,9 @@ def markdown(report: dict[str, Any]) -> str:
                          f"{r['p99_ms']:.1f} | |")  # fmt: skip
         rw = e2e.get("aof_rewrites")
         if rw and rw["count"]:
-            lines.append(f"| end to end, frames sent while Redis rewrote its AOF ({rw['count']} "
-                         f"rewrites, {100 * rw['share_of_time']:.0f} % of the time) | - | - | "
+            times = "1 rewrite" if rw["count"] == 1 else f"{rw['count']} rewrites"
+            lines.append(f"| end to end, frames sent while Redis rewrote its AOF ({times}, "
+                         f"{100 * rw['share_of_time']:.0f} % of the time) | - | - | "
                          f"{rw['alerts_sent_during']} alerts | | "
                          f"{_cell(rw['p99_ms_sent_during'])} | |")  # fmt: skip
             lines.append(f"| end to end, frames sent outside rewrites | - | - | | | "
