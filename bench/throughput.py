@@ -576,8 +576,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--e2e-seconds",
         type=float,
         default=120.0,
-        help="measured seconds of the end-to-end step: long enough to hold several of "
-        "Redis's AOF rewrites at their natural rate (one every ~20 s at 2,500 frames/s)",
+        help="measured seconds of the end-to-end step: long enough to hold Redis's AOF "
+        "rewrites at their natural rate (at steady state one every 70 to 80 s)",
     )
     p.add_argument(
         "--e2e-window",
