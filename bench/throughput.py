@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 from bench.common import (
+    CLIENT_NICE,
     RESULTS,
+    as_client,
     command_line,
     halves_max,
     p99,
@@ -124,7 +126,8 @@ def http_sweep(start: Callable[[], str], stop: Callable[[], None], images: np.nd
 
 
 def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> dict[str, Any]:
-    """``clients`` threads posting ``body`` (``batch`` images) back to back for ``seconds``."""
+    """``clients`` threads posting ``body`` (``batch`` images) back to back for ``seconds``,
+    each a line's client (``as_client``)."""
     import httpx
 
     latencies: list[float] = []
@@ -132,6 +135,7 @@ def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> di
     stop = time.perf_counter() + seconds
 
     def client() -> None:
+        as_client()
         with httpx.Client(timeout=120) as http:
             while time.perf_counter() < stop:
                 t = time.perf_counter()
@@ -632,7 +636,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report: dict[str, Any] = {
             "command": command_line("bench.throughput", argv),
             "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}, "
-            f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}",
+            f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}, "
+            f"load generators at nice {CLIENT_NICE}",
             "model_version": loaded.version,
         }
         report["raw_images_per_s"] = raw_model(loaded, images, batches, args.seconds)
