@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed \
-	bench-soak
+	bench-soak docs-shots
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ format: install
 # Everything, the reliability tests included (about 5 of its minutes; CI has the time).
 test: lint system-deps
 	$(BIN)/python -m pytest -q
+
+# The console's screenshots in docs/ (the README's images), taken by its browser tests; other
+# test runs write them to a temporary folder.
+docs-shots: install system-deps
+	VLAEWATCH_DOC_SHOTS=1 $(BIN)/python -m pytest -q tests/e2e/test_console.py \
+	  tests/e2e/test_console_explore.py
 
 # Only the faults, fuzzing, TLS and loopback tests (README "Reliability").
 test-reliability: install system-deps

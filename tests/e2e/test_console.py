@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,11 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from tests.conftest import API_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs"
+# Screenshots refresh the README's images in docs/ only when asked (`make docs-shots`): a test
+# run leaves tracked files as they are.
+SHOTS = (ROOT / "docs" if os.environ.get("VLAEWATCH_DOC_SHOTS")
+         else Path(tempfile.gettempdir()) / "vlaewatch-console-shots")  # fmt: skip
+SHOTS.mkdir(exist_ok=True)
 CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test` (target `system-deps`)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update",
