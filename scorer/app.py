@@ -497,7 +497,7 @@ class Scorer:
         and is reclaimed (by this or another replica) after ``reclaim_idle_ms``."""
         ctx = serve.get_replica_context()
         consumer = f"scorer-{ctx.replica_id.unique_id}"
-        group_ready, backoff, last_reclaim, last_read = False, 0.1, 0.0, 0.0
+        group_ready, backoff, last_reclaim = False, 0.1, 0.0
         slots = asyncio.Semaphore(CONCURRENT_BATCHES)
         handling: set[asyncio.Task[None]] = set()
         while True:
@@ -505,14 +505,6 @@ class Scorer:
             assert cfg is not None and client is not None
             try:
                 await slots.acquire()
-                # Under load, fewer and larger reads: each read's fixed cost (its round trip,
-                # the thread hops, the publish) is most of the replica's CPU outside the
-                # forward pass (bench/README.md, step 15). An idle stream's reader is blocked
-                # in XREADGROUP, so a lone frame is still read as it arrives.
-                wait = cfg.frames_read_interval_ms / 1000 - (time.monotonic() - last_read)
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                last_read = time.monotonic()
                 if not group_ready:
                     await ensure_group(client, self._keys.frames, FRAMES_GROUP)
                     group_ready = True

@@ -31,11 +31,6 @@ class ScorerConfig(BaseModel):
     deadletter_maxlen: int = Field(default=10_000, ge=100)
     consume_frames: bool = True
     frames_block_ms: int = Field(default=200, ge=1)
-    frames_read_interval_ms: float = Field(
-        default=15.0, ge=0.0, le=1000.0,
-        description="least time between the starts of two frames reads: under load a read "
-        "takes what arrived meanwhile, in fewer, larger reads (0: read again at once)",
-    )  # fmt: skip
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
     torch_threads: int | None = Field(
         default=None, ge=1,
