@@ -32,7 +32,15 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.model import ModelConfig, _VLAEBase, build_model, config_from_dict, config_to_dict
+from trainer.inference import tune_decoder
+from trainer.model import (
+    ConvVLAE,
+    ModelConfig,
+    _VLAEBase,
+    build_model,
+    config_from_dict,
+    config_to_dict,
+)
 
 CARD = "model_card.json"
 CALIBRATION = "calibration.csv"
@@ -237,7 +245,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             m.load_state_dict(load_file(str(directory / WEIGHT_FILES[name])))
         except (OSError, RuntimeError) as exc:
             raise CheckpointError(f"cannot load {name} weights from {directory}: {exc}") from exc
-        return m.to(device).eval()
+        m = m.to(device).eval()
+        if isinstance(m, ConvVLAE):  # on CPU, the fastest way for each transposed conv
+            tune_decoder(m.decoder, m.feat_shape)
+        return m
 
     denoiser = _load("denoiser") if card.get("has_denoiser") else None
     calibration = pd.read_csv(directory / CALIBRATION)
