@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed \
-	bench-soak docs-shots
+	bench-soak bench-ab docs-shots
 
 install: $(STAMP)
 
@@ -69,6 +69,15 @@ bench-quality: install
 bench-speed: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1 psutil==7.2.2
 	$(BIN)/python -m bench.throughput $(SPEED_ARGS)
+
+# Two scorer settings (user_config fields as JSON) against each other in one session, switched
+# every window in ABBA order: CPU of every process and XADD -> scored latency per window;
+# writes bench/results/ab.{json,md}. E.g. AB_B='{"batch_wait_timeout_s": 0.005}'.
+AB_A ?= {}
+AB_B ?= {}
+AB_ARGS ?=
+bench-ab: install
+	$(BIN)/python -m bench.ab --a '$(AB_A)' --b '$(AB_B)' $(AB_ARGS)
 
 # The reliability soak: frames at the full sustained rate the frames step measures, then
 # error rate, ingested-to-scored p99, RSS of every process and items lost;

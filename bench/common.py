@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -28,7 +29,8 @@ CLIENT_NICE = 10
 
 
 def command_line(module: str, argv: list[str] | None) -> str:
-    """The command that ran, with the data directory named by its role, not its path."""
+    """The command that ran, as a shell would take it (arguments quoted where they need it), with
+    the data directory named by its role, not its path."""
     out, skip = [f"python -m {module}"], False
     for a in sys.argv[1:] if argv is None else argv:
         if skip:
@@ -40,7 +42,7 @@ def command_line(module: str, argv: list[str] | None) -> str:
         elif a.startswith("--data-dir="):
             out.append("--data-dir=$DATA_DIR")
         else:
-            out.append(a)
+            out.append(shlex.quote(a))
     return " ".join(out)
 
 
@@ -57,6 +59,22 @@ def write_report(out: Path, stem: str, report: dict[str, Any],
 def p99(ordered: list[float]) -> float | None:
     """The 99th percentile of sorted values (the nearest rank below); None when empty."""
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
+
+
+def default_checkpoint(digits: Any, arch: str, out: Path) -> Path:
+    """The benches' default model, trained here: the product's (``arch`` conv, the `vlaewatch
+    train` default, or the deck's mlp) for 10 epochs on the bundled digits' 0s."""
+    from trainer.data import split_normal
+    from trainer.model import ConvVLAEConfig, VLAEConfig
+    from trainer.pipeline import DatasetInfo, train_model
+    from trainer.train import LoopContext, TrainConfig, fit
+
+    return train_model(
+        split_normal(digits, ["0"]), VLAEConfig() if arch == "mlp" else ConvVLAEConfig(),
+        TrainConfig(epochs=10), DatasetInfo("digits"),
+        lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)), {"kind": "in-process"},
+        out=out,
+    )  # fmt: skip
 
 
 def png_frames(images: np.ndarray, n: int = 256) -> list[bytes]:

@@ -32,6 +32,7 @@ from bench.common import (
     RESULTS,
     as_client,
     command_line,
+    default_checkpoint,
     halves_max,
     p99,
     png_frames,
@@ -614,9 +615,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainer.allocator import keep_batch_memory
     from trainer.checkpoint import load_checkpoint
     from trainer.data import load_digits, split_normal
-    from trainer.model import ConvVLAEConfig, VLAEConfig
-    from trainer.pipeline import DatasetInfo, train_model
-    from trainer.train import LoopContext, TrainConfig, fit
 
     # The raw model and the plain training loop run in this process under the allocator
     # settings the replica and the Ray Train workers use (trainer/allocator.py).
@@ -626,12 +624,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     digits = load_digits()
     images = np.concatenate([digits.test.images] * 2)[: max(batches)]
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = args.checkpoint or train_model(
-            split_normal(digits, ["0"]), VLAEConfig() if args.arch == "mlp" else ConvVLAEConfig(),
-            TrainConfig(epochs=10), DatasetInfo("digits"),
-            lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)), {"kind": "in-process"},
-            out=Path(tmp) / "model",
-        )  # fmt: skip
+        checkpoint = args.checkpoint or default_checkpoint(digits, args.arch, Path(tmp) / "model")
         loaded = load_checkpoint(checkpoint)
         report: dict[str, Any] = {
             "command": command_line("bench.throughput", argv),

@@ -1,5 +1,6 @@
 """The benchmarks' load generators run as a line's clients: at a lower CPU priority, on a
-thread of their own, so that the thread that started them keeps its own."""
+thread of their own, so that the thread that started them keeps its own. A report's command
+can be pasted into a shell."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 
 import pytest
 
-from bench.common import CLIENT_NICE, on_client_thread
+from bench.common import CLIENT_NICE, command_line, on_client_thread
 
 
 def _nice() -> int:
@@ -29,3 +30,10 @@ def test_a_client_thread_raises_its_error_in_the_caller() -> None:
 
     with pytest.raises(ValueError, match="no such frame"):
         on_client_thread(fail, "no such frame")
+
+
+def test_the_recorded_command_quotes_what_a_shell_would_split_and_hides_the_data_path() -> None:
+    argv = ["--b", '{"batch_wait_timeout_s": 0.005}', "--data-dir", "/d/mnist"]
+    assert command_line("bench.ab", argv) == (
+        """python -m bench.ab --b '{"batch_wait_timeout_s": 0.005}' --data-dir $DATA_DIR"""
+    )
