@@ -67,8 +67,8 @@ def gemm_fold(layer: nn.ConvTranspose2d, x: Tensor) -> Tensor:
 
 
 def _seconds(fn: Callable[[], Tensor], repeats: int) -> float:
-    """Best of ``repeats`` timings of ``fn`` after one warm-up call."""
-    fn()
+    """Best of ``repeats`` timings of ``fn`` (already called once: the caller's check of its
+    output is its warm-up)."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
