@@ -40,6 +40,7 @@ from bench.common import (
     default_checkpoint,
     png_frames,
     send_frames,
+    steal_seconds,
     write_report,
 )
 
@@ -72,6 +73,7 @@ def summary(windows: list[dict[str, Any]]) -> dict[str, Any]:
         out[name] = {
             "replica_cores": statistics.mean(w["cpu"]["serve replica"] for w in ws),
             "machine_cores": statistics.mean(w["machine_cores"] for w in ws),
+            "steal_cores": statistics.mean(w.get("steal_cores", 0.0) for w in ws),
             "p50_ms": statistics.median(w["p50_ms"] for w in ws if w["p50_ms"] is not None),
             "p99_ms": [w["p99_ms"] for w in ws],
         }
@@ -111,8 +113,9 @@ def _cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def _machine_busy() -> float:
+    """CPU seconds this VM's processes used: busy time without the hypervisor's steal."""
     t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "steal", 0.0)
 
 
 def run_windows(redis_url: str, prefix: str, pngs: list[bytes], procs: dict[str, psutil.Process],
@@ -137,12 +140,13 @@ def run_windows(redis_url: str, prefix: str, pngs: list[bytes], procs: dict[str,
     for name in order:
         switch(name)
         time.sleep(SETTLE_S)
-        c0, m0, t0 = _cpu_seconds(procs), _machine_busy(), time.time()
+        c0, m0, s0, t0 = _cpu_seconds(procs), _machine_busy(), steal_seconds(), time.time()
         time.sleep(args.window - SETTLE_S)
-        c1, m1, t1 = _cpu_seconds(procs), _machine_busy(), time.time()
+        c1, m1, s1, t1 = _cpu_seconds(procs), _machine_busy(), steal_seconds(), time.time()
         windows.append({"setting": name, "from": t0, "to": t1,
                         "cpu": {r: (c1[r] - c0[r]) / (t1 - t0) for r in c0},
-                        "machine_cores": (m1 - m0) / (t1 - t0)})  # fmt: skip
+                        "machine_cores": (m1 - m0) / (t1 - t0),
+                        "steal_cores": (s1 - s0) / (t1 - t0)})  # fmt: skip
         print(f"{name}: replica {windows[-1]['cpu']['serve replica']:.3f} cores", file=sys.stderr)
     sender.join()
     time.sleep(2.0)
@@ -160,22 +164,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['rate']:.0f}/s, windows of {report['window_s']:.0f} s (the first "
         f"{SETTLE_S:.0f} s after each switch not read), ABBA order.",
         "",
-        "| setting | replica, cores | machine, cores | p50 ms (median) | p99 ms, each window |",
-        "|---|---|---|---|---|",
+        "| setting | replica, cores | machine, cores | steal, cores | p50 ms (median) | "
+        "p99 ms, each window |",
+        "|---|---|---|---|---|---|",
     ]
     for name in "AB":
         r = s[name]
         p99s = ", ".join(f"{v:.0f}" if v is not None else "-" for v in r["p99_ms"])
         lines.append(f"| {name} | {r['replica_cores']:.3f} | {r['machine_cores']:.2f} | "
-                     f"{r['p50_ms']:.1f} | {p99s} |")  # fmt: skip
+                     f"{r['steal_cores']:.2f} | {r['p50_ms']:.1f} | {p99s} |")  # fmt: skip
     lines += ["", f"B used less replica CPU than A in {s['pairs_b_lower_replica_cpu']} of "
               f"{s['pairs']} pairs.", "", "| window | setting | frames | p50 ms | p99 ms | "
-              + " | ".join(report["roles"]) + " | machine |",
-              "|---" * (6 + len(report["roles"])) + "|"]  # fmt: skip
+              + " | ".join(report["roles"]) + " | machine | steal |",
+              "|---" * (7 + len(report["roles"])) + "|"]  # fmt: skip
     for i, w in enumerate(report["windows"]):
         cpu = " | ".join(f"{w['cpu'][r]:.3f}" for r in report["roles"])
         lines.append(f"| {i + 1} | {w['setting']} | {w['frames']} | {_ms(w['p50_ms'])} | "
-                     f"{_ms(w['p99_ms'])} | {cpu} | {w['machine_cores']:.2f} |")  # fmt: skip
+                     f"{_ms(w['p99_ms'])} | {cpu} | {w['machine_cores']:.2f} | "
+                     f"{w.get('steal_cores', 0.0):.2f} |")  # fmt: skip
     lines += ["", f"Command: `{report['command']}`; {report['machine']}."]
     return "\n".join(lines) + "\n"
 

@@ -89,6 +89,49 @@ def png_frames(images: np.ndarray, n: int = 256) -> list[bytes]:
     return out
 
 
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave to other guests while this VM had work ready ("steal" in
+    /proc/stat, all CPUs); 0 where the platform does not count it."""
+    import psutil
+
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
+
+
+class StealWatch:
+    """The hypervisor's steal, sampled every ``every_s`` from a thread of its own while the block
+    runs: ``cores(a, b)`` is the CPU taken from this VM between two wall-clock times, in cores.
+    A slow reading on a VM with neighbours is then a measured fact, not a guess (this one lost
+    up to 0.8 of its 2 cores for seconds at a time: bench/README.md, step 16)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True, name="steal-watch")
+
+    def __enter__(self) -> StealWatch:
+        self.samples.append((time.time(), steal_seconds()))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.time(), steal_seconds()))
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.samples.append((time.time(), steal_seconds()))
+
+    def cores(self, a: float, b: float) -> float | None:
+        """Mean steal in cores between the first and the last sample taken in [a, b]; None
+        when fewer than two were."""
+        inside = [s for s in list(self.samples) if a <= s[0] <= b]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return None
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
 def as_client() -> None:
     """The calling thread at ``CLIENT_NICE`` (on Linux each thread has a nice value of its
     own); elsewhere nothing. One way: an unprivileged process cannot raise it back."""

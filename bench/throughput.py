@@ -30,6 +30,7 @@ import torch
 from bench.common import (
     CLIENT_NICE,
     RESULTS,
+    StealWatch,
     as_client,
     command_line,
     default_checkpoint,
@@ -299,13 +300,14 @@ def latency_readings(sent: list[float], total_ms: list[float], start: float, sec
 
 
 def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, rate: float,
-               seconds: float, warmup_s: float = 3.0,
-               window_s: float = 30.0) -> dict[str, Any]:  # fmt: skip
+               seconds: float, warmup_s: float = 3.0, window_s: float = 30.0,
+               steal: StealWatch | None = None) -> dict[str, Any]:  # fmt: skip
     """Frames at ``rate`` (``images`` in turn); for each alert, the time from XADD to its
     arrival on the API's live stream (read by a listener process). ``warmup_s`` of frames go
     first, not measured. Besides the whole measurement's p50 and p99: one reading per
     ``window_s``, and the p99 of frames sent while Redis rewrote its append-only file against
-    the rest, so that a pass shows it holds through Redis's background work, not between it."""
+    the rest, so that a pass shows it holds through Redis's background work, not between it.
+    With ``steal`` watching, each reading also says how much CPU the hypervisor took meanwhile."""
     import multiprocessing as mp
 
     import redis
@@ -349,6 +351,11 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
     lat = sorted(stages["total"])
     quantiles = {name: {"p50": statistics.median(v), "p99": p99(sorted(v))}
                  for name, v in stages.items() if v}  # fmt: skip
+    readings = latency_readings(sent, stages["total"], start_wall, elapsed, window_s)
+    if steal is not None:
+        for r in readings:
+            a = start_wall + r["from_s"]
+            r["steal_cores"] = steal.cores(a, min(a + window_s, start_wall + elapsed))
     during = [rewrites.during(t) for t in sent]
     in_rw = sorted(ms for ms, d in zip(stages["total"], during, strict=True) if d)
     out_rw = sorted(ms for ms, d in zip(stages["total"], during, strict=True) if not d)
@@ -360,7 +367,8 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
         "p50_ms": statistics.median(lat) if lat else None,
         "p99_ms": p99(lat),
         "stages_ms": quantiles,
-        "readings": latency_readings(sent, stages["total"], start_wall, elapsed, window_s),
+        "readings": readings,
+        "steal_cores": steal.cores(start_wall, start_wall + elapsed) if steal else None,
         "aof_rewrites": {
             "count": len(rewrites.spans),
             "share_of_time": sum(b - a for a, b in rewrites.spans) / elapsed,
@@ -453,7 +461,10 @@ def markdown(report: dict[str, Any]) -> str:
                      f"- | - | {e2e['alerts']} alerts | {e2e['p50_ms']:.1f} | "
                      f"{e2e['p99_ms']:.1f} | |")  # fmt: skip
         for r in e2e.get("readings", []):
-            lines.append(f"| end to end, the {e2e['window_s']:.0f} s from {r['from_s']:.0f} s | "
+            stolen = (f" (steal {r['steal_cores']:.2f} cores)"
+                      if r.get("steal_cores") is not None else "")  # fmt: skip
+            lines.append(f"| end to end, the {e2e['window_s']:.0f} s from {r['from_s']:.0f} s"
+                         f"{stolen} | "
                          f"- | - | {r['alerts']} alerts | {r['p50_ms']:.1f} | "
                          f"{r['p99_ms']:.1f} | |")  # fmt: skip
         rw = e2e.get("aof_rewrites")
@@ -512,6 +523,11 @@ def markdown(report: dict[str, Any]) -> str:
             first, second = (f"{v:.0f}" for v in halves[role]) if role in halves else ("-", "-")
             lines.append(f"| {role} | {before:.0f} | {after:.0f} | {100 * growth:+.1f} % | "
                          f"{first} | {second} |")  # fmt: skip
+    by_part = {k: v for k, v in report.get("steal_cores", {}).items() if v is not None}
+    if by_part:
+        lines += ["", "The hypervisor's steal (CPU this VM's work was ready for and did not get), "
+                  "mean cores in each part of the run: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in by_part.items()) + "."]  # fmt: skip
     best = report["best_http_ratio"]
     lines += ["", "Best HTTP throughput as a share of the raw model at the same batch size "
               "(measured just before and after): "
@@ -623,7 +639,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     concurrency = [int(c) for c in args.concurrency.split(",")]
     digits = load_digits()
     images = np.concatenate([digits.test.images] * 2)[: max(batches)]
-    with tempfile.TemporaryDirectory() as tmp:
+    # When each part of the run began, for the hypervisor's steal during it.
+    parts: dict[str, float] = {"raw model and baselines": time.time()}
+    with tempfile.TemporaryDirectory() as tmp, StealWatch() as steal:
         checkpoint = args.checkpoint or default_checkpoint(digits, args.arch, Path(tmp) / "model")
         loaded = load_checkpoint(checkpoint)
         report: dict[str, Any] = {
@@ -644,6 +662,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cluster.connect(num_cpus=os.cpu_count() or 2)
             try:
                 if args.train_epochs:
+                    parts["training"] = time.time()
                     from bench.training import training_overhead
                     from trainer.data import load_torchvision
 
@@ -663,6 +682,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    consume_frames=False, retention_s=60,
                                    scores_maxlen=20_000)  # fmt: skip
                 port = free_port()
+                parts["HTTP"] = time.time()
                 report["http"] = http_sweep(
                     lambda: deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=port),
                     shutdown, images, batches, concurrency, args.seconds,
@@ -674,6 +694,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cfg = cfg.model_copy(update=frames_cfg)
                 url = deploy(cfg, DeploymentConfig(num_cpus=args.replica_cpus), port=port)
                 rates = sorted(int(r) for r in args.frame_rates.split(","))
+                parts["frames"] = time.time()
                 report["frames"] = frames_path(redis_server.url, prefix, images, rates,
                                                args.seconds, args.frame_climb)  # fmt: skip
                 report["frames_sustained_per_s"] = sustained_rate(report["frames"])
@@ -689,9 +710,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 mix = line_mix(normal, digits.test.images[~is_normal], args.e2e_anomalies)
 
                 def with_api(api_url: str, api_pid: int) -> dict[str, Any]:
+                    parts["end to end"] = time.time()
                     out = {"end_to_end": end_to_end(api_url, redis_server.url, prefix, mix, half,
                                                     args.e2e_seconds, args.e2e_warmup,
-                                                    args.e2e_window)}  # fmt: skip
+                                                    args.e2e_window, steal)}  # fmt: skip
                     out["end_to_end"] |= {"anomalous_share": args.e2e_anomalies,
                                           "warmup_s": args.e2e_warmup,
                                           "window_s": args.e2e_window}  # fmt: skip
@@ -699,6 +721,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         from bench.soak import soak
 
                         pids = {"redis-server": redis_pid, "api": api_pid}
+                        parts["soak"] = time.time()
                         out["soak"] = soak(redis_server.url, prefix, normal, soak_rate,
                                            args.soak_seconds, pids, args.soak_warmup)  # fmt: skip
                     return out
@@ -707,6 +730,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             finally:
                 shutdown()
                 cluster.shutdown()
+        ends = [*list(parts.values())[1:], time.time()]
+        spans = zip(parts.items(), ends, strict=True)
+        report["steal_cores"] = {name: steal.cores(a, b) for (name, a), b in spans}
     best: dict[str, float] = {}
     for row in report["http"]:
         best[str(row["batch"])] = max(best.get(str(row["batch"]), 0.0), row["vs_raw"])

@@ -14,9 +14,11 @@ def test_windows_alternate_abba() -> None:
     assert abba(3) == ["A", "B", "B", "A", "A", "B"]
 
 
-def _window(setting: str, start: float, replica: float, machine: float) -> dict[str, Any]:
+def _window(setting: str, start: float, replica: float, machine: float,
+            steal: float = 0.0) -> dict[str, Any]:  # fmt: skip
     return {"setting": setting, "from": start, "to": start + 10,
-            "cpu": {"serve replica": replica, "api": 0.1}, "machine_cores": machine}  # fmt: skip
+            "cpu": {"serve replica": replica, "api": 0.1}, "machine_cores": machine,
+            "steal_cores": steal}  # fmt: skip
 
 
 def test_latency_is_taken_by_ingest_time_per_window() -> None:
@@ -32,8 +34,8 @@ def test_latency_is_taken_by_ingest_time_per_window() -> None:
 
 
 def test_summary_and_table_compare_the_settings_pair_by_pair() -> None:
-    windows = [_window("A", 0, 1.00, 1.6), _window("B", 10, 0.90, 1.5),
-               _window("B", 20, 1.10, 1.6), _window("A", 30, 1.05, 1.6)]  # fmt: skip
+    windows = [_window("A", 0, 1.00, 1.6, 0.1), _window("B", 10, 0.90, 1.5, 0.3),
+               _window("B", 20, 1.10, 1.6, 0.1), _window("A", 30, 1.05, 1.6, 0.5)]  # fmt: skip
     window_latency(windows, [(1, 1.05), (11, 11.04), (21, 21.03), (31, 31.06)])
     s = summary(windows)
     assert s["A"]["replica_cores"] == pytest.approx(1.025)
@@ -44,9 +46,9 @@ def test_summary_and_table_compare_the_settings_pair_by_pair() -> None:
               "summary": s, "windows": windows, "roles": ["api", "serve replica"],
               "command": "python -m bench.ab", "machine": "2 CPUs"}  # fmt: skip
     table = markdown(report)
-    assert "| A | 1.025 | 1.60 | 55.0 | 50, 60 |" in table
+    assert "| A | 1.025 | 1.60 | 0.30 | 55.0 | 50, 60 |" in table
     assert "B used less replica CPU than A in 1 of 2 pairs." in table
-    assert "| 2 | B | 1 | 40.0 | 40.0 | 0.100 | 0.900 | 1.50 |" in table
+    assert "| 2 | B | 1 | 40.0 | 40.0 | 0.100 | 0.900 | 1.50 | 0.30 |" in table
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,18 @@
 """The benchmarks' load generators run as a line's clients: at a lower CPU priority, on a
 thread of their own, so that the thread that started them keeps its own. A report's command
-can be pasted into a shell."""
+can be pasted into a shell. The hypervisor's steal is read as the VM counts it."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
+import time
 
 import pytest
 
-from bench.common import CLIENT_NICE, command_line, on_client_thread
+from bench.common import CLIENT_NICE, StealWatch, command_line, on_client_thread
 
 
 def _nice() -> int:
@@ -37,3 +39,24 @@ def test_the_recorded_command_quotes_what_a_shell_would_split_and_hides_the_data
     assert command_line("bench.ab", argv) == (
         """python -m bench.ab --b '{"batch_wait_timeout_s": 0.005}' --data-dir $DATA_DIR"""
     )
+
+
+def test_steal_is_the_counted_seconds_over_the_wall_seconds_between_samples() -> None:
+    watch = StealWatch()
+    watch.samples = [(100.0, 5.0), (101.0, 5.2), (102.0, 5.8), (103.0, 5.8)]
+    assert watch.cores(100.0, 102.0) == pytest.approx(0.4)
+    assert watch.cores(101.5, 103.0) == pytest.approx(0.0)
+    assert watch.cores(101.2, 101.8) is None  # no two samples inside
+
+
+def test_steal_watch_samples_while_the_block_runs() -> None:
+    with StealWatch(every_s=0.05) as watch:
+        time.sleep(0.3)
+    n = len(watch.samples)
+    assert n >= 4
+    pairs = itertools.pairwise(watch.samples)
+    assert all(b[0] > a[0] and b[1] >= a[1] for a, b in pairs)  # time and steal go forward
+    time.sleep(0.1)
+    assert len(watch.samples) == n  # stopped with the block
+    cores = watch.cores(watch.samples[0][0], watch.samples[-1][0])
+    assert cores is not None and 0.0 <= cores <= (os.cpu_count() or 1)
