@@ -1,13 +1,16 @@
-"""Input validation: every kind of bad image is a clear per-item error."""
+"""Input validation: every kind of bad image is a clear per-item error. The frames path's
+plain-PNG decoder gives what ``Image.open`` gives, pixel for pixel and error for error."""
 
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from scorer import decode
 from scorer.decode import InputError, Limits, decode_array, decode_image, load_npy, split_batch
 
 GRAY = (1, 28, 28)
@@ -114,3 +117,94 @@ def test_resize_when_configured() -> None:
     arr = np.zeros((56, 40), np.uint8)
     out = decode_image(_png(arr), GRAY, Limits(resize=True))
     assert out.shape == GRAY
+
+
+# --- plain PNGs: the frames path's decoder, checked against Image.open -----------------------
+
+
+Outcome = np.ndarray | tuple[str, int]  # pixels, or an error's (reason, status)
+
+
+def _through_image_open(data: bytes, shape: tuple[int, int, int],
+                        monkeypatch: pytest.MonkeyPatch) -> Outcome:  # fmt: skip
+    """What ``decode_image`` gives without the plain-PNG path."""
+    with monkeypatch.context() as m:
+        m.setattr(decode, "_plain_png", lambda data, limits: None)
+        return _outcome(data, shape)
+
+
+def _outcome(data: bytes, shape: tuple[int, int, int]) -> Outcome:
+    try:
+        return decode_image(data, shape, LIMITS)
+    except InputError as exc:
+        return exc.reason, exc.status
+
+
+def _same(a: Outcome, b: Outcome) -> bool:
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    return a == b
+
+
+def _digits_pngs(digits: Any) -> list[bytes]:
+    """Camera-like frames: every zlib level, with and without PIL's optimiser (so rows come
+    with each of the five PNG filters)."""
+    return [_png(im, compress_level=i % 10, optimize=i % 7 == 0)
+            for i, im in enumerate(digits.test.images[:120, 0])]  # fmt: skip
+
+
+def test_plain_pngs_take_the_fast_path_and_decode_as_image_open_does(
+    digits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    grey = [*_digits_pngs(digits), _png(rng.integers(0, 256, (28, 28), np.uint8))]
+    rgb = [_png(rng.integers(0, 256, (28, 28, 3), np.uint8)) for _ in range(10)]
+    for data, shape in [(d, GRAY) for d in grey] + [(d, (3, 28, 28)) for d in rgb + grey]:
+        assert decode._plain_png(data, LIMITS) is not None or shape == (3, 28, 28)
+        fast = _outcome(data, shape)
+        assert _same(fast, _through_image_open(data, shape, monkeypatch)), fast
+    assert all(decode._plain_png(d, LIMITS) is not None for d in rgb)
+
+
+def test_other_pngs_are_left_to_image_open() -> None:
+    from PIL import PngImagePlugin
+
+    arr = np.random.default_rng(2).integers(0, 256, (28, 28), np.uint8)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("camera", "cam3")
+    plain = _png(arr)
+    paletted = io.BytesIO()
+    Image.fromarray(arr).convert("P").save(paletted, format="PNG")
+    others = {
+        "16-bit": _png(arr.astype(np.uint16) * 257),
+        "paletted": paletted.getvalue(),
+        "grey with alpha": _png(np.stack([arr, arr], axis=-1)),
+        "a text chunk": _png(arr, pnginfo=text),
+        "bytes after IEND": plain + b"\x00",
+        "a wrong checksum": plain[:-5] + bytes([plain[-5] ^ 1]) + plain[-4:],
+        "more pixels than the limits allow": _png(np.zeros((64, 64), np.uint8)),
+    }
+    limits = Limits(max_pixels=32 * 32)
+    for name, data in others.items():
+        assert decode._plain_png(data, limits) is None, name
+    assert decode._plain_png(plain, limits) is not None
+    # Image.open's way, as before: a text chunk is no matter, a palette is colour.
+    assert np.array_equal(decode_image(others["a text chunk"], GRAY, LIMITS)[0], arr)
+    with pytest.raises(InputError, match="3 channel"):
+        decode_image(others["paletted"], GRAY, LIMITS)
+
+
+def test_damaged_pngs_give_what_image_open_gives(
+    digits: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Flipped bytes and cut files: each is decoded the same or refused with the same reason.
+    rng = np.random.default_rng(3)
+    pngs = _digits_pngs(digits)
+    for _ in range(600):
+        data = bytearray(pngs[int(rng.integers(len(pngs)))])
+        for _ in range(int(rng.integers(1, 4))):
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        if rng.random() < 0.2:
+            data = data[: int(rng.integers(len(data)))]
+        fast = _outcome(bytes(data), GRAY)
+        assert _same(fast, _through_image_open(bytes(data), GRAY, monkeypatch)), fast
