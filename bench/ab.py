@@ -6,7 +6,8 @@ Serve, the API) takes frames at a steady rate while the replica switches between
 ``user_config`` settings (``--a``, ``--b``: JSON objects of ``ScorerConfig`` fields) every
 ``--window`` seconds in ABBA order, through its ``reconfigure``, as a live update of the
 deployment does. Each window reports the CPU of every process of the service and of the whole
-machine, and the XADD → scored latency of the frames sent in it (read off the score stream).
+machine (without the host's steal, which it reports apart), and the XADD → scored latency of
+the frames sent in it (read off the score stream).
 
     python -m bench.ab --b '{"batch_wait_timeout_s": 0.005}' [--rate 2000] [--pairs 4]
     make bench-ab AB_B='{"batch_wait_timeout_s": 0.005}' AB_ARGS='--pairs 2'
