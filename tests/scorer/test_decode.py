@@ -159,11 +159,11 @@ def test_plain_pngs_take_the_fast_path_and_decode_as_image_open_does(
     rng = np.random.default_rng(1)
     grey = [*_digits_pngs(digits), _png(rng.integers(0, 256, (28, 28), np.uint8))]
     rgb = [_png(rng.integers(0, 256, (28, 28, 3), np.uint8)) for _ in range(10)]
-    for data, shape in [(d, GRAY) for d in grey] + [(d, (3, 28, 28)) for d in rgb + grey]:
-        assert decode._plain_png(data, LIMITS) is not None or shape == (3, 28, 28)
+    assert all(decode._plain_png(d, LIMITS) is not None for d in grey + rgb)
+    # Grey and RGB frames for a grey and an RGB model: the same pixels, or the same refusal.
+    for data, shape in [(d, s) for d in grey + rgb for s in (GRAY, (3, 28, 28))]:
         fast = _outcome(data, shape)
         assert _same(fast, _through_image_open(data, shape, monkeypatch)), fast
-    assert all(decode._plain_png(d, LIMITS) is not None for d in rgb)
 
 
 def test_other_pngs_are_left_to_image_open() -> None:
@@ -181,7 +181,7 @@ def test_other_pngs_are_left_to_image_open() -> None:
         "grey with alpha": _png(np.stack([arr, arr], axis=-1)),
         "a text chunk": _png(arr, pnginfo=text),
         "bytes after IEND": plain + b"\x00",
-        "a wrong checksum": plain[:-5] + bytes([plain[-5] ^ 1]) + plain[-4:],
+        "a wrong checksum": plain[:-1] + bytes([plain[-1] ^ 1]),
         "more pixels than the limits allow": _png(np.zeros((64, 64), np.uint8)),
     }
     limits = Limits(max_pixels=32 * 32)
