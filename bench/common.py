@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
 
@@ -97,31 +97,52 @@ def steal_seconds() -> float:
     return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
-class StealWatch:
-    """The hypervisor's steal, sampled every ``every_s`` from a thread of its own while the block
-    runs: ``cores(a, b)`` is the CPU taken from this VM between two wall-clock times, in cores.
-    A slow reading on a VM with neighbours is then a measured fact, not a guess (this one lost
-    up to 0.8 of its 2 cores for seconds at a time: bench/README.md, step 16)."""
+class Watch:
+    """Calls ``sample()`` every ``every_s`` from a thread of its own while the ``with`` block
+    runs, and once more as it ends (``finish()``); what a sample records is the subclass's."""
 
-    def __init__(self, every_s: float = 1.0) -> None:
+    def __init__(self, every_s: float, name: str) -> None:
         self.every_s = every_s
-        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True, name="steal-watch")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
-    def __enter__(self) -> StealWatch:
-        self.samples.append((time.time(), steal_seconds()))
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.every_s):
+                self.sample()
+        finally:
+            self.finish()
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After the last sample, on the watch's thread."""
+
+
+class StealWatch(Watch):
+    """The hypervisor's steal, sampled every ``every_s`` while the block runs: ``cores(a, b)``
+    is the CPU taken from this VM between two wall-clock times, in cores. A slow reading on a
+    VM with neighbours is then a measured fact, not a guess (this one lost up to 0.8 of its 2
+    cores for seconds at a time: bench/README.md, step 16)."""
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        super().__init__(every_s, "steal-watch")
+        self.samples: list[tuple[float, float]] = []
+        self.sample()
+
+    def sample(self) -> None:
         self.samples.append((time.time(), steal_seconds()))
 
-    def _poll(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.samples.append((time.time(), steal_seconds()))
+    finish = sample
 
     def cores(self, a: float, b: float) -> float | None:
         """Mean steal in cores between the first and the last sample taken in [a, b]; None

@@ -31,6 +31,7 @@ from bench.common import (
     CLIENT_NICE,
     RESULTS,
     StealWatch,
+    Watch,
     as_client,
     command_line,
     default_checkpoint,
@@ -248,40 +249,30 @@ def line_mix(normal: np.ndarray, anomalous: np.ndarray, share: float, n: int = 5
 TICK_S = 0.005  # the end-to-end sender's tick
 
 
-class RewriteWatch:
+class RewriteWatch(Watch):
     """When Redis rewrote its append-only file, as wall-clock spans: ``INFO persistence``
     polled every ``every_s`` from a thread of its own while the block runs."""
 
     def __init__(self, redis_url: str, every_s: float = 0.1) -> None:
-        self.redis_url, self.every_s = redis_url, every_s
-        self.spans: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True, name="rewrite-watch")
-
-    def __enter__(self) -> RewriteWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _poll(self) -> None:
         import redis
 
-        client, began = redis.Redis.from_url(self.redis_url), None
-        try:
-            while not self._stop.wait(self.every_s):
-                busy = bool(client.info("persistence")["aof_rewrite_in_progress"])
-                if busy and began is None:
-                    began = time.time()
-                elif not busy and began is not None:
-                    self.spans.append((began, time.time()))
-                    began = None
-            if began is not None:
-                self.spans.append((began, time.time()))
-        finally:
-            client.close()
+        super().__init__(every_s, "rewrite-watch")
+        self.spans: list[tuple[float, float]] = []
+        self._client = redis.Redis.from_url(redis_url)
+        self._began: float | None = None
+
+    def sample(self) -> None:
+        busy = bool(self._client.info("persistence")["aof_rewrite_in_progress"])
+        if busy and self._began is None:
+            self._began = time.time()
+        elif not busy and self._began is not None:
+            self.spans.append((self._began, time.time()))
+            self._began = None
+
+    def finish(self) -> None:
+        if self._began is not None:
+            self.spans.append((self._began, time.time()))
+        self._client.close()
 
     def during(self, t: float) -> bool:
         return any(a <= t <= b for a, b in self.spans)
