@@ -1,4 +1,5 @@
-"""The end-to-end step's readings: windows by send time, and Redis's AOF rewrites seen."""
+"""The frames step's sustained rate, the end-to-end step's readings (windows by send time),
+and Redis's AOF rewrites seen."""
 
 from __future__ import annotations
 
@@ -9,8 +10,27 @@ from typing import Any
 import pytest
 import redis
 
-from bench.throughput import RewriteWatch, latency_readings
+from bench.throughput import RewriteWatch, kept_up, latency_readings, sustained_rate
 from scorer.redis_server import EmbeddedRedis
+
+
+def _step(rate: int, scored: float, backlog: int, before: int = 0) -> dict[str, Any]:
+    return {"rate": rate, "offered_per_s": float(rate), "scored_per_s": scored,
+            "backlog": backlog, "backlog_before": before, "dead_letters": 0}  # fmt: skip
+
+
+def test_a_step_keeps_up_while_its_backlog_is_frames_in_flight_not_a_queue() -> None:
+    # A run's steps (speed run of 361a92e): 40-50 ms of frames in flight at each step's end,
+    # until 7,200/s left 1,776 (247 ms): 95 % scored, but a queue that grew.
+    steps = [_step(5000, 4953, 233), _step(6000, 5947, 256), _step(7200, 6843, 1776),
+             _step(8600, 6468, 10652)]  # fmt: skip
+    assert [kept_up(s) for s in steps] == [True, True, False, False]
+    assert sustained_rate(steps) == 6000.0
+    # A step that began with frames left over is judged by what it added, and a later step
+    # that keeps up after one that did not is noise, not capacity.
+    assert kept_up(_step(4000, 3900, 900, before=700))
+    assert sustained_rate([_step(3000, 2990, 150), _step(4000, 3800, 912),
+                           _step(5000, 4990, 250)]) == 3000.0  # fmt: skip
 
 
 def test_latency_readings_split_by_send_time_and_fold_a_short_last_window() -> None:
