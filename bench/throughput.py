@@ -209,12 +209,16 @@ def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int
 BACKLOG_S = 0.1
 
 
+def left_unscored(step: dict[str, Any]) -> int:
+    """The frames a step left in the stream at its end (in flight or queued), beyond those
+    there when it began."""
+    return int(step["backlog"] - step.get("backlog_before", 0))
+
+
 def kept_up(step: dict[str, Any], backlog_s: float = BACKLOG_S) -> bool:
-    """Scored results kept up with a frames step: the frames left in the stream at its end (in
-    flight or queued), beyond those there when it began, are at most ``backlog_s`` of its
-    offered rate."""
-    grew = step["backlog"] - step.get("backlog_before", 0)
-    return bool(grew <= backlog_s * step["offered_per_s"])
+    """Scored results kept up with a frames step: what it left unscored is at most
+    ``backlog_s`` of its offered rate."""
+    return bool(left_unscored(step) <= backlog_s * step["offered_per_s"])
 
 
 def sustained_rate(steps: list[dict[str, Any]]) -> float | None:
@@ -442,7 +446,7 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{row['images_per_s']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
                      f"{row['vs_raw']:.3f} |")  # fmt: skip
     for row in report.get("frames", []):
-        left = row["backlog"] - row.get("backlog_before", 0)
+        left = left_unscored(row)
         ms = 1000 * left / row["offered_per_s"]
         lines.append(f"| frames stream (XADD, PNG) | - | - | {row['scored_per_s']:.0f} scored of "
                      f"{row['offered_per_s']:.0f} offered; {left} left unscored ({ms:.0f} ms "
