@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed \
-	bench-soak bench-ab docs-shots
+	bench-soak bench-ab bench-inspection docs-shots
 
 install: $(STAMP)
 
@@ -63,6 +63,14 @@ QUALITY_ARGS ?=
 bench-quality: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
 	$(BIN)/python -m bench.quality --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
+
+# Local defects on generated textures and objects (trainer/inspection.py): image and pixel
+# AUROC per category and defect, beside the previous default and PyOD's VAE;
+# writes bench/results/inspection.{json,md}.
+INSPECTION_ARGS ?=
+bench-inspection: install
+	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
+	$(BIN)/python -m bench.inspection $(INSPECTION_ARGS)
 
 # Raw model vs baselines vs the scorer over HTTP, frames, end to end, Ray Train vs the plain
 # loop, memory over a soak; writes bench/results/speed.{json,md}.

@@ -28,7 +28,6 @@ from starlette.datastructures import UploadFile
 
 from scorer import explore
 from scorer.config import ScorerConfig
-from scorer.decode import InputError, Limits, decode_array, decode_image, load_npy, split_batch
 from scorer.previews import render
 from scorer.schemas import (
     DEFAULT_LINE,
@@ -59,6 +58,7 @@ from trainer.checkpoint import (
     resolve_checkpoint,
 )
 from trainer.evaluate import score_images
+from trainer.images import InputError, Limits, decode_array, decode_image, load_npy, split_batch
 
 logger = logging.getLogger("ray.serve")
 
@@ -85,6 +85,7 @@ class _Item:
     image: np.ndarray  # uint8 (C, H, W)
     stored: bytes  # kept for previews: the file as received when smaller, else the pixels
     as_file: bool
+    want_map: bool = False  # the caller asked for the anomaly map (``?maps=true``)
 
 
 @dataclass
@@ -248,8 +249,10 @@ class Scorer:
             if loaded.conditions
             else None
         )
+        # Maps cost a little more: computed for the batch only when one of its callers asks.
+        maps = any(it.want_map for chunk in chunks for it in chunk)
         scores = await asyncio.to_thread(
-            score_images, loaded.model, images, conditions, len(images)
+            score_images, loaded.model, images, conditions, len(images), maps
         )
         now, out, start = time.time(), [], 0
         for chunk in chunks:
@@ -261,6 +264,9 @@ class Scorer:
                 score=scores.score[part].tolist(), recon=scores.recon[part].tolist(),
                 kl=scores.kl[part].tolist(), complexity=scores.complexity[part].tolist(),
                 ts_scored=now, model_version=loaded.version,
+                maps=([m if it.want_map else None for it, m in zip(chunk, scores.maps[part],
+                                                                   strict=True)]
+                      if scores.maps is not None else None),
             ))  # fmt: skip
             start += len(chunk)
         return out
@@ -350,6 +356,9 @@ class Scorer:
         item_id: Annotated[
             list[str] | None, Query(description="client item ids, one per image")
         ] = None,
+        maps: Annotated[
+            bool, Query(description="add each item's anomaly_map: base64 NPY, float32 H x W")
+        ] = False,
     ) -> Response:
         """Score a batch: multipart files in field ``files`` (PNG/JPEG), or an NPY body
         (uint8 N x H x W[x C]). Each item gets a score or its own error."""
@@ -383,6 +392,8 @@ class Scorer:
         ids = item_id or _new_ids(len(payloads))
         raws = [_Raw(i, line, p, ts) for i, p in zip(ids, payloads, strict=True)]
         items, errors = await asyncio.to_thread(self._decode, raws, limits)
+        for it in items:
+            it.want_map = maps
         try:
             if errors:
                 await self._dead_letter(list(errors.values()), "http", [""] * len(errors))

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scorer.decode import Limits
+from trainer.images import Limits
 
 
 class ScorerConfig(BaseModel):

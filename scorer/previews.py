@@ -11,6 +11,8 @@ from trainer.evaluate import best_conditions
 from trainer.figures import hwc, to_png
 from trainer.model import _VLAEBase
 
+LOCAL_MAP_FULL_SCALE = 8.0  # anomaly-map value shown white (standard deviations of normal)
+
 
 def heatmap(error: np.ndarray) -> np.ndarray:
     """Absolute error in [0, 1] (H, W) as a black-red-yellow-white image (H, W, 3) uint8.
@@ -30,8 +32,7 @@ def _reconstruct(model: _VLAEBase, x: torch.Tensor, condition: int = -1) -> torc
     if model.config.num_conditions:
         c = (best_conditions(model, x)[0] if condition < 0
              else torch.full((len(x),), condition, device=x.device))  # fmt: skip
-    mu, _ = model.encode(x, c)
-    return model.decode(mu, c)
+    return model.reconstruct(x, c)
 
 
 def render(
@@ -44,7 +45,16 @@ def render(
     recon = _reconstruct(loaded.model, x, condition)[0].cpu().numpy()
     denoiser = loaded.denoiser or loaded.model
     denoised = _reconstruct(denoiser, x, condition)[0].cpu().numpy()
-    error = np.abs(x[0].cpu().numpy() - recon).mean(axis=0)
+    if loaded.model.config.score_kind == "local":
+        # The anomaly map the score is the maximum of, in standard deviations of normal
+        # maps: 0 (black) to 8 (white), the same scale for every item.
+        c = None
+        if loaded.model.config.num_conditions:
+            c = (best_conditions(loaded.model, x)[0] if condition < 0
+                 else torch.full((1,), condition, device=device))  # fmt: skip
+        error = loaded.model.score_map(x, c)[0].cpu().numpy() / LOCAL_MAP_FULL_SCALE
+    else:
+        error = np.abs(x[0].cpu().numpy() - recon).mean(axis=0)
 
     def u8(a: np.ndarray) -> np.ndarray:
         return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)

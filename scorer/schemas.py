@@ -216,6 +216,11 @@ class ItemScore(BaseModel):
     kl: float
     complexity: float
     model_version: str
+    anomaly_map: str | None = Field(
+        default=None,
+        description="with ?maps=true: the map the score is built from, base64 NPY (float32, "
+        "H x W at the model's input size; the local score is its maximum)",
+    )
 
 
 class ItemError(BaseModel):

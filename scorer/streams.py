@@ -3,6 +3,8 @@ read frames through a consumer group."""
 
 from __future__ import annotations
 
+import base64
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scorer.decode import Limits, decode_image
 from scorer.schemas import DeadLetterRecord, ItemBlob, ModelRecord, StreamKeys
+from trainer.images import Limits, decode_image
 
 
 @dataclass
@@ -46,6 +48,9 @@ class ScoredBatch:
     complexity: list[float]
     ts_scored: float
     model_version: str
+    # Per item, its anomaly map (float32 H x W) where the caller asked for it; answered over
+    # HTTP only, never published (a map is as large as the image).
+    maps: list[np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -53,12 +58,28 @@ class ScoredBatch:
     def results(self) -> list[dict[str, Any]]:
         """Per-item results, the fields of ``ItemScore``."""
         v = self.model_version
-        return [
+        out = [
             {"item_id": i, "ok": True, "line": ln, "score": s, "recon": r, "kl": k,
              "complexity": c, "model_version": v}
             for i, ln, s, r, k, c in zip(self.item_ids, self.lines, self.score, self.recon,
                                          self.kl, self.complexity, strict=True)
         ]  # fmt: skip
+        for result, m in zip(out, self.maps or [], strict=False):
+            if m is not None:
+                result["anomaly_map"] = encode_map(m)
+        return out
+
+
+def encode_map(m: np.ndarray) -> str:
+    """An anomaly map as base64 NPY (float32 H x W), the form ``?maps=true`` answers with."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(m, dtype=np.float32), allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def decode_map(text: str) -> np.ndarray:
+    """The inverse of ``encode_map``."""
+    return np.load(io.BytesIO(base64.b64decode(text)), allow_pickle=False)
 
 
 def _numbers(values: list[float]) -> str:

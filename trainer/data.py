@@ -17,6 +17,7 @@ import numpy as np
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder"]
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MASKS = "masks"  # the folder of defect masks, beside a test folder
 
 
 class DataError(ValueError):
@@ -132,40 +133,101 @@ def load_torchvision(name: Literal["mnist", "fashion-mnist"], data_dir: str | Pa
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """One image file as uint8 (C, H, W), converted to C channels and resized to H x W."""
+    """One image file as uint8 (C, H, W), resized to H x W: the scorer's reader
+    (``trainer.images.decode_image``), so training sees the pixels service will. A file it
+    refuses (alpha, 16-bit, the wrong channel count) is a ``DataError`` naming the file."""
+    from trainer.images import InputError, Limits, decode_image
+
+    if shape[0] not in (1, 3):
+        raise DataError(f"image folders support 1 or 3 channels, not {shape[0]}")
+    try:
+        return decode_image(path.read_bytes(), shape, Limits(resize=True))
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    except InputError as exc:
+        raise DataError(f"cannot use image {path}: {exc.reason}") from None
+
+
+def image_channels(path: Path) -> int:
+    """1 for a grey image file, 3 for anything in colour (what a folder's model takes when no
+    channel count is given: the first image's)."""
     from PIL import Image
 
-    c, h, w = shape
-    if c not in (1, 3):
-        raise DataError(f"image folders support 1 or 3 channels, not {c}")
-    with Image.open(path) as f:
-        im = f.convert("L" if c == 1 else "RGB")
-    if im.size != (w, h):
-        im = im.resize((w, h), Image.Resampling.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[None, :, :] if c == 1 else arr.transpose(2, 0, 1)
+    try:
+        with Image.open(path) as im:
+            return 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
-def load_folder(folder: str | Path, shape: tuple[int, int, int]) -> Source:
-    """Images in a folder: its subfolders are classes, or all images form the class 'normal'."""
+def read_folder(
+    folder: str | Path, shape: tuple[int, int, int]
+) -> tuple[LabelledImages, list[Path]]:
+    """Every image of a folder and its file: subfolders are classes (a subfolder ``masks``
+    holds defect masks, not a class), or all images form the class 'normal'. A channel count
+    of 0 in ``shape`` takes the first image's."""
     root = Path(folder)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and p.name != MASKS)
     groups = [(d.name, d) for d in subdirs] if subdirs else [("normal", root)]
-    images, labels = [], []
+    images, labels, paths = [], [], []
     for cls, d in groups:
         for p in sorted(d.iterdir()):
             if p.suffix.lower() in IMAGE_SUFFIXES:
-                try:
-                    images.append(read_image(p, shape))
-                except OSError as exc:
-                    raise DataError(f"cannot read image {p}: {exc}") from exc
+                if shape[0] == 0:
+                    shape = (image_channels(p), *shape[1:])
+                images.append(read_image(p, shape))
                 labels.append(cls)
+                paths.append(p)
     if not images:
         raise DataError(f"no PNG or JPEG images under {root}")
-    data = LabelledImages(np.stack(images), np.array(labels, dtype=object))
-    return _as_source(f"folder:{root.name}", data)
+    return LabelledImages(np.stack(images), np.array(labels, dtype=object)), paths
+
+
+def load_folder(folder: str | Path, shape: tuple[int, int, int]) -> Source:
+    """A folder's images (``read_folder``) as a source: a fixed, seeded test partition."""
+    data, _ = read_folder(folder, shape)
+    return _as_source(f"folder:{Path(folder).name}", data)
+
+
+def read_masks(
+    folder: str | Path,
+    paths: list[Path],
+    labels: np.ndarray,
+    normal: list[str],
+    size: tuple[int, int],
+) -> np.ndarray | None:
+    """Defect masks (N, H, W) bool for the images of ``read_folder(folder)``: the file of the
+    same class and name under a ``masks`` folder beside ``folder`` (or inside it), white where
+    the defect is, resized to ``size``. Normal images need none (all False); None when there
+    is no masks folder. A defective image without a mask is an error: pixel AUROC would
+    count its defect as normal pixels."""
+    from PIL import Image
+
+    root = Path(folder)
+    masks_dir = next((d for d in (root.parent / MASKS, root / MASKS) if d.is_dir()), None)
+    if masks_dir is None:
+        return None
+    h, w = size
+    out = np.zeros((len(paths), h, w), dtype=bool)
+    missing = []
+    for i, (p, label) in enumerate(zip(paths, labels.astype(str), strict=True)):
+        if label in normal:
+            continue
+        m = masks_dir / label / f"{p.stem}.png"
+        if not m.is_file():
+            missing.append(f"{label}/{p.name}")
+            continue
+        try:
+            with Image.open(m) as im:
+                out[i] = np.asarray(im.convert("L").resize((w, h), Image.Resampling.NEAREST)) > 127
+        except OSError as exc:
+            raise DataError(f"cannot read mask {m}: {exc}") from exc
+    if missing:
+        raise DataError(f"no mask under {masks_dir} for {len(missing)} defective image(s): "
+                        f"{', '.join(missing[:5])}")  # fmt: skip
+    return out
 
 
 def load_source(

@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from trainer.checkpoint import LoadedModel
 from trainer.data import DataError, LabelledImages, to_float
-from trainer.model import ScoreKind, _VLAEBase, combine_score, total_variation
+from trainer.model import ScoreKind, _VLAEBase, combine_score, local_parts, total_variation
 
 SCORE_KINDS = ("recon", "kl", "elbo", "score")
 
@@ -33,6 +33,7 @@ class Scores:
     complexity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     kind: ScoreKind = "elbo"
     contrast: np.ndarray | None = None
+    maps: np.ndarray | None = None  # (N, H, W) float32: ``_VLAEBase.score_map``, when asked
 
     @property
     def elbo(self) -> np.ndarray:
@@ -79,37 +80,64 @@ def score_images(
     images: np.ndarray,
     conditions: np.ndarray | None = None,
     batch_size: int = 512,
+    maps: bool = False,
 ) -> Scores:
     """Score uint8 (N, C, H, W) images; a conditional model without conditions (or with a
     negative condition index for an item) takes, per item, the condition under which it looks
-    most normal (lowest score)."""
+    most normal (lowest score). ``maps``: also the map each score is built from."""
     model.eval()
     device = next(model.parameters()).device
     k = int(getattr(model.config, "num_conditions", 0))
     kind: ScoreKind = getattr(model.config, "score_kind", "elbo")
-    recon_parts, kl_parts, complexity, contrast = [], [], [], []
+    recon_parts, kl_parts, complexity, contrast, map_parts = [], [], [], [], []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(to_float(images[i : i + batch_size])).to(device)
         complexity.append(total_variation(x).cpu().numpy())
-        if k == 0:
+        chosen: torch.Tensor | None = None
+        if k == 0 and kind == "local":
+            recon_map, kl_map = model.anomaly_maps(x)  # once: the score and the map
+            r, kl = local_parts(recon_map, kl_map)
+            if maps:
+                map_parts.append((recon_map + kl_map).cpu().numpy())
+        elif k == 0:
             r, kl = model.anomaly_score(x)
         elif conditions is not None:
             c = torch.from_numpy(np.asarray(conditions[i : i + batch_size])).to(device).long()
             r_all, kl_all = _all_conditions(model, x)
             elbo_all = r_all + kl_all
-            c = torch.where(c < 0, elbo_all.argmin(dim=0), c)  # -1: the item's best
-            r, kl = r_all.gather(0, c[None])[0], kl_all.gather(0, c[None])[0]
+            chosen = torch.where(c < 0, elbo_all.argmin(dim=0), c)  # -1: the item's best
+            r, kl = r_all.gather(0, chosen[None])[0], kl_all.gather(0, chosen[None])[0]
             contrast.append(((r + kl) - elbo_all.min(dim=0).values).cpu().numpy())
         else:
-            _, r, kl = best_conditions(model, x)
+            chosen, r, kl = best_conditions(model, x)
+        if maps and (k > 0 or kind != "local"):
+            map_parts.append(model.score_map(x, chosen).cpu().numpy())
         recon_parts.append(r.cpu().numpy())
         kl_parts.append(kl.cpu().numpy())
     if not recon_parts:
         empty = np.zeros(0, np.float32)
-        return Scores(empty, empty, empty, kind)
+        no_maps = np.zeros((0, *images.shape[2:]), np.float32) if maps else None
+        return Scores(empty, empty, empty, kind, maps=no_maps)
     return Scores(np.concatenate(recon_parts), np.concatenate(kl_parts),
                   np.concatenate(complexity), kind,
-                  np.concatenate(contrast) if contrast else None)  # fmt: skip
+                  np.concatenate(contrast) if contrast else None,
+                  np.concatenate(map_parts).astype(np.float32) if maps else None)  # fmt: skip
+
+
+@torch.no_grad()
+def pixel_maps(
+    model: _VLAEBase, images: np.ndarray, conditions: np.ndarray | None = None, batch: int = 256
+) -> torch.Tensor:
+    """The raw per-pixel map terms (N, T, H, W) of uint8 images at z = mu (what map
+    standardisation is fitted on)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(to_float(images[i : i + batch])).to(device)
+        c = None if conditions is None else torch.from_numpy(conditions[i : i + batch]).to(device)
+        out.append(model.pixel_terms(x, c).cpu())
+    return torch.cat(out)
 
 
 def detection_metrics(scores: Scores, is_anomaly: np.ndarray) -> dict[str, dict[str, float]]:
@@ -124,21 +152,57 @@ def detection_metrics(scores: Scores, is_anomaly: np.ndarray) -> dict[str, dict[
     return out
 
 
-def evaluate(loaded: LoadedModel, test: LabelledImages) -> dict[str, Any]:
-    """The JSON report of ``vlaewatch evaluate``: metrics per score kind and per class."""
-    normal = [str(c) for c in loaded.card["normal_classes"]]
+def evaluate(
+    loaded: LoadedModel,
+    test: LabelledImages,
+    masks: np.ndarray | None = None,
+    normal: list[str] | None = None,
+) -> dict[str, Any]:
+    """The JSON report of ``vlaewatch evaluate``: image AUROC per score kind and per class;
+    with defect ``masks`` (N, H, W), pixel AUROC of the score's map too (all images, and each
+    class's images beside the normal ones). ``normal``: the normal classes of ``test``
+    (default: the model's)."""
+    normal = normal or [str(c) for c in loaded.card["normal_classes"]]
     labels = test.labels.astype(str)
     is_anomaly = ~np.isin(labels, normal)
-    scores = score_images(loaded.model, test.images)
+    scores = score_images(loaded.model, test.images, maps=masks is not None)
     metrics = detection_metrics(scores, is_anomaly)
     df = scores.frame().assign(elbo=scores.elbo, label=labels)
     per_class = df.groupby("label")[list(SCORE_KINDS)].mean().round(3).to_dict(orient="index")
-    return {
+    report = {
         "model_version": loaded.version,
         "normal_classes": normal,
         "n_test": len(test),
         "n_normal": int((~is_anomaly).sum()),
         "n_anomalous": int(is_anomaly.sum()),
         **metrics,
+        "auroc_by_class": auroc_by_class(labels, scores.score, normal),
         "mean_score_by_class": per_class,
     }
+    if masks is not None:
+        assert scores.maps is not None
+        if masks.shape != scores.maps.shape:
+            raise DataError(f"masks of shape {masks.shape} for maps of {scores.maps.shape}")
+        report["pixel_auroc"] = float(roc_auc_score(masks.ravel(), scores.maps.ravel()))
+        report["pixel_auroc_by_class"] = pixel_auroc_by_class(labels, scores.maps, masks, normal)
+    return report
+
+
+def auroc_by_class(labels: np.ndarray, score: np.ndarray, normal: list[str]) -> dict[str, float]:
+    """Image AUROC of each anomalous class's items against the normal ones."""
+    is_normal = np.isin(labels, normal)
+    picks = {str(c): is_normal | (labels == c) for c in sorted(set(labels[~is_normal]))}
+    return {c: float(roc_auc_score(labels[pick] == c, score[pick])) for c, pick in picks.items()}
+
+
+def pixel_auroc_by_class(
+    labels: np.ndarray, maps: np.ndarray, masks: np.ndarray, normal: list[str]
+) -> dict[str, float]:
+    """Pixel AUROC of the maps against the defect masks, over each anomalous class's images
+    and the normal ones."""
+    is_normal = np.isin(labels, normal)
+    out = {}
+    for c in sorted(set(labels[~is_normal])):
+        pick = is_normal | (labels == c)
+        out[str(c)] = float(roc_auc_score(masks[pick].ravel(), maps[pick].ravel()))
+    return out

@@ -31,12 +31,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Arch = Literal["mlp", "conv"]
-ScoreKind = Literal["elbo", "elbo_per_tv"]
+Arch = Literal["mlp", "conv", "spatial"]
+ScoreKind = Literal["elbo", "elbo_per_tv", "local"]
+Likelihood = Literal["bernoulli", "gaussian"]
+MapNorm = Literal["pixel", "pooled"]
+# The terms of the anomaly map, in order; COARSE is the side of the local mean in "coarse".
+MAP_TERMS = ("recon", "coarse", "kl")
+COARSE = 5
 SCORE_KIND_TEXT = {
-    "elbo": "recon + kl at z = mu (recon: Bernoulli negative log-likelihood, summed)",
+    "elbo": "recon + kl at z = mu (recon: the likelihood's negative log, summed over pixels)",
     "elbo_per_tv": "(recon + kl) / (complexity + 1) at z = mu; complexity: total variation of "
     "the input in [0, 1] pixel units",
+    "local": "max over the image of the anomaly map, recon + kl at the worst place: the map is "
+    "the per-pixel reconstruction term (0 for a perfect reconstruction at any pixel value) and "
+    "the KL of each latent cell spread over its pixels, each standardised against the normal "
+    "validation images' maps (per pixel for aligned parts, pooled for textures), then "
+    "Gaussian-smoothed; recon and kl are the two parts of the map at its maximum",
 }
 
 
@@ -50,6 +60,10 @@ class VLAEConfig:
     batch_norm: bool = False  # the deck's slide-14 "ImprovedVLAE"
     num_conditions: int = 0
     score_kind: ScoreKind = "elbo_per_tv"
+    likelihood: Likelihood = "bernoulli"
+    scale: float = 0.05  # the Gaussian likelihood's standard deviation, in [0, 1] pixel units
+    map_norm: MapNorm = "pooled"
+    map_sigma: float = 2.0  # Gaussian smoothing of the anomaly map, in pixels
     arch: Arch = field(default="mlp", init=False)
 
     @property
@@ -68,15 +82,45 @@ class ConvVLAEConfig:
     batch_norm: bool = False
     num_conditions: int = 0
     score_kind: ScoreKind = "elbo_per_tv"
+    likelihood: Likelihood = "bernoulli"
+    scale: float = 0.05
+    map_norm: MapNorm = "pooled"
+    map_sigma: float = 2.0
     arch: Arch = field(default="conv", init=False)
 
 
-ModelConfig = VLAEConfig | ConvVLAEConfig
+@dataclass(frozen=True)
+class SpatialVLAEConfig:
+    """Fully convolutional VLAE: the latent is a grid of cells (one per 2**len(channels) pixels
+    square), so the model describes a part locally and a local defect touches only its cells.
+    Made for textures and parts larger than a dense latent can describe."""
+
+    image_shape: tuple[int, int, int] = (1, 64, 64)
+    latent_dim: int = 16  # channels of each latent cell
+    channels: tuple[int, ...] = (32, 64)  # a latent cell per 4 x 4 pixels
+    batch_norm: bool = False
+    num_conditions: int = 0
+    score_kind: ScoreKind = "local"
+    likelihood: Likelihood = "gaussian"
+    scale: float = 0.05  # the Gaussian likelihood's standard deviation, in [0, 1] pixel units
+    map_norm: MapNorm = "pooled"
+    map_sigma: float = 2.0
+    arch: Arch = field(default="spatial", init=False)
+
+
+ModelConfig = VLAEConfig | ConvVLAEConfig | SpatialVLAEConfig
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per item; Kingma & Welling 2013, Appendix B."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return kl_cells(mu, logvar).flatten(1).sum(dim=1)
+
+
+def kl_cells(mu: Tensor, logvar: Tensor) -> Tensor:
+    """The KL per latent unit: (N, D) for a dense latent; (N, h, w) per cell of a spatial
+    latent (N, D, h, w), summed over its D channels."""
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+    return kl if kl.dim() == 2 else kl.sum(dim=1)
 
 
 def total_variation(x: Tensor) -> Tensor:
@@ -90,7 +134,7 @@ def total_variation(x: Tensor) -> Tensor:
 
 def combine_score(recon: Tensor, kl: Tensor, complexity: Tensor, kind: ScoreKind) -> Tensor:
     """The anomaly score from its parts; higher is more anomalous."""
-    if kind == "elbo":
+    if kind in ("elbo", "local"):
         return recon + kl
     if kind == "elbo_per_tv":
         return (recon + kl) / (complexity + 1.0)
@@ -104,6 +148,79 @@ def bernoulli_nll(logits: Tensor, target: Tensor) -> Tensor:
     """
     nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return nll.flatten(1).sum(dim=1)
+
+
+def bernoulli_kl_map(logits: Tensor, target: Tensor) -> Tensor:
+    """Per pixel (summed over channels), BCE(x, p) - BCE(x, x): the Bernoulli KL from the
+    target pixel to the reconstruction. Plain BCE never falls below the entropy H(x), which is
+    largest at mid-grey and 0 at black or white, so a dark hole or a bright scratch would cost
+    *less* than a grey pixel reconstructed perfectly; this costs 0 for a perfect
+    reconstruction at every pixel value."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    t = target.clamp(1e-6, 1 - 1e-6)
+    floor = -(t * t.log() + (1 - t) * (1 - t).log())
+    return (bce - floor).clamp_min(0).sum(dim=1)
+
+
+def gaussian_nll(mean: Tensor, target: Tensor, log_scale: Tensor) -> Tensor:
+    """Gaussian negative log-likelihood summed over pixels, per item; ``log_scale`` per
+    channel (C,). Its pixel-value-free part is ``gaussian_map``."""
+    c = target.shape[1]
+    const = (log_scale.view(1, c, 1, 1) + 0.5 * math.log(2 * math.pi)).expand_as(target)
+    return (gaussian_map(mean, target, log_scale) + const.sum(dim=1)).flatten(1).sum(dim=1)
+
+
+def gaussian_map(mean: Tensor, target: Tensor, log_scale: Tensor) -> Tensor:
+    """Per pixel (summed over channels), 0.5 * ((x - mean) / scale)^2: the Gaussian negative
+    log-likelihood less its constant, the same for every pixel value."""
+    c = target.shape[1]
+    z = (target - mean) * torch.exp(-log_scale).view(1, c, 1, 1)
+    return 0.5 * z.pow(2).sum(dim=1)
+
+
+def gaussian_kernel(sigma: float) -> Tensor:
+    """A normalised 1-D Gaussian kernel of radius ceil(2 sigma)."""
+    radius = max(1, math.ceil(2 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def smooth(maps: Tensor, sigma: float) -> Tensor:
+    """Gaussian smoothing of (N, H, W) maps (separable, edges replicated); identity at 0."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel(sigma).to(maps)
+    r = len(k) // 2
+    x = maps[:, None]
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def _box(x: Tensor, k: int, sigmoid: bool = False) -> Tensor:
+    """The k x k local mean of (N, C, H, W) images, same size (edges averaged over what is
+    inside the image); ``sigmoid``: of logits' pixel means, returned as logits again."""
+    if sigmoid:
+        x = torch.sigmoid(x)
+    out = F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)[..., : x.shape[-2], : x.shape[-1]]
+    return torch.logit(out.clamp(1e-6, 1 - 1e-6)) if sigmoid else out
+
+
+def _kl_pixels(mu: Tensor, logvar: Tensor, h: int, w: int) -> Tensor:
+    """The KL per pixel (N, H, W): a spatial latent's cell KL spread over its cell, a dense
+    latent's over the image."""
+    cells = kl_cells(mu, logvar)
+    if cells.dim() == 2:
+        return (cells.sum(dim=1) / (h * w)).view(-1, 1, 1).expand(-1, h, w)
+    kl = F.interpolate(cells[:, None], size=(h, w), mode="nearest")[:, 0]
+    return kl * (cells.shape[-2] * cells.shape[-1]) / (h * w)
+
+
+def local_parts(recon: Tensor, kl: Tensor) -> tuple[Tensor, Tensor]:
+    """Per item, the recon and KL maps (N, H, W) where their sum is largest."""
+    at = (recon + kl).flatten(1).argmax(dim=1, keepdim=True)
+    return recon.flatten(1).gather(1, at)[:, 0], kl.flatten(1).gather(1, at)[:, 0]
 
 
 def reparameterize(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -123,9 +240,27 @@ def _mlp(sizes: list[int], batch_norm: bool) -> nn.Sequential:
 
 
 class _VLAEBase(nn.Module):
-    """What every family member shares: the ELBO terms and the deterministic score."""
+    """What every family member shares: the ELBO terms, the anomaly map and the deterministic
+    score. A subclass builds its layers, then calls ``_init_scoring``."""
 
     config: Any
+    log_scale: Tensor  # buffers of ``_init_scoring``
+    map_mean: Tensor
+    map_std: Tensor
+
+    def _init_scoring(self) -> None:
+        c, h, w = self.config.image_shape
+        if self.config.likelihood == "gaussian":
+            # The decoder's scale per channel, fixed: learned with the weights, it grows to the
+            # texture's own spread and the decoder settles on the mean image (posterior
+            # collapse). The anomaly map is standardised against normal maps anyway.
+            self.register_buffer("log_scale", torch.full((c,), math.log(self.config.scale)))
+        if self.config.score_kind == "local":
+            # Map standardisation (set by ``set_map_stats`` after training, saved with the
+            # weights): the normal maps' mean and spread per term (MAP_TERMS), per pixel or
+            # pooled.
+            self.register_buffer("map_mean", torch.zeros(len(MAP_TERMS), h, w))
+            self.register_buffer("map_std", torch.ones(len(MAP_TERMS), h, w))
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -145,6 +280,25 @@ class _VLAEBase(nn.Module):
         z = reparameterize(mu, logvar) if sample else mu
         return self.decode_logits(z, c), mu, logvar
 
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The reconstruction the score compares ``x`` with: pixel means at z = mu."""
+        mu, _ = self.encode(x, c)
+        return self.decode(mu, c)
+
+    def recon_nll(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The likelihood's negative log per item (the training objective's recon term)."""
+        if self.config.likelihood == "gaussian":
+            return gaussian_nll(torch.sigmoid(logits), target, self.log_scale)
+        return bernoulli_nll(logits, target)
+
+    def recon_map(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The reconstruction term per pixel (N, H, W), 0 for a perfect reconstruction at any
+        pixel value: the Bernoulli KL, or the Gaussian's squared standardised error."""
+        if self.config.likelihood == "gaussian":
+            return gaussian_map(torch.sigmoid(logits), target, self.log_scale)
+        return bernoulli_kl_map(logits, target)
+
     def elbo_terms(
         self,
         x: Tensor,
@@ -154,12 +308,73 @@ class _VLAEBase(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Per-item (recon, kl). ``target`` differs from ``x`` only for denoising training."""
         logits, mu, logvar = self(x, c, sample=sample)
-        return bernoulli_nll(logits, x if target is None else target), kl_divergence(mu, logvar)
+        return self.recon_nll(logits, x if target is None else target), kl_divergence(mu, logvar)
+
+    def pixel_terms(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """At z = mu, the map terms (N, len(MAP_TERMS), H, W) in nats per pixel: the
+        reconstruction term, the same for the residual's local mean (a stain or a tint is a
+        small shift over many pixels: weak in any one pixel, strong in their mean), and the
+        KL (a spatial latent's cell KL spread over its cell, a dense latent's over the
+        image)."""
+        logits, mu, logvar = self(x, c, sample=False)
+        recon = self.recon_map(logits, x)
+        # Nats of the k x k mean, per pixel of it: unit variance for pixel noise.
+        coarse = self.recon_map(_box(logits, COARSE, sigmoid=True), _box(x, COARSE)) * COARSE**2
+        kl = _kl_pixels(mu, logvar, *x.shape[-2:])
+        return torch.stack([recon, coarse, kl], dim=1)
+
+    @torch.no_grad()
+    def set_map_stats(self, terms: Tensor) -> None:
+        """Standardise future maps against these normal map terms (N, T, H, W): per pixel
+        (``map_norm='pixel'``, smoothed so a few dozen images suffice) or pooled."""
+        if self.config.map_norm == "pixel":
+            mean = smooth(terms.mean(dim=0), self.config.map_sigma)
+            std = smooth(terms.std(dim=0), self.config.map_sigma)
+        else:
+            mean = terms.mean(dim=(0, 2, 3))[:, None, None].expand_as(terms[0])
+            std = terms.std(dim=(0, 2, 3))[:, None, None].expand_as(terms[0])
+        # A floor on the spread: a pixel that never varied must not turn noise into alarms.
+        floor = std.mean(dim=(1, 2), keepdim=True) * 0.1
+        self.map_mean.copy_(mean)
+        self.map_std.copy_(torch.maximum(std, floor.clamp_min(1e-6)))
+
+    def anomaly_maps(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The standardised recon and KL maps (N, H, W), Gaussian-smoothed; their sum is the
+        anomaly map of the ``local`` score."""
+        z = (self.pixel_terms(x, c) - self.map_mean) / self.map_std
+        sigma = self.config.map_sigma
+        return smooth(z[:, 0] + z[:, 1], sigma), smooth(z[:, 2], sigma)
 
     @torch.no_grad()
     def anomaly_score(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Per-item (recon, kl) at z = mu, so the same image always gets the same score."""
-        return self.elbo_terms(x, c=c, sample=False)
+        """Per-item (recon, kl) at z = mu, so the same image always gets the same score. For
+        the ``local`` score they are the two parts of the anomaly map at its maximum."""
+        if self.config.score_kind != "local":
+            return self.elbo_terms(x, c=c, sample=False)
+        return local_parts(*self.anomaly_maps(x, c))
+
+    @torch.no_grad()
+    def score_map(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The map (N, H, W) the score is built from: for ``local``, the anomaly map (the
+        score is its maximum); for ``elbo``, the likelihood's negative log per pixel plus the
+        KL spread evenly (the score is its sum); for ``elbo_per_tv``, that over TV + 1."""
+        if self.config.score_kind == "local":
+            recon, kl = self.anomaly_maps(x, c)
+            return recon + kl
+        logits, mu, logvar = self(x, c, sample=False)
+        h, w = x.shape[-2:]
+        nll = self.recon_nll_map(logits, x) + (kl_divergence(mu, logvar) / (h * w)).view(-1, 1, 1)
+        if self.config.score_kind == "elbo_per_tv":
+            nll = nll / (total_variation(x) + 1.0).view(-1, 1, 1)
+        return nll
+
+    def recon_nll_map(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The likelihood's negative log per pixel (N, H, W); sums to ``recon_nll``."""
+        if self.config.likelihood == "gaussian":
+            c = target.shape[1]
+            const = float(self.log_scale.sum()) + 0.5 * c * math.log(2 * math.pi)
+            return gaussian_map(torch.sigmoid(logits), target, self.log_scale) + const
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(dim=1)
 
     def condition(self, c: Tensor | None, n: int, device: torch.device) -> Tensor | None:
         """One-hot condition vectors for the conditional variants; None for the others."""
@@ -188,6 +403,7 @@ class VLAE(_VLAEBase):
         self.decoder = nn.Sequential(
             _mlp(dec, config.batch_norm), nn.Linear(config.hidden[0], config.input_dim)
         )
+        self._init_scoring()
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = x.flatten(1)
@@ -261,6 +477,7 @@ class ConvVLAE(_VLAEBase):
             dec.append(nn.ReLU())
         dec.append(nn.ConvTranspose2d(chans[-1], c_in, 4, 2, 1))
         self.decoder = nn.Sequential(*dec)
+        self._init_scoring()
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self.encoder(x)
@@ -282,8 +499,60 @@ class ConvVLAE(_VLAEBase):
         return logits
 
 
+class SpatialVLAE(_VLAEBase):
+    """Strided convolutions down to a grid of latent cells (mu, logvar per cell), transposed
+    convolutions back up; no dense layer, so any H x W divisible by 2**len(channels) works.
+    A condition is broadcast over the image and the latent grid as extra channels."""
+
+    def __init__(self, config: SpatialVLAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c_in, h, w = config.image_shape
+        n, k = len(config.channels), config.num_conditions
+        if h % 2**n or w % 2**n:
+            raise ValueError(f"image {h}x{w}: height and width must be multiples of {2**n}")
+
+        def block(a: int, b: int, up: bool) -> list[nn.Module]:
+            conv = nn.ConvTranspose2d(a, b, 4, 2, 1) if up else nn.Conv2d(a, b, 4, 2, 1)
+            return [conv, *([nn.BatchNorm2d(b)] if config.batch_norm else []), nn.ReLU()]
+
+        enc: list[nn.Module] = []
+        prev = c_in + k
+        for ch in config.channels:
+            enc += block(prev, ch, up=False)
+            prev = ch
+        enc += [nn.Conv2d(prev, prev, 3, 1, 1), nn.ReLU()]
+        self.encoder = nn.Sequential(*enc)
+        self.conv_mu = nn.Conv2d(prev, config.latent_dim, 1)
+        self.conv_logvar = nn.Conv2d(prev, config.latent_dim, 1)
+        dec: list[nn.Module] = [nn.Conv2d(config.latent_dim + k, prev, 3, 1, 1), nn.ReLU()]
+        chans = list(reversed(config.channels))
+        for a, b in itertools.pairwise(chans):
+            dec += block(a, b, up=True)
+        dec += [nn.ConvTranspose2d(chans[-1], chans[-1], 4, 2, 1), nn.ReLU(),
+                nn.Conv2d(chans[-1], c_in, 3, 1, 1)]  # fmt: skip
+        self.decoder = nn.Sequential(*dec)
+        self._init_scoring()
+
+    def _with_condition(self, t: Tensor, c: Tensor | None) -> Tensor:
+        onehot = self.condition(c, t.shape[0], t.device)
+        if onehot is None:
+            return t
+        planes = onehot[:, :, None, None].expand(-1, -1, *t.shape[-2:])
+        return torch.cat([t, planes], dim=1)
+
+    def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        h = self.encoder(self._with_condition(x, c))
+        return self.conv_mu(h), self.conv_logvar(h)
+
+    def decode_logits(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.decoder(self._with_condition(z, c))
+
+
 def build_model(config: ModelConfig) -> _VLAEBase:
     """The family member a config describes."""
+    if isinstance(config, SpatialVLAEConfig):
+        return SpatialVLAE(config)
     if isinstance(config, ConvVLAEConfig):
         return ConvVLAE(config)
     if config.num_conditions > 0:
@@ -302,6 +571,9 @@ def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     arch = d.pop("arch", "mlp")
     d.setdefault("score_kind", "elbo")  # checkpoints from before score kinds existed
     d["image_shape"] = tuple(d["image_shape"])
+    if arch == "spatial":
+        d["channels"] = tuple(d["channels"])
+        return SpatialVLAEConfig(**d)
     if arch == "conv":
         d["channels"] = tuple(d["channels"])
         return ConvVLAEConfig(**d)

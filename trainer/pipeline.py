@@ -16,12 +16,17 @@ import torch
 
 from trainer.checkpoint import BEST_CONDITION, WEIGHT_FILES, CalibrationLatents, save_checkpoint
 from trainer.data import NormalSplit, fingerprint, to_float
-from trainer.evaluate import score_images
+from trainer.evaluate import pixel_maps, score_images
 from trainer.explore import calibration_latents
 from trainer.model import SCORE_KIND_TEXT, ModelConfig, build_model
 from trainer.train import FitResult, TrainArrays, TrainConfig
 
 Fitter = Callable[[ModelConfig, TrainConfig, TrainArrays], FitResult]
+LIKELIHOOD_TEXT = {
+    "bernoulli": "Bernoulli (binary cross-entropy); its map term is BCE(x, p) - BCE(x, x)",
+    "gaussian": "Gaussian, standard deviation {scale} in [0, 1] pixel units; its map term is "
+    "0.5 * ((x - mean) / scale)^2",
+}
 CONTRAST_TEXT = (
     "; an item of a mapped line adds, to recon + kl, its contrast: its elbo under the line's "
     "condition minus its lowest elbo under any condition"
@@ -49,6 +54,24 @@ def train_arrays(split: NormalSplit, conditional: bool) -> TrainArrays:
         train_c=cond(split.train.labels),
         val_c=cond(split.validation.labels),
     )
+
+
+def with_map_stats(
+    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
+) -> dict[str, torch.Tensor]:
+    """The weights of a ``local``-score model with its map standardisation set from the
+    normal validation images (never trained on, and apart from the calibration images, whose
+    scores must stay exchangeable with new normal ones)."""
+    if model_cfg.score_kind != "local":
+        return weights
+    model = build_model(model_cfg)
+    model.load_state_dict(weights)
+    model.eval()
+    conditions = (
+        split.condition_index(split.validation.labels) if model_cfg.num_conditions else None
+    )
+    model.set_map_stats(pixel_maps(model, split.validation.images, conditions))
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def calibration_scores(
@@ -117,10 +140,11 @@ def model_card(
     launcher: dict[str, Any],
     seconds: float,
     line_conditions: dict[str, str] | None = None,
+    data_profile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the model is and how it was made; ``save_checkpoint`` adds architecture and version."""
     conditional = model_cfg.num_conditions > 0
-    variant = "ConvVLAE" if model_cfg.arch == "conv" else "VLAE"
+    variant = {"conv": "ConvVLAE", "spatial": "SpatialVLAE"}.get(model_cfg.arch, "VLAE")
     if conditional:
         variant = "Conditional" + variant
     if cfg.denoising:
@@ -135,9 +159,12 @@ def model_card(
         "conditions": list(split.normal_classes) if conditional else [],
         "line_conditions": dict(line_conditions or {}),
         "score_kind": model_cfg.score_kind,
+        "likelihood": LIKELIHOOD_TEXT[model_cfg.likelihood].format(scale=model_cfg.scale),
+        "data_profile": data_profile,
         "score": SCORE_KIND_TEXT[model_cfg.score_kind]
         + (CONTRAST_TEXT if conditional and line_conditions else ""),
         "denoiser": "DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
+        "denoising": f"trained to remove {cfg.noise} noise" if cfg.denoising else None,
         "dataset": {
             "name": dataset.name,
             "data_dir": dataset.data_dir,
@@ -167,6 +194,7 @@ def train_model(
     out: str | Path | None = None,
     store: str | Path | None = None,
     line_conditions: dict[str, str] | None = None,
+    data_profile: dict[str, Any] | None = None,
 ) -> Path:
     """Fit on the normal split and write the checkpoint to ``out``, or to ``store/<version>``.
     ``line_conditions`` maps lines to the condition (a normal class) a conditional model
@@ -186,9 +214,11 @@ def train_model(
     t0 = time.monotonic()
     result = fitter(model_cfg, cfg, train_arrays(split, model_cfg.num_conditions > 0))
     seconds = time.monotonic() - t0
+    result.state_dicts["model"] = with_map_stats(model_cfg, result.state_dicts["model"], split)
     calibration = calibration_scores(model_cfg, result.state_dicts["model"], split)
     latents = reference_latents(model_cfg, result.state_dicts["model"], split)
-    card = model_card(model_cfg, cfg, split, dataset, result, launcher, seconds, mapping)
+    card = model_card(model_cfg, cfg, split, dataset, result, launcher, seconds, mapping,
+                      data_profile)  # fmt: skip
     state_dicts = {k: v for k, v in result.state_dicts.items() if k in WEIGHT_FILES}
     return save_checkpoint(
         out, model_cfg, state_dicts, card, calibration, store=store, latents=latents

@@ -20,9 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from trainer.allocator import keep_batch_memory
-from trainer.model import ModelConfig, add_noise, bernoulli_nll, build_model, kl_divergence
+from trainer.corrupt import corrupt
+from trainer.model import ModelConfig, _VLAEBase, add_noise, build_model, kl_divergence
 
 LRSchedule = Literal["none", "plateau", "cosine"]
+Noise = Literal["gaussian", "structured"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,14 @@ class TrainConfig:
     lr_schedule: LRSchedule = "none"
     denoising: bool = False  # train the scoring model itself on noisy inputs
     denoiser: bool = True  # also fit a companion DenoisingVLAE for denoised previews
-    noise_factor: float = 0.5
+    noise_factor: float = 0.5  # Gaussian noise: its standard deviation
+    # What a denoising model learns to remove: the deck's Gaussian noise, or local structured
+    # corruptions (trainer/corrupt.py) in ``corrupt_fraction`` of the images.
+    noise: Noise = "gaussian"
+    corrupt_fraction: float = 0.5
+    # Train a fully convolutional model on random square crops of this size (0: whole
+    # images): four times the steps a second at half the side, and a new view each time.
+    crop: int = 0
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,12 +110,33 @@ def _allreduce_mean(values: Tensor, ctx: LoopContext) -> Tensor:
     return values
 
 
+def random_crops(x: Tensor, size: int) -> Tensor:
+    """A random ``size`` x ``size`` crop of each image (torch's generator); ``x`` itself when
+    ``size`` is 0 or not smaller than the images."""
+    h, w = x.shape[-2:]
+    if size <= 0 or (size >= h and size >= w):
+        return x
+    size_h, size_w = min(size, h), min(size, w)
+    tops = torch.randint(0, h - size_h + 1, (len(x),)).tolist()
+    lefts = torch.randint(0, w - size_w + 1, (len(x),)).tolist()
+    return torch.stack([im[:, t : t + size_h, left : left + size_w]
+                        for im, t, left in zip(x, tops, lefts, strict=True)])  # fmt: skip
+
+
+def _noisy(x: Tensor, cfg: TrainConfig) -> Tensor:
+    if cfg.noise == "structured":
+        return corrupt(x, cfg.corrupt_fraction)
+    return add_noise(x, cfg.noise_factor)
+
+
 def _loss_terms(
-    model: nn.Module, x: Tensor, c: Tensor | None, denoising: bool, noise: float, sample: bool
+    m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig, sample: bool, train: bool = True
 ) -> tuple[Tensor, Tensor]:
-    inp = add_noise(x, noise) if denoising else x
-    logits, mu, logvar = model(inp, c, sample=sample)
-    return bernoulli_nll(logits, x), kl_divergence(mu, logvar)
+    inp = _noisy(x, cfg) if m.denoising else x
+    logits, mu, logvar = (m.model if train else m.core)(inp, c, sample=sample)
+    core = m.core
+    assert isinstance(core, _VLAEBase)
+    return core.recon_nll(logits, x), kl_divergence(mu, logvar)
 
 
 def fit(
@@ -165,10 +195,10 @@ def fit(
             m.model.train()
         for step in range(steps):
             idx = mine[step * local_batch : (step + 1) * local_batch]
-            x = data.train_x[idx].to(device, non_blocking=True)
+            x = random_crops(data.train_x[idx], cfg.crop).to(device, non_blocking=True)
             c = None if data.train_c is None else data.train_c[idx].to(device)
             for j, m in enumerate(members):
-                recon, kl = _loss_terms(m.model, x, c, m.denoising, cfg.noise_factor, True)
+                recon, kl = _loss_terms(m, x, c, cfg, sample=True)
                 loss = (recon + cfg.beta * kl).mean()
                 m.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -230,7 +260,7 @@ def _validate(
         for i in range(0, n, 512):
             x = data.val_x[i : i + 512].to(device)
             c = None if data.val_c is None else data.val_c[i : i + 512].to(device)
-            recon, kl = _loss_terms(m.core, x, c, m.denoising, cfg.noise_factor, False)
+            recon, kl = _loss_terms(m, x, c, cfg, sample=False, train=False)
             total += (recon + cfg.beta * kl).sum()
         out[j] = total / n
     torch.set_rng_state(gen_state)

@@ -65,8 +65,8 @@ def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None) -> N
         "--channels",
         type=int,
         choices=(1, 3),
-        default=1,
-        help="folder images as grayscale (1) or RGB (3)",
+        help="folder images are grey (1) or RGB (3); default: as the first image is. A file "
+        "of the other kind is refused, as the scorer refuses it",
     )
 
 
@@ -159,19 +159,28 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--arch",
-        choices=("mlp", "conv"),
-        default="conv",
-        help="conv: convolutional VLAE (the best measured, bench/README.md); mlp: the deck's "
-        "VLAE (about 7x faster to train on a CPU, slightly lower AUROC)",
+        choices=("auto", "mlp", "conv", "spatial"),
+        default="auto",
+        help="auto (default): chosen from the images (trainer/defaults.py): conv for "
+        "near-binary small images such as digits, spatial for grey and colour photographs; "
+        "conv: convolutional VLAE; mlp: the deck's VLAE; spatial: fully convolutional VLAE "
+        "with a latent cell per 4 x 4 pixels",
     )
     t.add_argument(
         "--score-kind",
-        choices=("elbo_per_tv", "elbo"),
-        default="elbo_per_tv",
-        help="elbo_per_tv: (recon + KL) per unit of input complexity (the best measured); "
-        "elbo: recon + KL",
+        choices=("local", "elbo_per_tv", "elbo"),
+        help="default: the architecture's (local for spatial, elbo_per_tv otherwise); local: "
+        "the anomaly map's maximum, recon + KL where the image is worst; elbo_per_tv: "
+        "(recon + KL) per unit of input complexity; elbo: recon + KL of the whole image",
     )
-    t.add_argument("--latent-dim", type=int, help="latent size (default 20 mlp, 32 conv)")
+    t.add_argument(
+        "--likelihood",
+        choices=("gaussian", "bernoulli"),
+        help="default: the architecture's (gaussian for spatial, bernoulli otherwise)",
+    )
+    t.add_argument(
+        "--latent-dim", type=int, help="latent size (default 20 mlp, 32 conv, 16 a cell spatial)"
+    )
     t.add_argument(
         "--conditional",
         action="store_true",
@@ -188,27 +197,39 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--batch-norm", action="store_true", help="batch-norm layers (deck slide 14)")
     t.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
-    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--epochs", type=int, help="default 200 spatial, 20 otherwise")
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, help="default 2e-3 spatial, 1e-3 otherwise")
     t.add_argument(
         "--lr-schedule",
         choices=("none", "plateau", "cosine"),
-        default="none",
-        help="none: constant LR (the best measured; plateau halved the LR during early "
+        help="default: cosine for spatial, none otherwise (plateau halved the LR during early "
         "posterior collapse on small datasets and kept the model there)",
     )
     t.add_argument(
         "--denoising",
         action="store_true",
-        help="train the scoring model itself on noisy inputs (DenoisingVLAE)",
+        help="train the scoring model itself on noisy inputs (DenoisingVLAE; always for spatial)",
     )
     t.add_argument(
         "--no-denoiser",
         action="store_true",
-        help="skip the companion DenoisingVLAE that the denoised previews use",
+        help="skip the companion DenoisingVLAE that the denoised previews use (a spatial model "
+        "repairs by itself and has none)",
     )
-    t.add_argument("--noise-factor", type=float, default=0.5)
+    t.add_argument(
+        "--noise",
+        choices=("structured", "gaussian"),
+        help="what a denoising model learns to remove: structured local corruptions "
+        "(default for spatial) or the deck's Gaussian noise (default otherwise)",
+    )
+    t.add_argument("--noise-factor", type=float, default=0.5, help="Gaussian noise's std")
+    t.add_argument(
+        "--crop",
+        type=int,
+        help="train on random square crops of this side (default: half "
+        "the image side for spatial; none otherwise)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     t.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -355,11 +376,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _image_shape(args: argparse.Namespace) -> tuple[int, int, int] | None:
     if args.dataset != "folder":
-        if args.image_size is not None or args.channels != 1:
+        if args.image_size is not None or args.channels is not None:
             raise UsageError("--image-size and --channels apply to --dataset folder only")
         return None
     h, w = args.image_size or (DEFAULT_FOLDER_SIZE, DEFAULT_FOLDER_SIZE)
-    return (args.channels, h, w)
+    return (args.channels or 0, h, w)
 
 
 def _load(args: argparse.Namespace, settings: Settings) -> Any:
@@ -375,34 +396,24 @@ def _load(args: argparse.Namespace, settings: Settings) -> Any:
 
 def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from trainer.data import split_normal
-    from trainer.model import ConvVLAEConfig, VLAEConfig
+    from trainer.defaults import choose_model, choose_training
     from trainer.pipeline import DatasetInfo, Fitter, train_model
-    from trainer.train import LoopContext, TrainConfig, fit
+    from trainer.train import LoopContext, fit
 
     source = _load(args, settings)
     normal = args.normal or (["normal"] if args.dataset == "folder" else ["0"])
     split = split_normal(source, normal, seed=args.seed)
-    shape = split.train.image_shape
-    extra: dict[str, Any] = {
-        "image_shape": shape,
-        "score_kind": args.score_kind,
-        "batch_norm": args.batch_norm,
-        "num_conditions": 1 if args.conditional else 0,
-    }
-    if args.latent_dim is not None:
-        extra["latent_dim"] = args.latent_dim
-    model_cfg = ConvVLAEConfig(**extra) if args.arch == "conv" else VLAEConfig(**extra)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        beta=args.beta,
-        lr_schedule=args.lr_schedule,
-        denoising=args.denoising,
-        denoiser=not args.no_denoiser,
-        noise_factor=args.noise_factor,
-        seed=args.seed,
-    )
+    model_cfg, data_profile = choose_model(
+        split.train.images, args.arch, score_kind=args.score_kind, likelihood=args.likelihood,
+        batch_norm=args.batch_norm or None, num_conditions=1 if args.conditional else None,
+        latent_dim=args.latent_dim,
+    )  # fmt: skip
+    cfg = choose_training(
+        model_cfg, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
+        lr_schedule=args.lr_schedule, denoising=args.denoising or None,
+        denoiser=False if args.no_denoiser else None, noise=args.noise,
+        noise_factor=args.noise_factor, crop=args.crop, seed=args.seed,
+    )  # fmt: skip
     dataset = DatasetInfo(
         name=source.name,
         data_dir=str(args.data_dir or settings.data_dir or "") or None,
@@ -445,7 +456,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             }
             fitter = lambda m, c, d: fit_with_ray(m, c, d, launch)  # noqa: E731
         path = train_model(split, model_cfg, cfg, dataset, fitter, launcher, out=out, store=store,
-                           line_conditions=args.line_condition)  # fmt: skip
+                           line_conditions=args.line_condition,
+                           data_profile=data_profile.to_dict())  # fmt: skip
     from trainer.checkpoint import read_card
 
     card = read_card(path)
@@ -464,6 +476,21 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     path = resolve_checkpoint(args.checkpoint or settings.store_path, args.version)
     loaded = load_checkpoint(path)
+    trained_on = loaded.card.get("dataset", {}).get("image_folder")
+    if args.image_folder is not None and (
+        trained_on is None or Path(trained_on).resolve() != args.image_folder.resolve()
+    ):
+        # A labelled folder of its own (good and defect subfolders, masks beside it): every
+        # image of it is the test set.
+        from trainer.data import read_folder, read_masks
+
+        c, h, w = loaded.card["image_shape"]
+        test, paths = read_folder(args.image_folder, (c, h, w))
+        normal = [str(n) for n in loaded.card["normal_classes"]]
+        if normal == ["normal"]:  # trained on a folder without classes: its test's good ones
+            normal.append("good")
+        masks = read_masks(args.image_folder, paths, test.labels, normal, (h, w))
+        return evaluate(loaded, test, masks, normal)
     return evaluate(loaded, _dataset_of(args, settings, loaded.card).test)
 
 

@@ -162,7 +162,35 @@ def test_train_and_evaluate_on_an_image_folder(tmp_path: Path) -> None:
         str(out),
     )
     card = json.loads((out / "model_card.json").read_text())
-    assert card["variant"] == "ConvVLAE" and card["image_shape"] == [3, 16, 16]
+    # Colour photographs, not digits: the model, likelihood and score chosen for them.
+    assert card["variant"] == "DenoisingSpatialVLAE" and card["image_shape"] == [3, 16, 16]
+    assert card["score_kind"] == "local" and card["likelihood"].startswith("Gaussian")
+    assert card["data_profile"]["near_binary"] is False
     assert card["dataset"]["train_class_counts"] == {"good": card["dataset"]["n_train"]}
     report = json.loads(_run("evaluate", "--checkpoint", str(out)).stdout)
     assert report["n_normal"] == 4 and report["n_anomalous"] == 4
+
+
+def test_evaluate_a_folder_of_known_defects_with_masks(tmp_path: Path) -> None:
+    """Train on a folder of good parts; evaluate on a folder of good and defective ones with
+    their masks beside it: image AUROC per defect, and pixel AUROC."""
+    from trainer.inspection import write_folder
+
+    root = write_folder("metal", tmp_path, n_train=120, n_test_good=12, n_test_per_defect=4,
+                        size=32)  # fmt: skip
+    out = tmp_path / "model"
+    _run("train", "--dataset", "folder", "--image-folder", str(root / "train"), "--normal", "good",
+         "--image-size", "32", "--epochs", "3", "--no-ray", "--out", str(out))  # fmt: skip
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["image_shape"] == [1, 32, 32]  # grey, as the files are
+    report = json.loads(_run("evaluate", "--checkpoint", str(out), "--image-folder",
+                             str(root / "test")).stdout)  # fmt: skip
+    defects = {"scratch", "hole", "stain", "crack", "contamination", "worn"}
+    assert report["n_normal"] == 12 and report["n_anomalous"] == 4 * len(defects)
+    assert set(report["auroc_by_class"]) == set(report["pixel_auroc_by_class"]) == defects
+    assert 0 <= report["pixel_auroc"] <= 1 and 0 <= report["auroc"]["score"] <= 1
+    # A defective image without its mask is refused, not counted as normal pixels.
+    next((root / "masks" / "hole").iterdir()).unlink()
+    proc = _run("evaluate", "--checkpoint", str(out), "--image-folder", str(root / "test"),
+                check=False)  # fmt: skip
+    assert proc.returncode != 0 and "no mask" in proc.stderr

@@ -72,9 +72,9 @@ def _png(path: Path, size: tuple[int, int], mode: str, value: int) -> None:
 def test_image_folder_any_size_resized(tmp_path: Path) -> None:
     for i in range(6):
         _png(tmp_path / "good" / f"{i}.png", (40 + i, 30), "RGB", 200)
-        _png(tmp_path / "scratch" / f"{i}.jpg", (10, 90), "L", 20)
+        _png(tmp_path / "scratch" / f"{i}.jpg", (10, 90), "RGB", 20)
     (tmp_path / "good" / "notes.txt").write_text("not an image")
-    source = load_source("folder", image_folder=tmp_path, image_shape=(3, 16, 24))
+    source = load_source("folder", image_folder=tmp_path, image_shape=(0, 16, 24))
     everything = len(source.train) + len(source.test)
     assert everything == 12
     assert source.train.image_shape == (3, 16, 24)
@@ -88,6 +88,32 @@ def test_flat_image_folder_is_all_normal(tmp_path: Path) -> None:
         _png(tmp_path / f"{i}.png", (28, 28), "L", i * 20)
     source = load_source("folder", image_folder=tmp_path, image_shape=(1, 28, 28))
     assert set(source.train.class_counts()) == {"normal"}
+
+
+def test_folder_images_are_read_as_the_scorer_reads_them(tmp_path: Path) -> None:
+    from trainer.images import Limits, decode_image
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i}.jpg", quality=80
+        )
+    source = load_source("folder", image_folder=tmp_path, image_shape=(3, 16, 24))
+    everything = np.concatenate([source.train.images, source.test.images])
+    served = [decode_image((tmp_path / f"{i}.jpg").read_bytes(), (3, 16, 24), Limits(resize=True))
+              for i in range(4)]  # fmt: skip
+    assert {a.tobytes() for a in everything} == {b.tobytes() for b in served}
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("RGBA", "alpha"), ("I;16", "16/32-bit"),
+                                              ("L", "channel")])  # fmt: skip
+def test_a_file_the_scorer_refuses_is_refused_in_training_too(
+    tmp_path: Path, mode: str, reason: str
+) -> None:
+    _png(tmp_path / "0.png", (8, 8), "RGB", 10)
+    Image.new(mode, (8, 8)).save(tmp_path / "1.png")
+    with pytest.raises(DataError, match=rf"1\.png.*{reason}"):
+        load_source("folder", image_folder=tmp_path, image_shape=(3, 8, 8))
 
 
 def test_unreadable_image_in_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -9,13 +9,18 @@ from trainer.model import (
     VLAE,
     ConditionalVLAE,
     ConvVLAE,
+    MAP_TERMS,
     ConvVLAEConfig,
+    SpatialVLAE,
+    SpatialVLAEConfig,
     VLAEConfig,
     add_noise,
+    bernoulli_kl_map,
     bernoulli_nll,
     build_model,
     config_from_dict,
     config_to_dict,
+    gaussian_map,
     kl_divergence,
 )
 
@@ -88,3 +93,59 @@ def test_add_noise_stays_in_range() -> None:
     noisy = add_noise(x, 0.5)
     assert noisy.min() >= 0 and noisy.max() <= 1
     assert not torch.equal(noisy, x)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_a_perfect_reconstruction_costs_nothing_at_any_pixel_value(value: float) -> None:
+    x = torch.full((1, 3, 4, 4), value)
+    logits = torch.logit(x.clamp(1e-6, 1 - 1e-6))
+    assert torch.allclose(bernoulli_kl_map(logits, x), torch.zeros(1, 4, 4), atol=1e-4)
+    assert torch.allclose(gaussian_map(x, x, torch.zeros(3)), torch.zeros(1, 4, 4))
+    # Plain BCE does not: its floor is highest at mid-grey (the bias the fair terms remove).
+    if 0 < value < 1:
+        assert bernoulli_nll(logits, x).item() > 1.0
+
+
+def test_a_dark_hole_costs_more_than_grey_texture_under_the_fair_terms() -> None:
+    grey = torch.full((1, 1, 4, 4), 0.5)
+    perfect = torch.zeros_like(grey)  # grey texture, reconstructed exactly
+    hole = grey.clone()
+    hole[..., 1:3, 1:3] = 0.0
+    poor = perfect.clone()
+    poor[..., 1:3, 1:3] = torch.logit(torch.tensor(0.2))  # the hole reconstructed badly
+    # The Bernoulli bias: the badly reconstructed hole costs less than perfect grey texture.
+    assert bernoulli_nll(poor, hole) < bernoulli_nll(perfect, grey)
+    assert bernoulli_kl_map(poor, hole).sum() > bernoulli_kl_map(perfect, grey).sum() + 0.5
+
+
+def test_spatial_vlae_has_a_latent_cell_per_patch_and_round_trips() -> None:
+    cfg = SpatialVLAEConfig(image_shape=(3, 32, 48), channels=(8, 16), latent_dim=4)
+    model = build_model(cfg)
+    assert isinstance(model, SpatialVLAE)
+    x = torch.rand(2, 3, 32, 48)
+    logits, mu, logvar = model(x)
+    assert logits.shape == x.shape and mu.shape == (2, 4, 8, 12)
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    terms = model.pixel_terms(x)
+    assert terms.shape == (2, len(MAP_TERMS), 32, 48)
+    # The KL spread over the pixels sums back to the latent's KL.
+    kl = terms[:, MAP_TERMS.index("kl")]
+    assert torch.allclose(kl.sum(dim=(1, 2)), kl_divergence(mu, logvar), rtol=1e-4)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        build_model(SpatialVLAEConfig(image_shape=(1, 30, 32), channels=(8, 16)))
+
+
+def test_local_score_is_the_maximum_of_the_standardised_map() -> None:
+    torch.manual_seed(0)
+    cfg = SpatialVLAEConfig(image_shape=(1, 32, 32), channels=(8, 16), latent_dim=4)
+    model = build_model(cfg).eval()
+    normal = torch.rand(16, 1, 32, 32) * 0.1 + 0.45
+    model.set_map_stats(model.pixel_terms(normal))
+    x = normal[:2].clone()
+    x[1, :, 10:14, 10:14] = 1.0  # a bright 4 x 4 defect
+    recon, kl = model.anomaly_maps(x)
+    r, k = model.anomaly_score(x)
+    assert torch.allclose(r + k, (recon + kl).flatten(1).max(dim=1).values, atol=1e-5)
+    assert (r + k)[1] > (r + k)[0] + 3
+    peak = int((recon + kl)[1].argmax())
+    assert 8 <= peak // 32 <= 15 and 8 <= peak % 32 <= 15  # where the defect is

@@ -1,8 +1,11 @@
-"""Decoding and validating incoming images: each bad item gets its own clear error.
+"""The one image reader: how a file becomes model pixels, in training, in service and in the
+explorer alike, so a model never sees other pixels in service than it was trained on.
 
-Accepted: PNG and JPEG files, NPY arrays (uint8, or float in [0, 1]). Images must have the
-model's channel count and size (unless the deployment resizes). Guards: byte and pixel limits
-checked before decoding (no decompression bombs), single-frame only, NaN/inf rejected.
+Accepted: PNG and JPEG files, NPY arrays (uint8, or float in [0, 1]), 8-bit grey or colour.
+Refused, with a reason: alpha channels, 16- and 32-bit images, other formats, animations.
+Images must have the model's channel count and size (unless resizing is asked for: training
+folders and deployments that resize, both bilinear). Guards: byte and pixel limits checked
+before decoding (no decompression bombs), single-frame only, NaN/inf rejected.
 """
 
 from __future__ import annotations

@@ -1,0 +1,207 @@
+"""Inspection benchmark: local defects on generated textures and objects (an imitation of MVTec AD).
+
+For each category of ``trainer.inspection``: train on good images only (the trainer's normal
+split: 70 % fit, 10 % validation, 20 % calibration), then score held-out good images and
+defective ones. Reported per category x defect type: image AUROC (that defect's images against
+the good ones) and pixel AUROC (every pixel of those images against the defect masks), for the
+product's default (the model ``vlaewatch train`` picks for the data), beside the previous
+default (convolutional VLAE, Bernoulli likelihood) scored by ``elbo`` and ``elbo_per_tv``, and
+PyOD's VAE at image level.
+
+    python -m bench.inspection [--categories fabric,washer] [--epochs N] [--no-pyod]
+
+Writes bench/results/inspection.json and bench/results/inspection.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import RESULTS, command_line, write_report
+from trainer.checkpoint import load_checkpoint
+from trainer.data import LabelledImages, Source, split_normal, to_float
+from trainer.defaults import choose_model, choose_training
+from trainer.evaluate import auroc_by_class, pixel_auroc_by_class, score_images
+from trainer.inspection import CATEGORIES, make_split
+from trainer.model import ConvVLAEConfig
+from trainer.pipeline import DatasetInfo, train_model
+from trainer.train import LoopContext, TrainConfig, fit
+
+GOOD = ["good"]  # the normal class of every category
+GOALS = {"mean_image_auroc": 0.97, "min_image_auroc": 0.90, "mean_pixel_auroc": 0.97}
+PUBLISHED = [
+    ("PatchCore (pretrained features)", 0.99, 0.98, "Roth et al. 2022"),
+    ("DRAEM (reconstructive + discriminative, synthetic anomalies)", 0.98, 0.97,
+     "Zavrtanik et al. 2021"),
+    ("Plain autoencoders and VAEs", None, None,
+     "well below: many MVTec categories under 0.8 (Bergmann et al. 2019/2021)"),
+]  # fmt: skip
+
+
+def _source(category: str, args: argparse.Namespace) -> tuple[Source, np.ndarray]:
+    train, test = make_split(category, n_train=args.n_train, n_test_good=args.n_test_good,
+                             n_test_per_defect=args.n_test_per_defect, size=args.size,
+                             seed=args.seed)  # fmt: skip
+    labels = np.full(len(train), "good", dtype=object)
+    src = Source(f"inspection:{category}", LabelledImages(train, labels),
+                 LabelledImages(test.images, test.labels))  # fmt: skip
+    return src, test.masks
+
+
+def _train(src: Source, model_cfg: Any, cfg: TrainConfig, tmp: Path, name: str) -> Any:
+    split = split_normal(src, GOOD, seed=cfg.seed)
+    path = train_model(split, model_cfg, cfg, DatasetInfo(src.name),
+                       lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)),
+                       {"kind": "in-process"}, out=tmp / name)  # fmt: skip
+    return load_checkpoint(path)
+
+
+def run_category(category: str, args: argparse.Namespace) -> dict[str, Any]:
+    src, masks = _source(category, args)
+    labels = src.test.labels.astype(str)
+    result: dict[str, Any] = {"n_train_images": len(src.train), "n_test": len(labels)}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_cfg, prof = choose_model(src.train.images)
+        cfg = choose_training(model_cfg, epochs=args.epochs, seed=args.seed)
+        t0 = time.monotonic()
+        loaded = _train(src, model_cfg, cfg, Path(tmp), "default")
+        result["train_s"] = time.monotonic() - t0
+        t0 = time.monotonic()
+        scores = score_images(loaded.model, src.test.images, maps=True)
+        maps = scores.maps
+        assert maps is not None
+        result["score_s"] = time.monotonic() - t0
+        result["model"] = {"arch": model_cfg.arch, "map_norm": getattr(model_cfg, "map_norm", None),
+                           "profile": prof.to_dict()}  # fmt: skip
+        result["image_auroc"] = {
+            "local": auroc_by_class(labels, scores.score, GOOD),
+            "local_recon_only": auroc_by_class(labels, scores.recon, GOOD),
+        }
+        result["pixel_auroc"] = pixel_auroc_by_class(labels, maps, masks, GOOD)
+        if args.baseline_epochs:
+            old = ConvVLAEConfig(image_shape=src.train.image_shape)
+            bcfg = TrainConfig(epochs=args.baseline_epochs, denoiser=False, seed=args.seed)
+            t0 = time.monotonic()
+            base = _train(src, old, bcfg, Path(tmp), "baseline")
+            b = score_images(base.model, src.test.images)
+            result["baseline_train_s"] = time.monotonic() - t0
+            result["image_auroc"]["elbo"] = auroc_by_class(labels, b.elbo, GOOD)
+            result["image_auroc"]["elbo_per_tv"] = auroc_by_class(labels, b.score, GOOD)
+    if args.pyod:
+        result["image_auroc"]["pyod_vae"] = auroc_by_class(labels, _pyod(src, args), GOOD)
+    return result
+
+
+def _pyod(src: Source, args: argparse.Namespace) -> np.ndarray:
+    from pyod.models.vae import VAE
+
+    split = split_normal(src, GOOD, seed=args.seed)
+    x_train = to_float(split.train.images).reshape(len(split.train), -1)
+    x_test = to_float(src.test.images).reshape(len(src.test), -1)
+    clf = VAE(epoch_num=args.pyod_epochs, verbose=0, random_state=args.seed, device="cpu")
+    clf.fit(x_train)
+    return np.asarray(clf.decision_function(x_test))
+
+
+def summarise(per_category: dict[str, Any]) -> dict[str, Any]:
+    kinds = sorted({k for r in per_category.values() for k in r["image_auroc"]})
+    image = {k: [v for r in per_category.values() for v in r["image_auroc"].get(k, {}).values()]
+             for k in kinds}  # fmt: skip
+    pixel = [v for r in per_category.values() for v in r["pixel_auroc"].values()]
+    local = image["local"]
+    out: dict[str, Any] = {
+        "mean_image_auroc": {k: float(np.mean(v)) for k, v in image.items() if v},
+        "min_image_auroc": {k: float(np.min(v)) for k, v in image.items() if v},
+        "mean_pixel_auroc": float(np.mean(pixel)),
+        "min_pixel_auroc": float(np.min(pixel)),
+    }
+    goals = {
+        "mean_image_auroc": (float(np.mean(local)), GOALS["mean_image_auroc"]),
+        "min_image_auroc": (float(np.min(local)), GOALS["min_image_auroc"]),
+        "mean_pixel_auroc": (out["mean_pixel_auroc"], GOALS["mean_pixel_auroc"]),
+    }
+    out["goals"] = goals
+    out["goals_met"] = all(v >= goal for v, goal in goals.values())
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    kinds = list(s["mean_image_auroc"])
+    lines = ["# Inspection benchmark", "",
+             f"Command: `{report['command']}`; wall {report['wall_s']:.0f} s on "
+             f"{report['machine']}.", "",
+             "Image AUROC per category and defect (pixel AUROC of the default's map in the last "
+             "column):", "",
+             "| category | defect | " + " | ".join(kinds) + " | pixel |",
+             "|---|---|" + "---|" * (len(kinds) + 1)]  # fmt: skip
+    for cat, r in report["categories"].items():
+        for d in r["pixel_auroc"]:
+            row = [f"{r['image_auroc'][k][d]:.3f}" if d in r["image_auroc"].get(k, {}) else ""
+                   for k in kinds]  # fmt: skip
+            lines.append(f"| {cat} | {d} | " + " | ".join(row) + f" | {r['pixel_auroc'][d]:.3f} |")
+    lines += ["", "| | " + " | ".join(kinds) + " | pixel |", "|---|" + "---|" * (len(kinds) + 1),
+              "| mean | " + " | ".join(f"{s['mean_image_auroc'][k]:.3f}" for k in kinds)
+              + f" | {s['mean_pixel_auroc']:.3f} |",
+              "| lowest | " + " | ".join(f"{s['min_image_auroc'][k]:.3f}" for k in kinds)
+              + f" | {s['min_pixel_auroc']:.3f} |", ""]  # fmt: skip
+    lines.append("Goals (default score): " + ", ".join(
+        f"{k} {v:.3f} (goal {g})" for k, (v, g) in s["goals"].items()
+    ) + f": {'met' if s['goals_met'] else 'not met'}.")  # fmt: skip
+    lines += ["", "Published on MVTec AD (image / pixel AUROC):", ""]
+    for name, img, pix, ref in PUBLISHED:
+        nums = f"{img} / {pix}" if img else "-"
+        lines.append(f"- {name}: {nums} ({ref})")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--categories", default=",".join(CATEGORIES))
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-test-good", type=int, default=60)
+    p.add_argument("--n-test-per-defect", type=int, default=30)
+    p.add_argument("--epochs", type=int, help="default: what vlaewatch train takes")
+    p.add_argument("--baseline-epochs", type=int, default=20, help="0: skip the old default")
+    p.add_argument("--no-pyod", dest="pyod", action="store_false")
+    p.add_argument("--pyod-epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stem", default="inspection")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
+    t0 = time.monotonic()
+    per_category = {}
+    for cat in args.categories.split(","):
+        t = time.monotonic()
+        per_category[cat] = run_category(cat, args)
+        r = per_category[cat]
+        print(f"{cat}: image {r['image_auroc']['local']} pixel {r['pixel_auroc']} "
+              f"({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+    report = {
+        "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
+        "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": None},
+        "categories": per_category,
+        "summary": summarise(per_category),
+        "published": PUBLISHED,
+        "command": command_line("bench.inspection", argv),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, torch {torch.__version__}",
+        "wall_s": time.monotonic() - t0,
+    }
+    write_report(args.out, args.stem, report, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

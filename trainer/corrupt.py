@@ -1,0 +1,125 @@
+"""Structured synthetic corruptions: the noise a repairing DenoisingVLAE is trained to remove.
+
+The deck's DenoisingVLAE adds Gaussian noise and learns the clean image. For inspection, the
+"noise" that matters is what defects look like, so here it is local and structured, after
+DRAEM's reconstructive half (Zavrtanik et al. 2021): a random region, a smooth blob or a thin
+polyline, is filled with something that does not belong there, and the model learns to put the
+normal part back. Its reconstruction of a real defect is then the part as it should look, and
+the per-pixel reconstruction term lights up where the defect is.
+
+Fills (one per corrupted image, chosen at random):
+- ``foreign``: another image of the batch, shifted, flipped or transposed, sometimes inverted:
+  a patch of other texture, a foreign particle;
+- ``flat``: one random colour: a hole, a cut-out, paint;
+- ``shift``: the image itself, lighter, darker or tinted by a few per cent to a fifth: stains
+  and discolouration (kept low in contrast on purpose);
+- ``smooth``: the image itself, blurred: worn or missing texture;
+- ``noise``: uniform noise: contamination, dirt.
+
+Everything runs on the batch tensor with torch's generator, so the training loop's per-epoch
+seeding makes it exactly repeatable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FILLS = ("foreign", "flat", "shift", "smooth", "noise")
+
+
+def _u(n: int, lo: float, hi: float, device: torch.device) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, device=device)
+
+
+def blob_masks(n: int, h: int, w: int, device: torch.device) -> Tensor:
+    """Soft (n, h, w) masks of irregular blobs: smooth noise at a random scale, cut at a
+    random level so that each covers about 0.5 % to 12 % of the image."""
+    out = torch.empty(n, h, w, device=device)
+    for i in range(n):
+        cells = int(torch.randint(3, 9, (1,)))
+        noise = torch.randn(1, 1, cells, cells, device=device)
+        field = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
+        # Keep one blob near a random peak: the field plus a bump around a random point.
+        cy, cx = float(torch.rand(1)) * h, float(torch.rand(1)) * w
+        radius = float(_u(1, 0.04, 0.22, device)) * min(h, w)
+        yy = torch.arange(h, device=device).view(-1, 1).float()
+        xx = torch.arange(w, device=device).view(1, -1).float()
+        bump = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        f = bump * (1 + 0.6 * field)
+        out[i] = ((f - 0.5) * 6).sigmoid()
+    return out
+
+
+def line_masks(n: int, h: int, w: int, device: torch.device) -> Tensor:
+    """Soft (n, h, w) masks of thin polylines (scratches, cracks, fibres), 1 to 4 segments,
+    0.7 to 2.5 pixels wide."""
+    yy = torch.arange(h, device=device).view(1, -1, 1).float()
+    xx = torch.arange(w, device=device).view(1, 1, -1).float()
+    out = torch.zeros(n, h, w, device=device)
+    size = float(min(h, w))
+    for i in range(n):
+        p = torch.rand(2, device=device) * torch.tensor([h, w], device=device)
+        angle = float(torch.rand(1)) * 6.2832
+        width = float(_u(1, 0.7, 2.5, device))
+        for _ in range(int(torch.randint(1, 5, (1,)))):
+            angle += float(torch.randn(1)) * 0.7
+            length = float(_u(1, 0.05, 0.3, device)) * size
+            q = p + length * torch.tensor([math.sin(angle), math.cos(angle)], device=device)
+            d = q - p
+            t = (((yy - p[0]) * d[0] + (xx - p[1]) * d[1]) / (d @ d).clamp_min(1e-6)).clamp(0, 1)
+            dist = torch.sqrt((yy - p[0] - t * d[0]) ** 2 + (xx - p[1] - t * d[1]) ** 2)[0]
+            out[i] = torch.maximum(out[i], ((width / 2 + 0.5 - dist) * 2).clamp(0, 1))
+            p = q
+    return out
+
+
+def _fill(x: Tensor, kind: str, i: int) -> Tensor:
+    """What goes into image i's corrupted region."""
+    img, dev = x[i], x.device
+    c, h, w = img.shape
+    if kind == "foreign":
+        other = x[int(torch.randint(0, len(x), (1,)))]
+        other = torch.roll(other, (int(torch.randint(0, h, (1,))), int(torch.randint(0, w, (1,)))),
+                           dims=(1, 2))  # fmt: skip
+        if torch.rand(1) < 0.5:
+            other = other.flip(-1)
+        if torch.rand(1) < 0.5 and h == w:
+            other = other.transpose(1, 2)
+        if torch.rand(1) < 0.3:
+            other = 1 - other
+        return (other * _u(1, 0.5, 1.5, dev) + _u(1, -0.3, 0.3, dev)).clamp(0, 1)
+    if kind == "flat":
+        return torch.rand(c, 1, 1, device=dev).expand(c, h, w)
+    if kind == "shift":
+        sign = 1.0 if torch.rand(1) < 0.5 else -1.0
+        delta = sign * _u(1, 0.03, 0.2, dev) + 0.04 * torch.randn(c, 1, 1, device=dev)
+        return (img + delta).clamp(0, 1)
+    if kind == "smooth":
+        k = int(torch.randint(2, 5, (1,))) * 2 + 1
+        return F.avg_pool2d(img[None], k, 1, k // 2, count_include_pad=False)[0]
+    return torch.rand(c, h, w, device=dev)
+
+
+def corrupt(x: Tensor, p: float = 0.5) -> Tensor:
+    """A copy of the batch (N, C, H, W) in [0, 1] with a structured corruption in a fraction
+    ``p`` of its images (the others untouched: the model must also leave normal parts alone)."""
+    n, _, h, w = x.shape
+    hit = torch.nonzero(torch.rand(n) < p).flatten().tolist()
+    if not hit:
+        return x
+    lines = torch.rand(len(hit)) < 0.35
+    masks = torch.empty(len(hit), h, w, device=x.device)
+    if lines.any():
+        masks[lines] = line_masks(int(lines.sum()), h, w, x.device)
+    if (~lines).any():
+        masks[~lines] = blob_masks(int((~lines).sum()), h, w, x.device)
+    out = x.clone()
+    for j, i in enumerate(hit):
+        kind = FILLS[int(torch.randint(0, len(FILLS), (1,)))]
+        alpha = masks[j] * _u(1, 0.6, 1.0, x.device)
+        out[i] = x[i] * (1 - alpha) + _fill(x, kind, i) * alpha
+    return out

@@ -1,0 +1,106 @@
+"""The model, likelihood and score a training run takes when none is named: chosen from the data.
+
+Two kinds of image need different models, and what was measured on each decides the choice
+(bench/README.md):
+
+- **Near-binary small images** (digits: almost every pixel black or white, at most 32 pixels a
+  side): the convolutional VLAE with the deck's Bernoulli likelihood, scored by
+  ``elbo_per_tv``. There an anomaly is another *shape*, a global property, and that score is
+  the best measured on one-class MNIST.
+- **Everything else** (grey and colour photographs of surfaces and parts): the fully
+  convolutional ``SpatialVLAE`` with a Gaussian likelihood, trained to repair structured
+  synthetic corruptions, scored by the ``local`` anomaly map. Its standardisation is per pixel
+  when the parts are aligned (the mean image has structure: an object in a fixture) and
+  pooled when they are not (a texture looks the same everywhere).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from trainer.model import ConvVLAEConfig, MapNorm, ModelConfig, SpatialVLAEConfig, VLAEConfig
+from trainer.train import TrainConfig
+
+Arch = Literal["auto", "mlp", "conv", "spatial"]
+# Share of pixels within 10 % of black or white above which images count as near-binary.
+BINARY_SHARE = 0.85
+BINARY_MAX_SIDE = 32
+# Spread of the mean image across pixels, over the mean per-pixel spread across images, above
+# which the images count as aligned parts (a texture's mean image is flat: ratio near 0).
+ALIGNED_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class DataProfile:
+    """What the choice looks at, recorded in the model card."""
+
+    binary_share: float
+    alignment: float
+    side: int
+
+    @property
+    def near_binary(self) -> bool:
+        return self.binary_share >= BINARY_SHARE and self.side <= BINARY_MAX_SIDE
+
+    @property
+    def aligned(self) -> bool:
+        return self.alignment >= ALIGNED_RATIO
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"binary_share": round(self.binary_share, 4), "alignment": round(self.alignment, 4),
+                "side": self.side, "near_binary": self.near_binary,
+                "aligned": self.aligned}  # fmt: skip
+
+
+def profile(images: np.ndarray, sample: int = 512) -> DataProfile:
+    """Measure uint8 (N, C, H, W) images (a seeded sample of at most ``sample``)."""
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(images), size=min(sample, len(images)), replace=False)
+    x = images[np.sort(idx)].astype(np.float32) / 255.0
+    binary = float(((x <= 0.1) | (x >= 0.9)).mean())
+    mean_image = x.mean(axis=0)
+    spread = float(x.std(axis=0).mean()) + 1e-6
+    return DataProfile(binary, float(mean_image.std()) / spread, int(min(images.shape[2:])))
+
+
+def map_sigma(side: int) -> float:
+    """Smoothing of the anomaly map: 2 pixels at 64 a side, in proportion elsewhere."""
+    return round(max(1.0, side / 32), 2)
+
+
+def choose_model(
+    images: np.ndarray, arch: Arch = "auto", **overrides: Any
+) -> tuple[ModelConfig, DataProfile]:
+    """The model config for these training images; ``overrides`` (latent_dim, score_kind,
+    likelihood, ...) win over the choice."""
+    prof = profile(images)
+    shape = tuple(int(v) for v in images.shape[1:])
+    if arch == "auto":
+        arch = "conv" if prof.near_binary else "spatial"
+    fields: dict[str, Any] = {"image_shape": shape}
+    if arch == "spatial":
+        norm: MapNorm = "pixel" if prof.aligned else "pooled"
+        fields |= {"map_norm": norm, "map_sigma": map_sigma(prof.side)}
+    fields |= {k: v for k, v in overrides.items() if v is not None}
+    if arch == "spatial":
+        return SpatialVLAEConfig(**fields), prof
+    if arch == "conv":
+        return ConvVLAEConfig(**fields), prof
+    return VLAEConfig(**fields), prof
+
+
+def choose_training(model_cfg: ModelConfig, **overrides: Any) -> TrainConfig:
+    """Training settings for a chosen model: a ``SpatialVLAE`` learns to repair structured
+    corruptions (it is its own DenoisingVLAE: no companion denoiser) on random crops of half
+    the image side, for 200 epochs at a learning rate of 2e-3 on a cosine schedule; the other
+    models keep the settings measured on digits (TrainConfig's defaults, 20 epochs)."""
+    fields: dict[str, Any] = {"epochs": 20}
+    if model_cfg.arch == "spatial":
+        side = min(model_cfg.image_shape[1:])
+        fields = {"epochs": 200, "lr": 2e-3, "lr_schedule": "cosine", "denoising": True,
+                  "noise": "structured", "denoiser": False, "crop": side // 2}  # fmt: skip
+    fields |= {k: v for k, v in overrides.items() if v is not None}
+    return TrainConfig(**fields)
