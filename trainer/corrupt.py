@@ -50,7 +50,7 @@ def blob_masks(n: int, h: int, w: int, device: torch.device) -> Tensor:
         xx = torch.arange(w, device=device).view(1, -1).float()
         bump = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
         f = bump * (1 + 0.6 * field)
-        out[i] = ((f - 0.5) * 6).sigmoid()
+        out[i] = ((f - 0.5) * 4 + 0.5).clamp(0, 1)  # a soft edge, and exactly 0 outside
     return out
 
 

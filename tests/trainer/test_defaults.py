@@ -1,0 +1,56 @@
+"""The model, likelihood, score and training a run takes when none is named, and the
+structured corruptions the repairing model is trained on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.corrupt import corrupt
+from trainer.defaults import choose_model, choose_training
+from trainer.inspection import good
+from trainer.model import ConvVLAEConfig, SpatialVLAEConfig
+
+
+def test_digits_keep_the_model_measured_best_on_them(digits) -> None:
+    cfg, prof = choose_model(digits.train.images[:500])
+    assert isinstance(cfg, ConvVLAEConfig) and prof.near_binary
+    assert (cfg.likelihood, cfg.score_kind) == ("bernoulli", "elbo_per_tv")
+    assert choose_training(cfg).epochs == 20 and not choose_training(cfg).denoising
+
+
+def test_photographs_get_the_spatial_model_and_the_local_score() -> None:
+    texture, texture_prof = choose_model(good("fabric", 64))
+    part, part_prof = choose_model(good("pill", 64, size=128))
+    for cfg in (texture, part):
+        assert isinstance(cfg, SpatialVLAEConfig)
+        assert (cfg.likelihood, cfg.score_kind) == ("gaussian", "local")
+    # A texture looks the same everywhere; a part in a fixture does not.
+    assert not texture_prof.aligned and part_prof.aligned
+    assert (texture.map_norm, part.map_norm) == ("pooled", "pixel")
+    assert part.image_shape == (3, 128, 128) and part.map_sigma == 4.0
+    train = choose_training(part)
+    assert train.denoising and train.noise == "structured" and not train.denoiser
+    assert train.crop == 64
+
+
+def test_what_the_user_names_wins_over_the_choice() -> None:
+    cfg, _ = choose_model(good("wood", 16), arch="conv", score_kind="elbo", latent_dim=7)
+    assert isinstance(cfg, ConvVLAEConfig) and cfg.score_kind == "elbo" and cfg.latent_dim == 7
+    assert choose_training(cfg, epochs=3).epochs == 3
+
+
+def test_corruptions_are_local_seeded_and_leave_the_rest_alone() -> None:
+    x = torch.from_numpy(good("tiles", 32).astype(np.float32) / 255)
+    torch.manual_seed(0)
+    a = corrupt(x, 0.5)
+    torch.manual_seed(0)
+    b = corrupt(x, 0.5)
+    assert torch.equal(a, b)  # the training loop's seeding makes a run repeatable
+    changed = (a - x).abs().amax(dim=1) > 1e-6  # (N, H, W)
+    touched = changed.flatten(1).any(dim=1)
+    assert 0.25 < touched.float().mean() < 0.75  # about half of the images
+    # Each corruption is a local region, not the whole image.
+    share = changed[touched].flatten(1).float().mean(dim=1)
+    assert share.max() < 0.6 and share.min() > 0
+    assert a.min() >= 0 and a.max() <= 1
