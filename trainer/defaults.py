@@ -28,8 +28,9 @@ Arch = Literal["auto", "mlp", "conv", "spatial"]
 # Share of pixels within 10 % of black or white above which images count as near-binary.
 BINARY_SHARE = 0.85
 BINARY_MAX_SIDE = 32
-# Spread of the mean image across pixels, over the mean per-pixel spread across images, above
-# which the images count as aligned parts (a texture's mean image is flat: ratio near 0).
+# Spread of the mean image across the pixels of each channel, over the mean per-pixel spread
+# across images, above which the images count as aligned parts (a texture's mean image is
+# flat: near 0; measured 0.04 to 0.05 on the generated textures, 2.7 and 3.7 on the objects).
 ALIGNED_RATIO = 0.5
 
 
@@ -61,9 +62,10 @@ def profile(images: np.ndarray, sample: int = 512) -> DataProfile:
     idx = rng.choice(len(images), size=min(sample, len(images)), replace=False)
     x = images[np.sort(idx)].astype(np.float32) / 255.0
     binary = float(((x <= 0.1) | (x >= 0.9)).mean())
-    mean_image = x.mean(axis=0)
+    # Per channel: a brown texture's channels differ in level, which is no structure.
+    structure = float(x.mean(axis=0).std(axis=(1, 2)).mean())
     spread = float(x.std(axis=0).mean()) + 1e-6
-    return DataProfile(binary, float(mean_image.std()) / spread, int(min(images.shape[2:])))
+    return DataProfile(binary, structure / spread, int(min(images.shape[2:])))
 
 
 def map_sigma(side: int) -> float:

@@ -1,23 +1,29 @@
-"""The VLAE model family of the seed deck, plus a convolutional variant for larger images.
+"""The VLAE model family of the seed deck, a convolutional variant, and a fully convolutional
+one for photographs of parts; their likelihoods, anomaly maps and scores.
 
 Every model maps images in [0, 1] of shape (N, C, H, W) to a diagonal Gaussian posterior
-q(z|x) = N(mu, exp(logvar)) and decodes z back to Bernoulli pixel logits. The anomaly score of
-an image starts from the negative ELBO evaluated deterministically at z = mu:
+q(z|x) = N(mu, exp(logvar)) (one vector per image, or one per latent cell for the
+``SpatialVLAE``) and decodes z back to pixel logits, read as Bernoulli probabilities or as the
+means of a Gaussian of fixed scale. The anomaly score starts from the negative ELBO evaluated
+deterministically at z = mu:
 
     elbo(x) = recon(x) + KL(q(z|x) || N(0, I))
 
-where recon is the reconstruction term the model was trained with (binary cross-entropy summed
-over pixels, as in the deck's ``loss_function``). That is the ``elbo`` score kind. The default
-kind, ``elbo_per_tv``, divides it by the input's complexity, its total variation:
+Score kinds:
 
-    score(x) = (recon(x) + KL) / (TV(x) + 1)
-    TV(x)    = sum over pixels of |x[h, w+1] - x[h, w]| + |x[h+1, w] - x[h, w]|
-
-A VAE's likelihood favours simple inputs: a thin stroke reconstructs with few wrong pixels under
-any digit's model, so it scores as more normal than the normal class itself. Normalising by a
-model-free complexity estimate removes that bias (Serra et al. 2020, "Input complexity and
-out-of-distribution detection with likelihood-based generative models", used compressed length;
-total variation measured better here). ``bench/README.md`` has the numbers.
+- ``elbo``: that sum over the whole image.
+- ``elbo_per_tv``: the sum over the input's total variation, ``(recon + KL) / (TV(x) + 1)``.
+  A VAE's likelihood favours simple inputs: a thin stroke reconstructs with few wrong pixels
+  under any digit's model, so it scores as more normal than the normal class itself;
+  normalising by a model-free complexity estimate removes that bias (Serra et al. 2020). The
+  best measured on digits.
+- ``local``: the maximum of an anomaly map. Per pixel, the reconstruction term (0 for a perfect
+  reconstruction at any pixel value: ``gaussian_map``, ``bernoulli_kl_map``), the same term of
+  the residual's local mean, and the KL of the pixel's latent cell, each standardised against
+  the normal validation images' maps, then smoothed. ``recon`` and ``kl`` are the map's parts
+  at its maximum. On photographs with small defects, a whole-image sum dilutes the defect, and
+  both the Bernoulli floor and the division by TV reward dark holes, bright scratches and
+  edges. ``bench/README.md`` has the numbers.
 """
 
 from __future__ import annotations

@@ -110,6 +110,29 @@ def test_served_scores_equal_evaluate_and_stream_one_entry_each(
     assert rec.ts_scored >= rec.ts_ingested
 
 
+def test_maps_on_request_sum_to_the_whole_image_score(scorer_url: str, digits: Any) -> None:
+    """``?maps=true`` adds each item's map (base64 NPY); a whole-image score is its sum. Items
+    of a request without it carry none, even batched beside one with it."""
+    from scorer.streams import decode_map
+
+    images = digits.test.images[:8, 0]
+    tag = uuid.uuid4().hex[:8]
+    with_maps = httpx.post(
+        f"{scorer_url}/v1/score",
+        content=_npy(images),
+        timeout=120,
+        headers={"content-type": "application/x-npy"},
+        params={"maps": "true", "item_id": [f"m{tag}-{i}" for i in range(8)]},
+    )
+    plain = _post_npy(scorer_url, images, [f"p{tag}-{i}" for i in range(8)])
+    assert with_maps.status_code == 200, with_maps.text
+    maps = [decode_map(r["anomaly_map"]) for r in with_maps.json()["results"]]
+    assert all(m.shape == (28, 28) and m.dtype == np.float32 for m in maps)
+    scores = [r["score"] for r in with_maps.json()["results"]]
+    assert np.allclose([m.sum() for m in maps], scores, rtol=1e-4)
+    assert all("anomaly_map" not in r for r in plain["results"])
+
+
 def test_corrupt_png_fails_alone_and_is_dead_lettered(
     scorer_url: str, client: redis.Redis, digits: Any
 ) -> None:

@@ -6,10 +6,10 @@ from torch.distributions import Normal
 from torch.distributions import kl_divergence as torch_kl
 
 from trainer.model import (
+    MAP_TERMS,
     VLAE,
     ConditionalVLAE,
     ConvVLAE,
-    MAP_TERMS,
     ConvVLAEConfig,
     SpatialVLAE,
     SpatialVLAEConfig,
