@@ -44,6 +44,7 @@ MapNorm = Literal["pixel", "pooled"]
 # The terms of the anomaly map, in order; COARSE is the side of the local mean in "coarse".
 MAP_TERMS = ("recon", "coarse", "kl")
 COARSE = 5
+MIN_PIXEL_STATS = 8  # normal images below which per-pixel map statistics fall back to pooled
 SCORE_KIND_TEXT = {
     "elbo": "recon + kl at z = mu (recon: the likelihood's negative log, summed over pixels)",
     "elbo_per_tv": "(recon + kl) / (complexity + 1) at z = mu; complexity: total variation of "
@@ -332,8 +333,9 @@ class _VLAEBase(nn.Module):
     @torch.no_grad()
     def set_map_stats(self, terms: Tensor) -> None:
         """Standardise future maps against these normal map terms (N, T, H, W): per pixel
-        (``map_norm='pixel'``, smoothed so a few dozen images suffice) or pooled."""
-        if self.config.map_norm == "pixel":
+        (``map_norm='pixel'``, smoothed so a few dozen images suffice; pooled below
+        ``MIN_PIXEL_STATS`` images, where a pixel's spread cannot be estimated) or pooled."""
+        if self.config.map_norm == "pixel" and len(terms) >= MIN_PIXEL_STATS:
             mean = smooth(terms.mean(dim=0), self.config.map_sigma)
             std = smooth(terms.std(dim=0), self.config.map_sigma)
         else:

@@ -149,3 +149,11 @@ def test_local_score_is_the_maximum_of_the_standardised_map() -> None:
     assert (r + k)[1] > (r + k)[0] + 3
     peak = int((recon + kl)[1].argmax())
     assert 8 <= peak // 32 <= 15 and 8 <= peak % 32 <= 15  # where the defect is
+
+
+def test_too_few_normal_maps_for_per_pixel_statistics_fall_back_to_pooled() -> None:
+    cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), map_norm="pixel")
+    model = build_model(cfg).eval()
+    model.set_map_stats(model.pixel_terms(torch.rand(1, 1, 16, 16)))  # one validation image
+    recon, kl = model.anomaly_score(torch.rand(3, 1, 16, 16))
+    assert torch.isfinite(recon).all() and torch.isfinite(kl).all()
