@@ -403,17 +403,20 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     source = _load(args, settings)
     normal = args.normal or (["normal"] if args.dataset == "folder" else ["0"])
     split = split_normal(source, normal, seed=args.seed)
-    model_cfg, data_profile = choose_model(
-        split.train.images, args.arch, score_kind=args.score_kind, likelihood=args.likelihood,
-        batch_norm=args.batch_norm or None, num_conditions=1 if args.conditional else None,
-        latent_dim=args.latent_dim,
-    )  # fmt: skip
-    cfg = choose_training(
-        model_cfg, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, beta=args.beta,
-        lr_schedule=args.lr_schedule, denoising=args.denoising or None,
-        denoiser=False if args.no_denoiser else None, noise=args.noise,
-        noise_factor=args.noise_factor, crop=args.crop, seed=args.seed,
-    )  # fmt: skip
+    try:
+        model_cfg, data_profile = choose_model(
+            split.train.images, args.arch, score_kind=args.score_kind,
+            likelihood=args.likelihood, batch_norm=args.batch_norm or None,
+            num_conditions=1 if args.conditional else None, latent_dim=args.latent_dim,
+        )  # fmt: skip
+        cfg = choose_training(
+            model_cfg, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            beta=args.beta, lr_schedule=args.lr_schedule, denoising=args.denoising or None,
+            denoiser=False if args.no_denoiser else None, noise=args.noise,
+            noise_factor=args.noise_factor, crop=args.crop, seed=args.seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     dataset = DatasetInfo(
         name=source.name,
         data_dir=str(args.data_dir or settings.data_dir or "") or None,

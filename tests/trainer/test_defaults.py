@@ -40,6 +40,17 @@ def test_what_the_user_names_wins_over_the_choice() -> None:
     assert choose_training(cfg, epochs=3).epochs == 3
 
 
+def test_settings_that_cannot_train_are_refused_before_training() -> None:
+    import pytest
+
+    conv, _ = choose_model(good("wood", 4), arch="conv")
+    with pytest.raises(ValueError, match="crop"):
+        choose_training(conv, crop=16)
+    odd, _ = choose_model(good("wood", 4, size=34))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        choose_training(odd)
+
+
 def test_corruptions_are_local_seeded_and_leave_the_rest_alone() -> None:
     x = torch.from_numpy(good("tiles", 32).astype(np.float32) / 255)
     torch.manual_seed(0)
