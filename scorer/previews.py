@@ -24,15 +24,14 @@ def heatmap(error: np.ndarray) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-@torch.no_grad()
-def _reconstruct(model: _VLAEBase, x: torch.Tensor, condition: int = -1) -> torch.Tensor:
-    """Deterministic reconstruction at z = mu; a conditional model uses ``condition`` (the
-    item's line's), or its best one when that is -1."""
-    c = None
-    if model.config.num_conditions:
-        c = (best_conditions(model, x)[0] if condition < 0
-             else torch.full((len(x),), condition, device=x.device))  # fmt: skip
-    return model.reconstruct(x, c)
+def _condition(model: _VLAEBase, x: torch.Tensor, condition: int = -1) -> torch.Tensor | None:
+    """A conditional model's condition for the items: ``condition`` (the item's line's), or
+    their best one when that is -1; None for other models."""
+    if not model.config.num_conditions:
+        return None
+    if condition < 0:
+        return best_conditions(model, x)[0]
+    return torch.full((len(x),), condition, device=x.device)
 
 
 def render(
@@ -42,16 +41,14 @@ def render(
     a conditional model reconstructs under ``condition`` (-1: the item's best)."""
     device = next(loaded.model.parameters()).device
     x = torch.from_numpy(to_float(image[None])).to(device)
-    recon = _reconstruct(loaded.model, x, condition)[0].cpu().numpy()
+    c = _condition(loaded.model, x, condition)
+    recon = loaded.model.reconstruct(x, c)[0].cpu().numpy()
     denoiser = loaded.denoiser or loaded.model
-    denoised = _reconstruct(denoiser, x, condition)[0].cpu().numpy()
+    c_denoiser = c if denoiser is loaded.model else _condition(denoiser, x, condition)
+    denoised = denoiser.reconstruct(x, c_denoiser)[0].cpu().numpy()
     if loaded.model.config.score_kind == "local":
         # The anomaly map the score is the maximum of, in standard deviations of normal
         # maps: 0 (black) to 8 (white), the same scale for every item.
-        c = None
-        if loaded.model.config.num_conditions:
-            c = (best_conditions(loaded.model, x)[0] if condition < 0
-                 else torch.full((1,), condition, device=device))  # fmt: skip
         error = loaded.model.score_map(x, c)[0].cpu().numpy() / LOCAL_MAP_FULL_SCALE
     else:
         error = np.abs(x[0].cpu().numpy() - recon).mean(axis=0)
