@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from trainer.inference import tune_decoder
 from trainer.model import (
+    MAP_TERMS,
     ConvVLAE,
     ModelConfig,
     _VLAEBase,
@@ -244,6 +245,11 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             # safetensors holds tensors only: no pickle, nothing executable in the file.
             m.load_state_dict(load_file(str(directory / WEIGHT_FILES[name])))
         except (OSError, RuntimeError) as exc:
+            if cfg.score_kind == "local" and ("map_" in str(exc) or "term_peak" in str(exc)):
+                raise CheckpointError(
+                    f"{directory} was written by an earlier version of the local score (its "
+                    f"anomaly-map statistics lack terms of {', '.join(MAP_TERMS)}): retrain it"
+                ) from exc
             raise CheckpointError(f"cannot load {name} weights from {directory}: {exc}") from exc
         m = m.to(device).eval()
         if isinstance(m, ConvVLAE):  # on CPU, the fastest way for each transposed conv

@@ -41,19 +41,28 @@ Arch = Literal["mlp", "conv", "spatial"]
 ScoreKind = Literal["elbo", "elbo_per_tv", "local"]
 Likelihood = Literal["bernoulli", "gaussian"]
 MapNorm = Literal["pixel", "pooled"]
-# The terms of the anomaly map, in order; COARSE is the side of the local mean in "coarse".
-MAP_TERMS = ("recon", "coarse", "kl")
+# The terms of the anomaly map, in order. COARSE is the side of the local mean in "coarse";
+# TEXTURE the side of the local mean a pixel's detail is taken against in "texture", and
+# TEXTURE_WINDOW the side over which that detail's energy is pooled.
+MAP_TERMS = ("recon", "coarse", "texture", "kl")
+RECON_TERMS = ("recon", "coarse", "texture")  # the recon part of the local score: their max
 COARSE = 5
+TEXTURE = 5
+TEXTURE_WINDOW = 7
 MIN_PIXEL_STATS = 8  # normal images below which per-pixel map statistics fall back to pooled
 SCORE_KIND_TEXT = {
     "elbo": "recon + kl at z = mu (recon: the likelihood's negative log, summed over pixels)",
     "elbo_per_tv": "(recon + kl) / (complexity + 1) at z = mu; complexity: total variation of "
     "the input in [0, 1] pixel units",
-    "local": "max over the image of the anomaly map, recon + kl at the worst place: the map is "
-    "the per-pixel reconstruction term (0 for a perfect reconstruction at any pixel value) and "
-    "the KL of each latent cell spread over its pixels, each standardised against the normal "
-    "validation images' maps (per pixel for aligned parts, pooled for textures), then "
-    "Gaussian-smoothed; recon and kl are the two parts of the map at its maximum",
+    "local": "max over the image of the anomaly map, recon + kl at the worst place. Terms: the "
+    "per-pixel reconstruction term (0 for a perfect reconstruction at any pixel value), the "
+    "same for the residual's 5x5 local mean, the missing local texture energy of the input, "
+    "and the KL of each latent cell spread over its pixels. Each is standardised against the "
+    "normal validation images' maps (per pixel for aligned parts, pooled for textures), "
+    "Gaussian-smoothed, then put in units of the spread of its normal per-image maximum "
+    "(0 = a typical normal image's worst place). recon = the largest of the first three; "
+    "kl = the KL term where it exceeds 0, else 0; recon and kl are the map's two parts at its "
+    "maximum",
 }
 
 
@@ -254,6 +263,7 @@ class _VLAEBase(nn.Module):
     log_scale: Tensor  # buffers of ``_init_scoring``
     map_mean: Tensor
     map_std: Tensor
+    term_peak: Tensor
 
     def _init_scoring(self) -> None:
         c, h, w = self.config.image_shape
@@ -265,9 +275,10 @@ class _VLAEBase(nn.Module):
         if self.config.score_kind == "local":
             # Map standardisation (set by ``set_map_stats`` after training, saved with the
             # weights): the normal maps' mean and spread per term (MAP_TERMS), per pixel or
-            # pooled.
+            # pooled; then, per term, the mean and spread of the normal images' map maximum.
             self.register_buffer("map_mean", torch.zeros(len(MAP_TERMS), h, w))
             self.register_buffer("map_std", torch.ones(len(MAP_TERMS), h, w))
+            self.register_buffer("term_peak", torch.tensor([[0.0, 1.0]] * len(MAP_TERMS)))
 
     def encode(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -318,17 +329,26 @@ class _VLAEBase(nn.Module):
         return self.recon_nll(logits, x if target is None else target), kl_divergence(mu, logvar)
 
     def pixel_terms(self, x: Tensor, c: Tensor | None = None) -> Tensor:
-        """At z = mu, the map terms (N, len(MAP_TERMS), H, W) in nats per pixel: the
-        reconstruction term, the same for the residual's local mean (a stain or a tint is a
-        small shift over many pixels: weak in any one pixel, strong in their mean), and the
-        KL (a spatial latent's cell KL spread over its cell, a dense latent's over the
-        image)."""
+        """At z = mu, the map terms (N, len(MAP_TERMS), H, W), in order:
+        - recon: the reconstruction term per pixel, in nats;
+        - coarse: the same for the residual's local mean, in nats of the mean (a stain or a
+          tint is a small shift over many pixels: weak in any one pixel, strong in their mean);
+        - texture: minus the input's local texture energy, the RMS of its detail about its
+          local mean, in pixel units. A worn or smoothed patch has lost its texture; the
+          reconstruction reproduces the smooth patch (the best guess of a texture whose phase
+          is unknown is its mean), so no reconstruction error can see it, but its missing
+          energy can;
+        - kl: a spatial latent's cell KL spread over its cell, a dense latent's over the
+          image, in nats.
+        The units cancel when each term is standardised against the normal maps."""
         logits, mu, logvar = self(x, c, sample=False)
         recon = self.recon_map(logits, x)
         # Nats of the k x k mean, per pixel of it: unit variance for pixel noise.
         coarse = self.recon_map(_box(logits, COARSE, sigmoid=True), _box(x, COARSE)) * COARSE**2
+        detail = (x - _box(x, TEXTURE)).pow(2).sum(dim=1, keepdim=True)
+        texture = -_box(detail, TEXTURE_WINDOW)[:, 0].clamp_min(0).sqrt()
         kl = _kl_pixels(mu, logvar, *x.shape[-2:])
-        return torch.stack([recon, coarse, kl], dim=1)
+        return torch.stack([recon, coarse, texture, kl], dim=1)
 
     @torch.no_grad()
     def set_map_stats(self, terms: Tensor) -> None:
@@ -345,13 +365,30 @@ class _VLAEBase(nn.Module):
         floor = std.mean(dim=(1, 2), keepdim=True) * 0.1
         self.map_mean.copy_(mean)
         self.map_std.copy_(torch.maximum(std, floor.clamp_min(1e-6)))
+        # Each term's smoothed map puts its normal maximum somewhere else; in units of that
+        # maximum's spread, the terms compare fairly, and the largest can be taken.
+        self.term_peak.copy_(torch.tensor([[0.0, 1.0]] * len(MAP_TERMS)))
+        if len(terms) >= 2:
+            peaks = self._term_maps(terms).flatten(2).max(dim=2).values  # (N, T)
+            self.term_peak.copy_(torch.stack([peaks.mean(0), peaks.std(0).clamp_min(1e-6)], 1))
+
+    def _term_maps(self, terms: Tensor) -> Tensor:
+        """Terms (N, T, H, W) standardised against the normal maps, then smoothed."""
+        z = (terms - self.map_mean) / self.map_std
+        n, t, h, w = z.shape
+        return smooth(z.reshape(n * t, h, w), self.config.map_sigma).reshape(n, t, h, w)
 
     def anomaly_maps(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The standardised recon and KL maps (N, H, W), Gaussian-smoothed; their sum is the
-        anomaly map of the ``local`` score."""
-        z = (self.pixel_terms(x, c) - self.map_mean) / self.map_std
-        sigma = self.config.map_sigma
-        return smooth(z[:, 0] + z[:, 1], sigma), smooth(z[:, 2], sigma)
+        """The recon and KL maps (N, H, W) of the ``local`` score; their sum is its anomaly
+        map. Each term, standardised and smoothed, is measured from the normal images' mean
+        map maximum in units of its spread; recon is the largest of RECON_TERMS, kl the KL
+        term above 0 (below, it is the noise of normal latents and would only blur recon)."""
+        peak = self.term_peak
+        z = (self._term_maps(self.pixel_terms(x, c)) - peak[:, 0, None, None]) / peak[
+            :, 1, None, None
+        ]
+        recon = z[:, [MAP_TERMS.index(t) for t in RECON_TERMS]].max(dim=1).values
+        return recon, z[:, MAP_TERMS.index("kl")].clamp_min(0)
 
     @torch.no_grad()
     def anomaly_score(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -111,14 +111,16 @@ def _aurocs(test: Any, scores: np.ndarray, maps: np.ndarray) -> dict[str, tuple[
 
 
 # Floors (image AUROC, pixel AUROC; 0: none): what these 40-epoch models measured, less a
-# margin (fabric hole 0.97 / 0.99, contamination pixel 0.92, scratch pixel 0.84; washer
-# contamination 0.79 / 0.89, crack and scratch pixel 0.89 and 0.88). A model at chance, as the
-# previous whole-image score was on such parts, fails them. Stains and worn patches are left to
-# the benchmark: a short fit does not find them (bench/README.md).
+# margin (fabric hole 0.99 / 0.98, contamination pixel 0.95, scratch pixel 0.88, worn 0.94;
+# washer contamination 0.79 / 0.83, crack pixel 0.88). A model at chance, as the
+# previous whole-image score was on such parts, fails them; so does a local score without its
+# texture term on worn patches (0.55). Stains are left to the benchmark: no model here finds
+# them (bench/README.md).
 FLOORS = {
-    "fabric": {"hole": (0.9, 0.95), "contamination": (0.0, 0.85), "scratch": (0.0, 0.75)},
+    "fabric": {"hole": (0.9, 0.95), "contamination": (0.0, 0.85), "scratch": (0.0, 0.75),
+               "worn": (0.85, 0.8)},
     "washer": {"contamination": (0.7, 0.8), "crack": (0.0, 0.8), "scratch": (0.0, 0.8)},
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["fabric", "washer"])

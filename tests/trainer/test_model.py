@@ -151,6 +151,27 @@ def test_local_score_is_the_maximum_of_the_standardised_map() -> None:
     assert 8 <= peak // 32 <= 15 and 8 <= peak % 32 <= 15  # where the defect is
 
 
+def test_a_smoothed_patch_is_found_by_its_missing_texture() -> None:
+    # A worn patch: the texture is gone. The reconstruction of a smooth patch is as good as of
+    # any other, so only the texture term can see it.
+    torch.manual_seed(0)
+    cfg = SpatialVLAEConfig(image_shape=(1, 32, 32), channels=(8, 16), latent_dim=4,
+                            map_norm="pooled")  # fmt: skip
+    model = build_model(cfg).eval()
+    normal = torch.rand(24, 1, 32, 32) * 0.4 + 0.3
+    model.set_map_stats(model.pixel_terms(normal))
+    x = torch.rand(2, 1, 32, 32) * 0.4 + 0.3
+    x[1, :, 16:26, 4:14] = 0.5  # the texture's own mean: no brighter, no darker
+    with torch.no_grad():
+        terms = model.pixel_terms(x)[:, MAP_TERMS.index("texture")]
+    assert terms[1, 21, 9] > terms[1, 5, 25] + 0.05  # the term is minus the energy
+    recon, kl = model.anomaly_maps(x)
+    r, k = model.anomaly_score(x)
+    assert (r + k)[1] > (r + k)[0] + 3
+    peak = int((recon + kl)[1].argmax())
+    assert 14 <= peak // 32 <= 27 and 2 <= peak % 32 <= 15
+
+
 def test_too_few_normal_maps_for_per_pixel_statistics_fall_back_to_pooled() -> None:
     cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), map_norm="pixel")
     model = build_model(cfg).eval()
