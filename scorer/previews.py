@@ -11,7 +11,7 @@ from trainer.evaluate import best_conditions
 from trainer.figures import hwc, to_png
 from trainer.model import _VLAEBase
 
-LOCAL_MAP_FULL_SCALE = 8.0  # anomaly-map value shown white (standard deviations of normal)
+LOCAL_MAP_FULL_SCALE = 8.0  # anomaly-map value shown white (spreads of the normal maximum)
 
 
 def heatmap(error: np.ndarray) -> np.ndarray:
@@ -47,8 +47,8 @@ def render(
     c_denoiser = c if denoiser is loaded.model else _condition(denoiser, x, condition)
     denoised = denoiser.reconstruct(x, c_denoiser)[0].cpu().numpy()
     if loaded.model.config.score_kind == "local":
-        # The anomaly map the score is the maximum of, in standard deviations of normal
-        # maps: 0 (black) to 8 (white), the same scale for every item.
+        # The anomaly map the score is the maximum of: 0 (black, a typical normal image's
+        # worst place) to 8 spreads of the normal maximum above it (white), for every item.
         error = loaded.model.score_map(x, c)[0].cpu().numpy() / LOCAL_MAP_FULL_SCALE
     else:
         error = np.abs(x[0].cpu().numpy() - recon).mean(axis=0)
