@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := trainer scorer api deploy vlaewatch bench
 
-.PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed \
+.PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
 	bench-soak bench-ab bench-inspection docs-shots
 
 install: $(STAMP)
@@ -77,6 +77,13 @@ bench-inspection: install
 bench-speed: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1 psutil==7.2.2
 	$(BIN)/python -m bench.throughput $(SPEED_ARGS)
+
+# The default model for generated parts (trainer/inspection.py) at inspection sizes: raw
+# model and POST /v1/score images/s, beside the digits default's raw model;
+# writes bench/results/speed_inspection.{json,md}.
+SPEED_INSPECTION_ARGS ?=
+bench-speed-inspection: install
+	$(BIN)/python -m bench.speed_inspection $(SPEED_INSPECTION_ARGS)
 
 # Two scorer settings (user_config fields as JSON) against each other in one session, switched
 # every window in ABBA order: CPU of every process and XADD -> scored latency per window;

@@ -47,7 +47,8 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         )
         http = httpx.AsyncClient(timeout=cfg.preview_timeout_s)
         app.state.services = Services(
-            cfg=cfg, client=client, keys=keys, thresholds=threshold_store, alerts=alert_store,
+            cfg=cfg, client=client, keys=keys, thresholds=threshold_store,
+            pixel_thresholds=ThresholdStore(client, cfg.key_prefix, "pixel"), alerts=alert_store,
             models=models, consumer=consumer,
             previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
             metrics=metrics, http=http, annotator=annotator,

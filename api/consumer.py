@@ -54,6 +54,7 @@ class ServedModel:
 
     record: ModelRecord
     calibration: np.ndarray  # ascending
+    map_calibration: np.ndarray  # each calibration image's map maximum, ascending
 
     @property
     def version(self) -> str:
@@ -75,7 +76,8 @@ class ModelCache:
         record = await load_model_record(self.client, self.keys, version)
         if record is None:
             return None
-        model = ServedModel(record, np.sort(record.calibration_scores()))
+        model = ServedModel(record, np.sort(record.calibration_scores()),
+                            np.sort(record.calibration_map_max()))  # fmt: skip
         self._by_version[record.model_version] = model
         return model
 

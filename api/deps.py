@@ -20,6 +20,7 @@ from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.metrics import Metrics
 from api.previews import PreviewClient
 from api.ratelimit import RateLimiter
+from api.schemas import Target
 from api.thresholds import ThresholdStore
 from scorer.schemas import StreamKeys
 
@@ -54,6 +55,7 @@ class Services:
     client: aioredis.Redis
     keys: StreamKeys
     thresholds: ThresholdStore
+    pixel_thresholds: ThresholdStore
     alerts: AlertStore
     models: ModelCache
     consumer: ScoreConsumer
@@ -63,6 +65,9 @@ class Services:
     annotator: Annotator
     limiter: RateLimiter
     keyring: KeyRing
+
+    def threshold_store(self, target: Target) -> ThresholdStore:
+        return self.thresholds if target == "image" else self.pixel_thresholds
 
 
 def get_services(request: Request) -> Services:

@@ -36,9 +36,15 @@ class Metrics:
                                     registry=r)  # fmt: skip
         self.threshold = Gauge("vlaewatch_threshold", "Current threshold by line", ["line"],
                                registry=r)  # fmt: skip
+        self.pixel_threshold = Gauge("vlaewatch_pixel_threshold",
+                                     "Current pixel (region) threshold by line", ["line"],
+                                     registry=r)  # fmt: skip
         self.requests = Histogram("vlaewatch_http_request_duration_seconds",
                                   "HTTP request latency", ["method", "route", "status"],
                                   buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+
+    def threshold_gauge(self, target: str) -> Gauge:
+        return self.threshold if target == "image" else self.pixel_threshold
 
     def render(self) -> bytes:
         """Prometheus text exposition format."""

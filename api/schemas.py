@@ -11,6 +11,9 @@ from scorer.schemas import DEFAULT_LINE, ID_PATTERN, LINE_PATTERN
 AlertState = Literal["open", "acknowledged", "resolved"]
 Label = Literal["anomaly", "false_alarm", "normal"]
 Method = Literal["fpr", "labels", "sigma", "manual", "rollback"]
+# What a threshold applies to: an image's score (does the part alert?) or its anomaly map
+# (which pixels are defective: a region is where the map is above it).
+Target = Literal["image", "pixel"]
 Line = Annotated[str, Field(pattern=LINE_PATTERN, examples=["cam1"])]
 
 
@@ -20,6 +23,7 @@ def _example(example: dict[str, Any]) -> ConfigDict:
 
 THRESHOLD_EXAMPLE: dict[str, Any] = {
     "line": "default",
+    "target": "image",
     "version": 3,
     "value": 1.824,
     "method": "fpr",
@@ -80,11 +84,14 @@ class FalseAlarmRateOut(BaseModel):
 
 
 class Threshold(BaseModel):
-    """One version of a line's threshold: an item alerts when its score is above ``value``."""
+    """One version of a line's threshold: an item alerts when its score is above ``value``
+    (target ``image``), or its map shows a region where it is above ``value`` (``pixel``; the
+    false-alarm rate is then the false-region rate: the share of normal images with any)."""
 
     model_config = _example(THRESHOLD_EXAMPLE)
 
     line: str
+    target: Target = "image"
     version: int
     value: float
     method: Method
@@ -172,6 +179,11 @@ class CalibrateRequest(BaseModel):
     )  # fmt: skip
 
     line: Line = DEFAULT_LINE
+    target: Target = Field(
+        default="image",
+        description="image: the score an item alerts above; pixel: the anomaly-map value a "
+        "region is above, calibrated on the normal calibration images' map maxima",
+    )
     params: CalibrationParams
     dry_run: bool = False
     why: str = Field(default="", max_length=500)
@@ -234,6 +246,7 @@ class CalibrationResult(BaseModel):
     )  # fmt: skip
 
     line: str
+    target: Target = "image"
     threshold: float
     applied: bool
     version: int | None = Field(description="the new threshold version, when applied")
@@ -249,6 +262,7 @@ class RollbackRequest(BaseModel):
 
     to_version: int | None = Field(default=None, ge=1, description="default: the previous one")
     why: str = Field(default="", max_length=500)
+    target: Target = "image"
 
 
 # --- alerts -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from api.errors import NotFound, Unprocessable
-from api.schemas import FalseAlarmRateOut, Method, Threshold
+from api.schemas import FalseAlarmRateOut, Method, Target, Threshold
 from scorer.schemas import DEFAULT_LINE
 from scorer.streams import as_text
 
@@ -28,16 +28,19 @@ return version
 
 
 class ThresholdStore:
-    """Current thresholds (a hash line → entry) and each line's history (a list)."""
+    """Current thresholds (a hash line → entry) and each line's history (a list), of one
+    target: image thresholds under ``{prefix}:thresholds``, pixel thresholds under
+    ``{prefix}:pixel_thresholds``."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, target: Target = "image") -> None:
         self.client = client
-        self.current_key = f"{prefix}:thresholds"
-        self.prefix = prefix
+        self.target: Target = target
+        self.base = f"{prefix}:{'thresholds' if target == 'image' else 'pixel_thresholds'}"
+        self.current_key = self.base
         self._set = client.register_script(_SET)
 
     def _history_key(self, line: str) -> str:
-        return f"{self.prefix}:thresholds:history:{line}"
+        return f"{self.base}:history:{line}"
 
     async def current(self) -> dict[str, Threshold]:
         """Every line's current threshold (``default`` included when set)."""
@@ -70,8 +73,8 @@ class ThresholdStore:
         """Store a new version and make it current; None when ``only_if_absent`` and the line
         already has one."""
         entry = Threshold(
-            line=line, version=0, value=value, method=method, params=params, who=who,
-            at=time.time(), why=why, model_version=model_version,
+            line=line, target=self.target, version=0, value=value, method=method, params=params,
+            who=who, at=time.time(), why=why, model_version=model_version,
             false_alarm_rate=false_alarm_rate,
         )  # fmt: skip
         doc = entry.model_dump(mode="json")

@@ -108,8 +108,8 @@ def http_sweep(start: Callable[[], str], stop: Callable[[], None], images: np.nd
     its few timers cost a two-thread forward more than their CPU share."""
     rows = []
     for b in batches:
-        buf = io.BytesIO()
-        np.save(buf, images[:b, 0])
+        buf = io.BytesIO()  # N x H x W for grey, N x H x W x C for colour
+        np.save(buf, images[:b, 0] if images.shape[1] == 1 else images[:b].transpose(0, 2, 3, 1))
         body = buf.getvalue()
         before = raw(b)
         url = start()

@@ -172,12 +172,20 @@ class ModelRecord(_Record):
 
     model_version: str
     card: str  # model_card.json
-    calibration: str  # calibration.csv: label, recon, kl, complexity, score
+    calibration: str  # calibration.csv: label, recon, kl, complexity, score[, map_max]
     loaded_at: float
 
     def calibration_scores(self) -> np.ndarray:
         """The calibration set's scores (float64)."""
         return pd.read_csv(io.StringIO(self.calibration))["score"].to_numpy(dtype=np.float64)
+
+    def calibration_map_max(self) -> np.ndarray:
+        """Each calibration image's anomaly-map maximum (float64; empty for a checkpoint
+        written before pixel thresholds)."""
+        frame = pd.read_csv(io.StringIO(self.calibration))
+        if "map_max" not in frame:
+            return np.zeros(0, dtype=np.float64)
+        return frame["map_max"].to_numpy(dtype=np.float64)
 
 
 class DeadLetterRecord(_Record):

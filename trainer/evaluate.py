@@ -34,6 +34,7 @@ class Scores:
     kind: ScoreKind = "elbo"
     contrast: np.ndarray | None = None
     maps: np.ndarray | None = None  # (N, H, W) float32: ``_VLAEBase.score_map``, when asked
+    map_max: np.ndarray | None = None  # (N,): each map's maximum, when asked
 
     @property
     def elbo(self) -> np.ndarray:
@@ -54,7 +55,10 @@ class Scores:
         columns = {"recon": self.recon, "kl": self.kl, "complexity": self.complexity}
         if self.contrast is not None:
             columns["contrast"] = self.contrast
-        return pd.DataFrame({**columns, "score": self.score})
+        frame = pd.DataFrame({**columns, "score": self.score})
+        if self.map_max is not None:
+            frame["map_max"] = self.map_max
+        return frame
 
 
 @torch.no_grad()
@@ -81,24 +85,28 @@ def score_images(
     conditions: np.ndarray | None = None,
     batch_size: int = 512,
     maps: bool = False,
+    map_max: bool = False,
 ) -> Scores:
     """Score uint8 (N, C, H, W) images; a conditional model without conditions (or with a
     negative condition index for an item) takes, per item, the condition under which it looks
-    most normal (lowest score). ``maps``: also the map each score is built from."""
+    most normal (lowest score). ``maps``: also the map each score is built from; ``map_max``:
+    each map's maximum (what a pixel threshold is calibrated on), without keeping the maps."""
     model.eval()
     device = next(model.parameters()).device
     k = int(getattr(model.config, "num_conditions", 0))
     kind: ScoreKind = getattr(model.config, "score_kind", "elbo")
-    recon_parts, kl_parts, complexity, contrast, map_parts = [], [], [], [], []
+    recon_parts, kl_parts, complexity, contrast = [], [], [], []
+    map_parts: list[np.ndarray] = []
+    peak_parts: list[np.ndarray] = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(to_float(images[i : i + batch_size])).to(device)
         complexity.append(total_variation(x).cpu().numpy())
         chosen: torch.Tensor | None = None
+        batch_map: torch.Tensor | None = None
         if k == 0 and kind == "local":
             recon_map, kl_map = model.anomaly_maps(x)  # once: the score and the map
             r, kl = local_parts(recon_map, kl_map)
-            if maps:
-                map_parts.append((recon_map + kl_map).cpu().numpy())
+            batch_map = recon_map + kl_map
         elif k == 0:
             r, kl = model.anomaly_score(x)
         elif conditions is not None:
@@ -110,18 +118,23 @@ def score_images(
             contrast.append(((r + kl) - elbo_all.min(dim=0).values).cpu().numpy())
         else:
             chosen, r, kl = best_conditions(model, x)
-        if maps and (k > 0 or kind != "local"):
-            map_parts.append(model.score_map(x, chosen).cpu().numpy())
+        if (maps or map_max) and batch_map is None:
+            batch_map = model.score_map(x, chosen)
+        if batch_map is not None:
+            if maps:
+                map_parts.append(batch_map.cpu().numpy())
+            peak_parts.append(batch_map.flatten(1).max(dim=1).values.cpu().numpy())
         recon_parts.append(r.cpu().numpy())
         kl_parts.append(kl.cpu().numpy())
     if not recon_parts:
         empty = np.zeros(0, np.float32)
         no_maps = np.zeros((0, *images.shape[2:]), np.float32) if maps else None
-        return Scores(empty, empty, empty, kind, maps=no_maps)
+        return Scores(empty, empty, empty, kind, maps=no_maps, map_max=empty if map_max else None)
     return Scores(np.concatenate(recon_parts), np.concatenate(kl_parts),
                   np.concatenate(complexity), kind,
                   np.concatenate(contrast) if contrast else None,
-                  np.concatenate(map_parts).astype(np.float32) if maps else None)  # fmt: skip
+                  np.concatenate(map_parts).astype(np.float32) if maps else None,
+                  np.concatenate(peak_parts).astype(np.float64) if map_max else None)  # fmt: skip
 
 
 @torch.no_grad()

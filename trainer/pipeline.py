@@ -77,13 +77,14 @@ def with_map_stats(
 def calibration_scores(
     model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
 ) -> pd.DataFrame:
-    """Scores of the held-out normal images: the data thresholds are calibrated on."""
+    """Scores of the held-out normal images: the data thresholds are calibrated on, with
+    each image's anomaly-map maximum (``map_max``: what pixel thresholds are calibrated on)."""
     model = build_model(model_cfg)
     model.load_state_dict(weights)
     conditions = (
         split.condition_index(split.calibration.labels) if model_cfg.num_conditions else None
     )
-    frame = score_images(model, split.calibration.images, conditions).frame()
+    frame = score_images(model, split.calibration.images, conditions, map_max=True).frame()
     frame.insert(0, "label", split.calibration.labels.astype(str))
     return frame
 

@@ -31,6 +31,7 @@ from api.schemas import (
     ManualParams,
     RollbackRequest,
     SigmaParams,
+    Target,
     Threshold,
     ThresholdHistory,
     ThresholdList,
@@ -44,22 +45,30 @@ LinePath = Annotated[str, Path(pattern=LINE_PATTERN, examples=["cam1"])]
 ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorBody} for s in (401, 403, 404, 422, 503)
 }
+TargetQuery = Annotated[
+    Target, Query(description="image: alert thresholds on the score; pixel: region thresholds "
+                              "on the anomaly map")
+]  # fmt: skip
 
 
 @router.get("", response_model=ThresholdList, responses=ERRORS)
-async def list_thresholds(services: ServicesDep, _: Viewer) -> ThresholdList:
+async def list_thresholds(
+    services: ServicesDep, _: Viewer, target: TargetQuery = "image"
+) -> ThresholdList:
     """Every line's current threshold; lines without one use ``default``."""
-    current = await services.thresholds.current()
+    current = await services.threshold_store(target).current()
     default = current.pop(DEFAULT_LINE, None)
     return ThresholdList(default=default, lines=current)
 
 
 @router.get("/{line}", response_model=Threshold, responses=ERRORS)
-async def get_threshold(line: LinePath, services: ServicesDep, _: Viewer) -> Threshold:
+async def get_threshold(
+    line: LinePath, services: ServicesDep, _: Viewer, target: TargetQuery = "image"
+) -> Threshold:
     """The threshold that applies to ``line`` now: its own, else the default (see ``line``)."""
-    found = effective(await services.thresholds.current(), line)
+    found = effective(await services.threshold_store(target).current(), line)
     if found is None:
-        raise NotFound(f"no threshold applies to line {line!r}: calibrate one")
+        raise NotFound(f"no {target} threshold applies to line {line!r}: calibrate one")
     return found
 
 
@@ -69,9 +78,11 @@ async def threshold_history(
     services: ServicesDep,
     _: Viewer,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    target: TargetQuery = "image",
 ) -> ThresholdHistory:
     """Every version of the line's own threshold, newest first: who, when, how, why."""
-    return ThresholdHistory(line=line, versions=await services.thresholds.history(line, limit))
+    versions = await services.threshold_store(target).history(line, limit)
+    return ThresholdHistory(line=line, versions=versions)
 
 
 @router.post("/{line}/rollback", response_model=Threshold, responses=ERRORS)
@@ -79,14 +90,19 @@ async def rollback(
     line: LinePath, body: RollbackRequest, services: ServicesDep, who: Operator
 ) -> Threshold:
     """Make an earlier version current again (recorded as a new version)."""
-    restored = await services.thresholds.rollback(line, body.to_version, who.name, body.why)
+    store = services.threshold_store(body.target)
+    restored = await store.rollback(line, body.to_version, who.name, body.why)
     services.metrics.calibrations.labels("rollback", "true").inc()
-    services.metrics.threshold.labels(line).set(restored.value)
+    services.metrics.threshold_gauge(body.target).labels(line).set(restored.value)
     await services.annotator.note(
-        f"threshold {line} rolled back to version {body.to_version or 'previous'}: "
+        f"{_name(body.target)} {line} rolled back to version {body.to_version or 'previous'}: "
         f"{restored.value:.4g} by {who.name}. {body.why}", ["threshold", line],
     )  # fmt: skip
     return restored
+
+
+def _name(target: Target) -> str:
+    return "threshold" if target == "image" else "pixel threshold"
 
 
 @router.post("/calibrate", response_model=CalibrationResult, responses=ERRORS)
@@ -104,7 +120,20 @@ async def calibrate(
             f"no calibration scores for {which}: the scorer publishes them when it loads a "
             "model; start it, or use method 'manual' or 'labels'"
         )
-    cal = model.calibration if model is not None else np.array([])
+    pixel = body.target == "pixel"
+    if pixel and isinstance(params, LabelsParams):
+        raise Unprocessable(
+            "method 'labels' calibrates image thresholds; a pixel threshold comes from the "
+            "normal calibration maps ('fpr', 'sigma') or is set ('manual')"
+        )
+    cal = np.array([])
+    if model is not None:
+        cal = model.map_calibration if pixel else model.calibration
+        if pixel and not len(cal) and not isinstance(params, ManualParams):
+            raise Unprocessable(
+                f"model {model.version} has no calibration map maxima (its checkpoint was "
+                "written before pixel thresholds): retrain it, or use method 'manual'"
+            )
     quality: LabelQuality | None = None
     if isinstance(params, FprParams):
         value = conformal_threshold(cal, params.alpha)
@@ -119,23 +148,25 @@ async def calibrate(
     far: FalseAlarmRate | None = false_alarm_rate(cal, value, confidence) if len(cal) else None
     far_out = FalseAlarmRateOut(**far.__dict__) if far is not None else None
     window_s = body.window_s or services.cfg.window_s
-    impact = await _impact(services, body.line, value, window_s)
+    # The what-if replays recent scores; the score stream carries no map maxima to replay.
+    impact = [] if pixel else await _impact(services, body.line, value, window_s)
     version = None
     if not body.dry_run:
-        stored = await services.thresholds.set(
+        stored = await services.threshold_store(body.target).set(
             body.line, value, params.method, params.model_dump(exclude={"method"}), who.name,
             body.why, model.version if model else None, far_out,
         )  # fmt: skip
         assert stored is not None
         version = stored.version
-        services.metrics.threshold.labels(body.line).set(value)
+        services.metrics.threshold_gauge(body.target).labels(body.line).set(value)
         await services.annotator.note(
-            f"threshold {body.line} = {value:.4g} ({params.method}, v{version}) by {who.name}. "
-            f"{body.why}", ["threshold", body.line],
+            f"{_name(body.target)} {body.line} = {value:.4g} ({params.method}, v{version}) by "
+            f"{who.name}. {body.why}", ["threshold", body.line],
         )  # fmt: skip
     services.metrics.calibrations.labels(params.method, str(not body.dry_run).lower()).inc()
     return CalibrationResult(
-        line=body.line, threshold=value, applied=not body.dry_run, version=version,
+        line=body.line, target=body.target, threshold=value, applied=not body.dry_run,
+        version=version,
         model_version=model.version if model else None, false_alarm_rate=far_out,
         window_s=window_s, impact=impact, label_quality=quality,
     )  # fmt: skip

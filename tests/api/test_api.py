@@ -19,6 +19,7 @@ import redis
 from PIL import Image
 
 from scorer.schemas import ScoreRecord
+from scorer.streams import decode_map
 from tests.conftest import API_KEYS
 from trainer.checkpoint import read_card
 
@@ -256,6 +257,77 @@ def test_fpr_calibration_holds_on_held_out_normal_images(
     rate = len(_alerts(api_url, line=line)) / len(normal)
     assert far["low"] <= rate <= far["high"], (rate, far)
     assert rate == pytest.approx(np.mean(served > result["threshold"]))
+
+
+def test_pixel_threshold_bounds_the_false_region_rate_on_held_out_normal_images(
+    api_url: str, scorer_url: str, digits: Any, version: str
+) -> None:
+    # A pixel threshold: a normal image shows a region (any map pixel above it) with
+    # probability alpha, calibrated on the normal calibration images' map maxima.
+    line = _line()
+    alpha = 0.05
+    r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=OP, json={
+        "line": line, "target": "pixel", "params": {"method": "fpr", "alpha": alpha},
+        "model_version": version})  # fmt: skip
+    assert r.status_code == 200, r.text
+    result = r.json()
+    far = result["false_alarm_rate"]
+    assert result["target"] == "pixel" and result["applied"] and result["impact"] == []
+    assert far["n_calibration"] > 0 and far["low"] <= far["expected"] <= far["high"]
+
+    # Normal images never trained or calibrated on, scored by the real scorer with their maps.
+    normal = digits.test.images[digits.test.labels.astype(str) == "0"][:, 0]
+    buf = io.BytesIO()
+    np.save(buf, normal)
+    resp = httpx.post(f"{scorer_url}/v1/score", content=buf.getvalue(),
+                      headers={"content-type": "application/x-npy"},
+                      params={"line": line, "maps": "true"}, timeout=120)  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    peaks = np.array([decode_map(x["anomaly_map"]).max() for x in resp.json()["results"]])
+    rate = float(np.mean(peaks > result["threshold"]))
+    assert far["low"] <= rate <= far["high"], (rate, far)
+
+    # It is the line's pixel threshold, apart from its image threshold.
+    url = f"{api_url}/v1/thresholds/{line}"
+    got = httpx.get(url, headers=VIEW, params={"target": "pixel"}).json()
+    assert got["target"] == "pixel" and got["value"] == result["threshold"]
+    assert got["version"] == 1 and got["false_alarm_rate"] == far
+    own = httpx.get(f"{api_url}/v1/thresholds/{line}/history", headers=VIEW).json()
+    assert own["versions"] == []  # no image threshold of its own was set
+
+
+def test_pixel_thresholds_are_versioned_and_rolled_back_like_image_thresholds(
+    api_url: str,
+) -> None:
+    line = _line()
+    url = f"{api_url}/v1/thresholds"
+    _set_manual(api_url, line, 7.0)  # an image threshold: untouched by what follows
+    for value in (3.0, 4.0):
+        r = httpx.post(f"{url}/calibrate", headers=OP, json={
+            "line": line, "target": "pixel",
+            "params": {"method": "manual", "threshold": value}})  # fmt: skip
+        assert r.status_code == 200 and r.json()["version"] is not None, r.text
+    r = httpx.post(f"{url}/calibrate", headers=OP, json={
+        "line": line, "target": "pixel", "params": {"method": "manual", "threshold": 9.0},
+        "dry_run": True})  # fmt: skip
+    assert r.status_code == 200 and r.json()["applied"] is False
+    pixel = {"target": "pixel"}
+    assert httpx.get(f"{url}/{line}", headers=VIEW, params=pixel).json()["value"] == 4.0
+
+    r = httpx.post(f"{url}/{line}/rollback", headers=OP, json={"target": "pixel"})
+    assert r.status_code == 200 and r.json()["value"] == 3.0 and r.json()["version"] == 3
+    history = httpx.get(f"{url}/{line}/history", headers=VIEW, params=pixel).json()["versions"]
+    assert [(h["version"], h["value"], h["target"]) for h in history] == [
+        (3, 3.0, "pixel"), (2, 4.0, "pixel"), (1, 3.0, "pixel")]  # fmt: skip
+    assert httpx.get(url, headers=VIEW, params=pixel).json()["lines"][line]["value"] == 3.0
+    image = httpx.get(f"{url}/{line}", headers=VIEW).json()
+    assert image["value"] == 7.0 and image["target"] == "image" and image["version"] == 1
+
+    r = httpx.post(f"{url}/calibrate", headers=OP, json={
+        "line": line, "target": "pixel", "params": {"method": "labels"}})  # fmt: skip
+    assert r.status_code == 422 and "pixel threshold" in r.json()["detail"]
+    r = httpx.get(f"{url}/{line}", headers=VIEW, params={"target": "region"})
+    assert r.status_code == 422
 
 
 def test_labels_calibration_finds_the_best_f1_threshold(
