@@ -8,6 +8,7 @@ step. State moves open → acknowledged → resolved; labels feed the ``labels``
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import redis.asyncio as aioredis
 
 from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas import Alert, AlertEvent, AlertPage, AlertState, ItemLabel, Label
+from scorer.schemas import regions_json
 from scorer.streams import as_text
 
 _CREATE = """
@@ -47,7 +49,7 @@ return state
 
 _FIELDS = ("item_id", "line", "score", "recon", "kl", "complexity", "threshold",
            "threshold_version", "p_value", "model_version", "ts_ingested", "ts_scored",
-           "created_at")  # fmt: skip
+           "created_at", "regions", "defect_area", "pixel_threshold")  # fmt: skip
 _FLOATS = {"score", "recon", "kl", "threshold", "ts_ingested", "ts_scored", "created_at"}
 
 TRANSITIONS: dict[str, tuple[tuple[AlertState, ...], AlertState]] = {
@@ -68,8 +70,17 @@ class AlertFilter:
     until: float | None = None
     min_score: float | None = None
     max_score: float | None = None
+    min_area: float | None = None  # defect_area; an alert without regions has none
+    max_area: float | None = None
 
     def keeps(self, alert: Alert) -> bool:
+        area = alert.defect_area
+        if (self.min_area is not None or self.max_area is not None) and area is None:
+            return False
+        if self.min_area is not None and area is not None and area < self.min_area:
+            return False
+        if self.max_area is not None and area is not None and area > self.max_area:
+            return False
         if self.state is not None and alert.state != self.state:
             return False
         if self.unlabelled and alert.label is not None:
@@ -110,6 +121,8 @@ class AlertStore:
         fields: list[str] = []
         for name in _FIELDS:
             value = getattr(alert, name)
+            if name == "regions" and value is not None:
+                value = regions_json(value)
             fields += [name, "" if value is None else repr(value) if isinstance(value, float)
                        else str(value)]  # fmt: skip
         fields += ["state", "open", "label", "", "note", ""]
@@ -272,8 +285,9 @@ def _alert(fields: dict[Any, Any], events: list[Any]) -> Alert | None:
     for k in _FLOATS:
         data[k] = float(data[k])
     data["threshold_version"] = int(data["threshold_version"])
-    for k in ("p_value", "complexity"):  # absent on alerts of older versions
+    for k in ("p_value", "complexity", "defect_area", "pixel_threshold"):  # may be absent
         data[k] = float(data[k]) if data[k] else None
+    data["regions"] = json.loads(data["regions"]) if data["regions"] else None
     return Alert(
         **data,
         state=f.get("state", "open"),  # type: ignore[arg-type]

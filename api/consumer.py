@@ -189,7 +189,8 @@ class ScoreConsumer:
                     threshold_version=th.version, p_value=p,
                     model_version=rec.model_version, ts_ingested=rec.ts_ingested,
                     ts_scored=rec.ts_scored, created_at=now, state="open",
-                    preview_url=f"/v1/items/{rec.item_id}/preview.png",
+                    preview_url=f"/v1/items/{rec.item_id}/preview.png", regions=rec.regions,
+                    defect_area=rec.defect_area, pixel_threshold=rec.pixel_threshold,
                 )
             )  # fmt: skip
         if bad:

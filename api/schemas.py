@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scorer.schemas import DEFAULT_LINE, ID_PATTERN, LINE_PATTERN
+from scorer.schemas import DEFAULT_LINE, ID_PATTERN, LINE_PATTERN, Region
 
 AlertState = Literal["open", "acknowledged", "resolved"]
 Label = Literal["anomaly", "false_alarm", "normal"]
@@ -60,6 +60,9 @@ ALERT_EXAMPLE: dict[str, Any] = {
     "note": "",
     "preview_url": "/v1/items/cam1-000123/preview.png",
     "events": [{"at": 1795000000.3, "who": "system", "action": "created", "note": ""}],
+    "regions": [{"x": 12, "y": 30, "w": 9, "h": 5, "area": 31, "peak": 4.2}],
+    "defect_area": 0.0076,
+    "pixel_threshold": 2.1,
 }
 
 
@@ -314,6 +317,15 @@ class Alert(BaseModel):
     note: str = ""
     preview_url: str
     events: list[AlertEvent] = Field(default_factory=list)
+    regions: list[Region] | None = Field(
+        default=None,
+        description="where the line has a pixel threshold: the anomaly map's connected regions "
+        "above it, largest first (at most 16), in pixels of the image as sent; [] for none",
+    )
+    defect_area: float | None = Field(
+        default=None, description="the share of the image above the pixel threshold"
+    )
+    pixel_threshold: float | None = None
 
 
 class AlertPage(BaseModel):

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from api.errors import NotFound, Unprocessable
 from api.schemas import FalseAlarmRateOut, Method, Target, Threshold
-from scorer.schemas import DEFAULT_LINE
+from scorer.schemas import DEFAULT_LINE, StreamKeys
 from scorer.streams import as_text
 
 # Append a version and make it current in one step; ARGV[3] == "1" sets only if the line
@@ -35,7 +35,8 @@ class ThresholdStore:
     def __init__(self, client: aioredis.Redis, prefix: str, target: Target = "image") -> None:
         self.client = client
         self.target: Target = target
-        self.base = f"{prefix}:{'thresholds' if target == 'image' else 'pixel_thresholds'}"
+        keys = StreamKeys(prefix)
+        self.base = keys.thresholds if target == "image" else keys.pixel_thresholds
         self.current_key = self.base
         self._set = client.register_script(_SET)
 

@@ -48,7 +48,15 @@ from scorer.schemas import (
     valid_item_id,
     valid_line,
 )
-from scorer.streams import ScoredBatch, ScoreSink, connect, ensure_group, entry_ms, read_group
+from scorer.streams import (
+    PixelThresholds,
+    ScoredBatch,
+    ScoreSink,
+    connect,
+    ensure_group,
+    entry_ms,
+    read_group,
+)
 from trainer.allocator import keep_batch_memory
 from trainer.checkpoint import (
     CheckpointError,
@@ -58,7 +66,16 @@ from trainer.checkpoint import (
     resolve_checkpoint,
 )
 from trainer.evaluate import score_images
-from trainer.images import InputError, Limits, decode_array, decode_image, load_npy, split_batch
+from trainer.images import (
+    InputError,
+    Limits,
+    decode_array,
+    decode_image,
+    load_npy,
+    source_size,
+    split_batch,
+)
+from trainer.regions import find_regions
 
 logger = logging.getLogger("ray.serve")
 
@@ -86,6 +103,19 @@ class _Item:
     stored: bytes  # kept for previews: the file as received when smaller, else the pixels
     as_file: bool
     want_map: bool = False  # the caller asked for the anomaly map (``?maps=true``)
+    source_hw: tuple[int, int] | None = None  # the image as sent, when resized to the model's
+    pixel_threshold: float | None = None  # its line's, when it has one: regions are found
+
+
+def _locate(
+    maps: np.ndarray, items: list[_Item]
+) -> list[tuple[list[dict[str, Any]], float] | None]:
+    """Per item with a pixel threshold: its map's regions above it and their share."""
+    return [
+        None if it.pixel_threshold is None
+        else find_regions(m, it.pixel_threshold, it.source_hw)
+        for it, m in zip(items, maps, strict=True)
+    ]  # fmt: skip
 
 
 @dataclass
@@ -143,6 +173,7 @@ class Scorer:
         self._load_error: str | None = None
         self._client: aioredis.Redis | None = None
         self._sink: ScoreSink | None = None
+        self._pixel: PixelThresholds | None = None
         self._keys = StreamKeys()
         self._consumer: asyncio.Task[None] | None = None
         self._announced: str | None = None  # the version last published to Redis
@@ -180,6 +211,7 @@ class Scorer:
         self._sink = ScoreSink(
             self._client, self._keys, cfg.scores_maxlen, cfg.deadletter_maxlen, cfg.retention_s
         )
+        self._pixel = PixelThresholds(self._client, self._keys)
         batcher: Any = self._score_chunks  # serve.batch adds these setters at runtime
         batcher.set_max_batch_size(cfg.max_batch_size)
         batcher.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
@@ -249,11 +281,16 @@ class Scorer:
             if loaded.conditions
             else None
         )
-        # Maps cost a little more: computed for the batch only when one of its callers asks.
-        maps = any(it.want_map for chunk in chunks for it in chunk)
+        # Maps cost a little more (nothing for the local score): computed for the batch only
+        # when one of its callers asks, or a line of it has a pixel threshold.
+        items = [it for chunk in chunks for it in chunk]
+        maps = any(it.want_map or it.pixel_threshold is not None for it in items)
         scores = await asyncio.to_thread(
             score_images, loaded.model, images, conditions, len(images), maps
         )
+        located: list[tuple[list[dict[str, Any]], float] | None] = [None] * len(items)
+        if scores.maps is not None and any(it.pixel_threshold is not None for it in items):
+            located = await asyncio.to_thread(_locate, scores.maps, items)
         now, out, start = time.time(), [], 0
         for chunk in chunks:
             part = slice(start, start + len(chunk))
@@ -267,6 +304,9 @@ class Scorer:
                 maps=([m if it.want_map else None for it, m in zip(chunk, scores.maps[part],
                                                                    strict=True)]
                       if scores.maps is not None else None),
+                pixel_threshold=[it.pixel_threshold for it in chunk],
+                regions=[x[0] if x else None for x in located[part]],
+                defect_area=[x[1] if x else None for x in located[part]],
             ))  # fmt: skip
             start += len(chunk)
         return out
@@ -274,8 +314,11 @@ class Scorer:
     async def _score_chunk(self, items: list[_Item]) -> ScoredBatch:
         """Score one chunk (batched with other callers' chunks), then publish it: an item is
         in the score stream before anyone is answered."""
-        assert self._sink is not None
+        assert self._sink is not None and self._pixel is not None
         await self._announce()
+        thresholds = await self._pixel.for_lines(it.line for it in items)
+        for it in items:
+            it.pixel_threshold = thresholds[it.line]
         scored = await self._score_chunks(items)
         await self._sink.publish(scored)
         return scored
@@ -315,13 +358,15 @@ class Scorer:
                     image = decode_array(raw.payload, shape, limits)
                 else:
                     image = decode_image(raw.payload, shape, limits)
+                # Regions are reported in pixels of the image as sent.
+                sent = source_size(raw.payload, limits) if limits.resize else None
                 # A camera's PNG is a third of its pixels: kept as sent, decoded on reading.
                 if isinstance(raw.payload, bytes) and len(raw.payload) < image.nbytes:
                     stored, as_file = raw.payload, True
                 else:
                     stored, as_file = image.tobytes(), False
                 items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image, stored,
-                                   as_file))  # fmt: skip
+                                   as_file, source_hw=sent))  # fmt: skip
             except InputError as exc:
                 errors[i] = _error(raw, exc)
         return items, errors

@@ -4,6 +4,7 @@ models. Defined once here; the API imports them."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 LINE_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
@@ -61,6 +62,16 @@ class StreamKeys:
     def models(self) -> str:
         """Sorted set of served model versions by the time a replica loaded them."""
         return f"{self.prefix}:models"
+
+    @property
+    def thresholds(self) -> str:
+        """Current image thresholds: a hash line -> JSON; ``:history:<line>`` lists versions."""
+        return f"{self.prefix}:thresholds"
+
+    @property
+    def pixel_thresholds(self) -> str:
+        """Current pixel (region) thresholds, as ``thresholds``; the scorer reads them."""
+        return f"{self.prefix}:pixel_thresholds"
 
 
 FRAMES_GROUP = "scorers"
@@ -137,8 +148,27 @@ class _Record(BaseModel):
         return ()
 
 
+class Region(BaseModel):
+    """A connected region of an item's anomaly map above its line's pixel threshold, in the
+    pixel coordinates of the image as sent: bounding box, area in pixels, the map's peak."""
+
+    model_config = ConfigDict(
+        frozen=True, json_schema_extra={"example": {"x": 12, "y": 30, "w": 9, "h": 5,
+                                                    "area": 31, "peak": 4.2}},
+    )  # fmt: skip
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    w: int = Field(ge=1)
+    h: int = Field(ge=1)
+    area: int = Field(ge=0)
+    peak: float
+
+
 class ScoreRecord(_Record):
-    """One entry of ``{prefix}:scores``: one scored item."""
+    """One entry of ``{prefix}:scores``: one scored item. ``regions`` (a JSON list),
+    ``defect_area`` and ``pixel_threshold`` are present when a pixel threshold applied to the
+    item's line; an empty list then means no region."""
 
     item_id: str = Field(pattern=ID_PATTERN)
     line: str = Field(default=DEFAULT_LINE, pattern=LINE_PATTERN)
@@ -149,6 +179,26 @@ class ScoreRecord(_Record):
     kl: float
     complexity: float | None = None  # absent in entries of older versions
     model_version: str
+    regions: list[Region] | None = None
+    defect_area: float | None = Field(default=None, ge=0, le=1)
+    pixel_threshold: float | None = None
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _regions_from_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        fields = super().to_fields()
+        if self.regions is not None:
+            fields["regions"] = regions_json(self.regions)
+        return fields
+
+
+def regions_json(regions: list[Region] | list[dict[str, Any]]) -> str:
+    """Regions as the score stream, alerts and HTTP carry them: a compact JSON list."""
+    items = [r.model_dump() if isinstance(r, Region) else r for r in regions]
+    return json.dumps(items, separators=(",", ":"))
 
 
 class FrameRecord(_Record):
@@ -228,6 +278,17 @@ class ItemScore(BaseModel):
         default=None,
         description="with ?maps=true: the map the score is built from, base64 NPY (float32, "
         "H x W at the model's input size; the local score is its maximum)",
+    )
+    regions: list[Region] | None = Field(
+        default=None,
+        description="where a pixel threshold applies to the line: the map's connected regions "
+        "above it, largest first (at most 16), in pixels of the image as sent; [] for none",
+    )
+    defect_area: float | None = Field(
+        default=None, description="the share of the image above the pixel threshold"
+    )
+    pixel_threshold: float | None = Field(
+        default=None, description="the line's pixel threshold the regions were found with"
     )
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +19,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scorer.schemas import DeadLetterRecord, ItemBlob, ModelRecord, StreamKeys
+from scorer.schemas import (
+    DEFAULT_LINE,
+    DeadLetterRecord,
+    ItemBlob,
+    ModelRecord,
+    StreamKeys,
+    regions_json,
+)
 from trainer.images import Limits, decode_image
 
 
@@ -51,6 +61,11 @@ class ScoredBatch:
     # Per item, its anomaly map (float32 H x W) where the caller asked for it; answered over
     # HTTP only, never published (a map is as large as the image).
     maps: list[np.ndarray | None] | None = None
+    # Per item where a pixel threshold applied to its line: the threshold, the map's regions
+    # above it and the share of the image they cover (``trainer.regions``); else None.
+    pixel_threshold: list[float | None] | None = None
+    regions: list[list[dict[str, Any]] | None] | None = None
+    defect_area: list[float | None] | None = None
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -67,6 +82,10 @@ class ScoredBatch:
         for result, m in zip(out, self.maps or [], strict=False):
             if m is not None:
                 result["anomaly_map"] = encode_map(m)
+        for result, t, rs, area in zip(out, self.pixel_threshold or [], self.regions or [],
+                                       self.defect_area or [], strict=False):  # fmt: skip
+            if t is not None:
+                result |= {"pixel_threshold": t, "regions": rs, "defect_area": area}
         return out
 
 
@@ -90,9 +109,10 @@ def _numbers(values: list[float]) -> str:
 # Per item: the image (an ItemBlob string with its TTL), then the score entry (the fields of
 # ScoreRecord). The batch arrives as columns: the images as one blob with their sizes and
 # kinds, everything else comma-joined (item ids and lines cannot hold commas, spaces, or be
-# empty: their patterns), so the client packs 18 arguments instead of a dozen per item. Keys
-# are computed here from the item key prefix (standalone Redis; a Redis Cluster would need
-# them in KEYS).
+# empty: their patterns), so the client packs 22 arguments instead of a dozen per item. Items
+# whose line has a pixel threshold also get regions (JSON, one blob with their sizes, like the
+# images), defect_area and pixel_threshold; "-" marks the others. Keys are computed here from
+# the item key prefix (standalone Redis; a Redis Cluster would need them in KEYS).
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
@@ -105,15 +125,25 @@ end
 local sizes, ids, lines, ts = col(ARGV[9]), col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
 local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
 local kinds, pos = col(ARGV[18]), 1
+local rsizes, rjson, area, pth, rpos = col(ARGV[19]), ARGV[20], col(ARGV[21]), col(ARGV[22]), 1
 for i = 1, n do
   local size = tonumber(sizes[i])
   local header = kinds[i] .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
   redis.call('SET', item_prefix .. ids[i],
              header .. '\\n' .. string.sub(images, pos, pos + size - 1), 'EX', ttl)
   pos = pos + size
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'item_id', ids[i], 'line', lines[i],
-             'ts_ingested', ts[i], 'ts_scored', ts_scored, 'score', score[i],
-             'recon', recon[i], 'kl', kl[i], 'complexity', cx[i], 'model_version', version)
+  local fields = {'item_id', ids[i], 'line', lines[i], 'ts_ingested', ts[i],
+                  'ts_scored', ts_scored, 'score', score[i], 'recon', recon[i], 'kl', kl[i],
+                  'complexity', cx[i], 'model_version', version}
+  if pth[i] ~= '-' then
+    local rsize = tonumber(rsizes[i])
+    for _, v in ipairs({'regions', string.sub(rjson, rpos, rpos + rsize - 1),
+                        'defect_area', area[i], 'pixel_threshold', pth[i]}) do
+      fields[#fields + 1] = v
+    end
+    rpos = rpos + rsize
+  end
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
 end
 return n
 """
@@ -157,6 +187,9 @@ class ScoreSink:
         loop (bench/README.md, "Where the time goes")."""
         if not len(batch):
             return
+        n = len(batch)
+        thresholds = batch.pixel_threshold or [None] * n
+        found = [regions_json(r) if r is not None else "" for r in batch.regions or [None] * n]
         await self._publish(args=[
             self.keys.scores, self.scores_maxlen, self.retention_s, len(batch),
             self.keys.item(""), batch.model_version, repr(batch.ts_scored),
@@ -165,6 +198,9 @@ class ScoreSink:
             _numbers(batch.ts_ingested), _numbers(batch.score), _numbers(batch.recon),
             _numbers(batch.kl), _numbers(batch.complexity),
             ",".join("file" if f else "pixels" for f in batch.as_file),
+            ",".join(str(len(r)) for r in found), "".join(found),
+            ",".join("-" if a is None else repr(a) for a in batch.defect_area or [None] * n),
+            ",".join("-" if t is None else repr(t) for t in thresholds),
         ])  # fmt: skip
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
@@ -189,6 +225,32 @@ class ScoreSink:
             image = np.frombuffer(blob.payload, dtype=np.uint8).reshape(blob.shape)
         return StoredItem(item_id=item_id, image=image, line=blob.line,
                           model_version=blob.model_version, score=blob.score)  # fmt: skip
+
+
+class PixelThresholds:
+    """The lines' pixel thresholds as the API stores them (``StreamKeys.pixel_thresholds``),
+    read at most once per ``ttl_s``: a new threshold applies to items scored after that."""
+
+    def __init__(self, client: aioredis.Redis, keys: StreamKeys, ttl_s: float = 1.0) -> None:
+        self.client = client
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self._values: dict[str, float] = {}
+        self._read_at = -float("inf")
+
+    async def for_lines(self, lines: Iterable[str]) -> dict[str, float | None]:
+        """Each line's threshold: its own, else the default's, else None."""
+        if time.monotonic() - self._read_at >= self.ttl_s:
+            raw: Any = await self.client.hgetall(self.keys.pixel_thresholds)
+            values = {}
+            for k, v in raw.items():
+                try:
+                    values[as_text(k)] = float(json.loads(v)["value"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # not written by the API: no threshold rather than no scoring
+            self._values, self._read_at = values, time.monotonic()
+        default = self._values.get(DEFAULT_LINE)
+        return {line: self._values.get(line, default) for line in set(lines)}
 
 
 async def read_item(client: aioredis.Redis, key: str) -> ItemBlob | None:

@@ -162,6 +162,27 @@ def decode_image(data: bytes, shape: tuple[int, int, int], limits: Limits) -> np
     return _to_chw(arr, shape, limits)
 
 
+def source_size(payload: bytes | np.ndarray, limits: Limits) -> tuple[int, int] | None:
+    """The (H, W) of an image as sent (an array, or a PNG, JPEG or NPY file that decoded),
+    read from its header without decoding it again; None if it has none."""
+    if isinstance(payload, np.ndarray):
+        return (int(payload.shape[0]), int(payload.shape[1])) if payload.ndim >= 2 else None
+    try:
+        if payload.startswith(NPY_MAGIC):
+            f = io.BytesIO(payload)
+            major, _ = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if major == 1
+                    else np.lib.format.read_array_header_2_0)  # fmt: skip
+            shape = read(f)[0]
+            return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
+        from PIL import Image
+
+        with Image.open(io.BytesIO(payload), formats=("PNG", "JPEG")) as im:
+            return int(im.size[1]), int(im.size[0])
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
 def _plain_png(data: bytes, limits: Limits) -> np.ndarray | None:
     """A plain PNG (``PLAIN_PNG_MODES``; chunks IHDR, IDAT..., IEND and nothing else, every
     checksum right) as an (H, W[, C]) uint8 array, or None: anything else, damage included,

@@ -35,6 +35,14 @@ async def list_alerts(
     until: Annotated[float | None, Query(description="scored at or before (unix seconds)")] = None,
     min_score: float | None = None,
     max_score: float | None = None,
+    min_area: Annotated[
+        float | None,
+        Query(ge=0, le=1, description="defect_area at least (only alerts with regions)"),
+    ] = None,
+    max_area: Annotated[
+        float | None,
+        Query(ge=0, le=1, description="defect_area at most (only alerts with regions)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> AlertPage:
@@ -42,7 +50,8 @@ async def list_alerts(
     if since is not None and until is not None and since > until:
         raise Unprocessable(f"since ({since}) is after until ({until})")
     flt = AlertFilter(line=line, state=state, label=label, unlabelled=unlabelled, since=since,
-                      until=until, min_score=min_score, max_score=max_score)  # fmt: skip
+                      until=until, min_score=min_score, max_score=max_score,
+                      min_area=min_area, max_area=max_area)  # fmt: skip
     return await services.alerts.page(flt, limit, cursor)
 
 

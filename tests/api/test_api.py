@@ -330,6 +330,76 @@ def test_pixel_thresholds_are_versioned_and_rolled_back_like_image_thresholds(
     assert r.status_code == 422
 
 
+def test_regions_reach_the_stream_the_alert_and_the_live_stream(
+    api_url: str, scorer_url: str, digits: Any, version: str, client: redis.Redis
+) -> None:
+    # A line with a pixel threshold: every item scored on it carries the regions of its map
+    # above it, into the score stream, the alert and the SSE event.
+    line = _line()
+    _set_manual(api_url, line, -1e9)  # every item alerts
+    r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=OP, json={
+        "line": line, "target": "pixel", "params": {"method": "fpr", "alpha": 0.05},
+        "model_version": version})  # fmt: skip
+    pixel = r.json()["threshold"]
+    time.sleep(1.1)  # the scorer rereads pixel thresholds at most once a second
+    events: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{api_url}/v1/stream", headers=VIEW, params={"line": line},
+                          timeout=60) as resp:  # fmt: skip
+            for text in resp.iter_lines():
+                if text.startswith(":"):
+                    ready.set()
+                if text.startswith("data:"):
+                    events.append(json.loads(text[5:]))
+                    if len(events) == 12:
+                        return
+
+    t = threading.Thread(target=listen, daemon=True)
+    t.start()
+    assert ready.wait(10)
+    anomalous = digits.test.images[digits.test.labels.astype(str) != "0"][:12, 0]
+    ids = [f"{line}-{i}" for i in range(len(anomalous))]
+    buf = io.BytesIO()
+    np.save(buf, anomalous)
+    resp = httpx.post(
+        f"{scorer_url}/v1/score",
+        content=buf.getvalue(),
+        headers={"content-type": "application/x-npy"},
+        params={"line": line, "item_id": ids, "maps": "true"},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    served = {x["item_id"]: x for x in resp.json()["results"]}
+    for x in served.values():  # the regions are those of the map answered with them
+        found = decode_map(x["anomaly_map"]) > pixel
+        assert x["pixel_threshold"] == pixel and x["defect_area"] == pytest.approx(found.mean())
+        assert (len(x["regions"]) > 0) == bool(found.any())
+        assert all(rg["peak"] > pixel for rg in x["regions"])
+    assert any(x["regions"] for x in served.values())
+    entries = {e[b"item_id"].decode(): e for _, e in client.xrange("vlaewatch:scores", "-", "+")
+               if e[b"line"].decode() == line}  # fmt: skip
+    assert set(entries) == set(ids)
+    last = client.xrevrange("vlaewatch:scores", count=1)[0][0].decode()
+    _consumed(client, last)
+    t.join(30)
+    alerts = {a["item_id"]: a for a in _alerts(api_url, line=line)}
+    pushed = {e["item_id"]: e for e in events}
+    for item_id, x in served.items():
+        record = ScoreRecord.from_fields(entries[item_id])
+        assert [rg.model_dump() for rg in record.regions or []] == x["regions"]
+        for got in (alerts[item_id], pushed[item_id]):
+            assert got["regions"] == x["regions"] and got["pixel_threshold"] == pixel
+            assert got["defect_area"] == pytest.approx(x["defect_area"])
+    # Filtered on area: the alerts whose defect covers at least the median share.
+    cut = float(np.median([x["defect_area"] for x in served.values()]))
+    large = _alerts(api_url, line=line, min_area=cut)
+    assert {a["item_id"] for a in large} == {i for i, x in served.items()
+                                              if x["defect_area"] >= cut}  # fmt: skip
+    assert len(large) < len(served)
+
+
 def test_labels_calibration_finds_the_best_f1_threshold(
     api_url: str, scorer_url: str, digits: Any, client: redis.Redis
 ) -> None:
