@@ -153,8 +153,8 @@ class Region(BaseModel):
     pixel coordinates of the image as sent: bounding box, area in pixels, the map's peak."""
 
     model_config = ConfigDict(
-        frozen=True, json_schema_extra={"example": {"x": 12, "y": 30, "w": 9, "h": 5,
-                                                    "area": 31, "peak": 4.2}},
+        frozen=True, json_schema_extra={"examples": [{"x": 12, "y": 30, "w": 9, "h": 5,
+                                                      "area": 31, "peak": 4.2}]},
     )  # fmt: skip
 
     x: int = Field(ge=0)

@@ -77,7 +77,7 @@ def test_train_writes_the_checkpoint(trained: Path) -> None:
     assert card["training"]["launcher"]["workers"] == 2
     assert len(card["model_version"]) == 16
     calib = pd.read_csv(trained / "calibration.csv")
-    assert list(calib.columns) == ["label", "recon", "kl", "complexity", "score"]
+    assert list(calib.columns) == ["label", "recon", "kl", "complexity", "score", "map_max"]
     assert len(calib) == card["dataset"]["n_calibration"] > 0
 
 
