@@ -175,6 +175,8 @@ class ScoreConsumer:
         for rec in records:
             self.metrics.items.labels(rec.line).inc()
             self.metrics.scores.labels(rec.line).observe(rec.score)
+            if rec.defect_area is not None:
+                self.metrics.defect_area.labels(rec.line).observe(rec.defect_area)
             th = effective(current, rec.line)
             if th is None or not rec.score > th.value:
                 continue
@@ -204,6 +206,8 @@ class ScoreConsumer:
         for alert, created in zip(alerts, results, strict=False):
             if created == 1:
                 self.metrics.alerts.labels(alert.line).inc()
+                if alert.regions is not None:
+                    self.metrics.alert_regions.labels(alert.line).observe(len(alert.regions))
 
     async def _prepare(self) -> None:
         """Before the first entry: the newest served model's record, and the initial default

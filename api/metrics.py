@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 # Digit models score around 1-10 (elbo_per_tv) or 20-300 (elbo); a wide log scale covers both.
 SCORE_BUCKETS = tuple(round(2 ** (i / 2), 4) for i in range(-8, 33))  # 1/16 .. 65536
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# The share of a part above its line's pixel threshold: 0 for most, a defect 0.1 % to 10 %.
+AREA_BUCKETS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+REGION_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16)
 
 
 class Metrics:
@@ -20,6 +23,14 @@ class Metrics:
         self.scores = Histogram("vlaewatch_score", "Scores consumed (the model's score kind)",
                                 ["line"],
                                 buckets=SCORE_BUCKETS, registry=r)  # fmt: skip
+        self.defect_area = Histogram("vlaewatch_defect_area",
+                                     "Share of each item above its line's pixel threshold "
+                                     "(items of lines that have one)", ["line"],
+                                     buckets=AREA_BUCKETS, registry=r)  # fmt: skip
+        self.alert_regions = Histogram("vlaewatch_alert_regions",
+                                       "Regions per alert (alerts of lines with a pixel "
+                                       "threshold)", ["line"],
+                                       buckets=REGION_BUCKETS, registry=r)  # fmt: skip
         self.deadletters = Counter("vlaewatch_consumer_deadletters",
                                    "Score entries that could not be parsed",
                                    registry=r)  # fmt: skip

@@ -176,6 +176,16 @@ SERVICE = Dashboard(
                Query("histogram_quantile(0.99, sum by (route, le) "
                      f"(rate(vlaewatch_http_request_duration_seconds_bucket{RATE})))",
                      "p99 {{route}}")), unit="s"),
+        Panel("Defect area (share of the part above the pixel threshold), by line",
+              (Query("histogram_quantile(0.9, sum by (line, le) "
+                     f"(rate(vlaewatch_defect_area_bucket{RATE})))", "p90 {{line}}"),
+               Query(f"sum by (line) (rate(vlaewatch_defect_area_sum{RATE})) / "
+                     f"sum by (line) (rate(vlaewatch_defect_area_count{RATE}))",
+                     "mean {{line}}")), unit="percentunit"),
+        Panel("Regions per alert, by line",
+              (Query(f"sum by (line) (rate(vlaewatch_alert_regions_sum{RATE})) / "
+                     f"sum by (line) (rate(vlaewatch_alert_regions_count{RATE}))",
+                     "mean {{line}}"),)),
         Panel("Threshold calibrations",
               (Query(f"sum by (method, applied) (increase(vlaewatch_calibrations_total{RATE}))",
                      "{{method}} applied={{applied}}"),)),
@@ -208,6 +218,13 @@ RAY = Dashboard(
 
 DASHBOARDS = (SERVICE, RAY)
 
+
+def _mean_area(window: str) -> str:
+    """The mean defect area of a line's items over ``window``."""
+    return (f"(sum by (line) (rate(vlaewatch_defect_area_sum[{window}])) / "
+            f"sum by (line) (rate(vlaewatch_defect_area_count[{window}])))")  # fmt: skip
+
+
 RULES = (
     AlertRule(
         uid="vlaewatch-alert-rate-spike",
@@ -217,6 +234,15 @@ RULES = (
         condition="gt", threshold=0.2, for_="10m",
         summary="More than 20% of a line's items alert: the line, the lighting or the model "
                 "changed; check the alert gallery and recalibrate if needed.",
+    ),
+    AlertRule(
+        uid="vlaewatch-defect-area-creeping",
+        title="Defect area creeping up on a line",
+        query=Query(_mean_area("1h") + " / " + _mean_area("6h")),
+        condition="gt", threshold=1.5, for_="30m",
+        summary="A line's mean defect area over the last hour is 1.5 times its 6-hour mean: "
+                "parts drift towards failing (wear, a tool, contamination) before they fail "
+                "outright. Look at the line's recent alert overlays.",
     ),
     AlertRule(
         uid="vlaewatch-consumer-lag",

@@ -75,9 +75,11 @@ def test_every_dashboard_and_rule_query_returns_data(
 ) -> None:
     op = {"X-API-Key": API_KEYS["operator"]}
     line = f"prom{uuid.uuid4().hex[:6]}"
-    r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=op,
-                   json={"line": line, "params": {"method": "manual", "threshold": 0}})  # fmt: skip
-    assert r.status_code == 200
+    for target in ("image", "pixel"):  # every item alerts, with regions
+        r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=op,
+                       json={"line": line, "target": target,
+                             "params": {"method": "manual", "threshold": 0}})  # fmt: skip
+        assert r.status_code == 200
     images = digits.test.images[:20, 0]
     queries = all_queries()
     names = set().union(*(q.metrics() for q in queries))
