@@ -476,7 +476,8 @@ class Scorer:
     @app.post("/v1/preview", response_model=PreviewResponse)
     async def preview(self, req: PreviewRequest) -> PreviewResponse:
         """PNG previews (base64) of stored items: original, reconstruction, denoised, error map,
-        and the four side by side as a panel."""
+        the four side by side as a panel, and the overlay (the original with its map and its
+        line's regions outlined, beside the denoised image)."""
         assert self._sink is not None and self._loaded is not None
         loaded = self._loaded
         out = []
@@ -496,7 +497,10 @@ class Scorer:
                 out.append(ItemPreview(item_id=item_id, ok=False, status=409, error=reason))
                 continue
             condition = explore.line_condition(loaded, stored.line)
-            pngs = await asyncio.to_thread(render, loaded, stored.image, req.scale, condition)
+            assert self._pixel is not None
+            pixel = (await self._pixel.for_lines([stored.line]))[stored.line]
+            pngs = await asyncio.to_thread(render, loaded, stored.image, req.scale, condition,
+                                           pixel)  # fmt: skip
             out.append(
                 ItemPreview(
                     item_id=item_id, ok=True, model_version=loaded.version, line=stored.line,

@@ -1,4 +1,6 @@
-"""Preview images of a scored item: original, reconstruction, denoised, per-pixel error map."""
+"""Preview images of a scored item: original, reconstruction, denoised, per-pixel error map,
+and the overlay an operator reads an alert by: the part with its map and regions, beside the
+part as it should have looked."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from trainer.data import to_float
 from trainer.evaluate import best_conditions
 from trainer.figures import hwc, to_png
 from trainer.model import _VLAEBase
+from trainer.regions import find_regions
 
 LOCAL_MAP_FULL_SCALE = 8.0  # anomaly-map value shown white (spreads of the normal maximum)
+OUTLINE = np.array([0, 255, 255], dtype=np.uint8)  # cyan: apart from the red-yellow map
 
 
 def heatmap(error: np.ndarray) -> np.ndarray:
@@ -34,11 +38,33 @@ def _condition(model: _VLAEBase, x: torch.Tensor, condition: int = -1) -> torch.
     return torch.full((len(x),), condition, device=x.device)
 
 
+def overlay(
+    original: np.ndarray, error: np.ndarray, regions: list[dict[str, float | int]]
+) -> np.ndarray:
+    """The original (H, W, 3) uint8 with the error heatmap (in [0, 1]) blended in where it is
+    high, and each region (model-input coordinates) outlined."""
+    e = np.clip(error, 0.0, 1.0)[..., None]
+    out = (original * (1 - 0.6 * e) + heatmap(error) * (0.6 * e)).round().astype(np.uint8)
+    h, w = error.shape
+    for r in regions:
+        x0, y0 = int(r["x"]), int(r["y"])
+        x1, y1 = min(w, x0 + int(r["w"])) - 1, min(h, y0 + int(r["h"])) - 1
+        out[y0, x0 : x1 + 1] = out[y1, x0 : x1 + 1] = OUTLINE
+        out[y0 : y1 + 1, x0] = out[y0 : y1 + 1, x1] = OUTLINE
+    return out
+
+
 def render(
-    loaded: LoadedModel, image: np.ndarray, scale: int = 4, condition: int = -1
+    loaded: LoadedModel,
+    image: np.ndarray,
+    scale: int = 4,
+    condition: int = -1,
+    pixel_threshold: float | None = None,
 ) -> dict[str, bytes]:
-    """PNGs of one uint8 (C, H, W) image: original, reconstruction, denoised, error, panel;
-    a conditional model reconstructs under ``condition`` (-1: the item's best)."""
+    """PNGs of one uint8 (C, H, W) image: original, reconstruction, denoised, error, panel,
+    and overlay (the original with its map and, given its line's ``pixel_threshold``, its
+    regions outlined, beside the denoised image); a conditional model reconstructs under
+    ``condition`` (-1: the item's best)."""
     device = next(loaded.model.parameters()).device
     x = torch.from_numpy(to_float(image[None])).to(device)
     c = _condition(loaded.model, x, condition)
@@ -46,12 +72,14 @@ def render(
     denoiser = loaded.denoiser or loaded.model
     c_denoiser = c if denoiser is loaded.model else _condition(denoiser, x, condition)
     denoised = denoiser.reconstruct(x, c_denoiser)[0].cpu().numpy()
+    score_map = loaded.model.score_map(x, c)[0].cpu().numpy()
     if loaded.model.config.score_kind == "local":
         # The anomaly map the score is the maximum of: 0 (black, a typical normal image's
         # worst place) to 8 spreads of the normal maximum above it (white), for every item.
-        error = loaded.model.score_map(x, c)[0].cpu().numpy() / LOCAL_MAP_FULL_SCALE
+        error = score_map / LOCAL_MAP_FULL_SCALE
     else:
         error = np.abs(x[0].cpu().numpy() - recon).mean(axis=0)
+    regions = [] if pixel_threshold is None else find_regions(score_map, pixel_threshold)[0]
 
     def u8(a: np.ndarray) -> np.ndarray:
         return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
@@ -67,4 +95,6 @@ def render(
     panel = np.concatenate([part for t in tiles.values() for part in (t, gap)][:-1], axis=1)
     out = {kind: to_png(tile, scale) for kind, tile in tiles.items()}
     out["panel"] = to_png(panel, scale)
+    marked = overlay(tiles["original"], error, regions)
+    out["overlay"] = to_png(np.concatenate([marked, gap, tiles["denoised"]], axis=1), scale)
     return out

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 LINE_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
 DEFAULT_LINE = "default"
-PREVIEW_KINDS = ("original", "reconstruction", "denoised", "error", "panel")
+PREVIEW_KINDS = ("original", "reconstruction", "denoised", "error", "panel", "overlay")
 
 
 class RecordError(ValueError):

@@ -16,7 +16,7 @@ from scorer.streams import read_item
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 ItemPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["cam1-000123"])]
-Kind = Literal["panel", "original", "reconstruction", "denoised", "error"]
+Kind = Literal["panel", "original", "reconstruction", "denoised", "error", "overlay"]
 
 
 @router.get(

@@ -456,7 +456,7 @@ def test_previews_are_pngs_rendered_by_the_scorer_and_cached(
     _score(scorer_url, digits.test.images[:1, 0], "cam9", [item])
     url = f"{api_url}/v1/items/{item}/preview.png"
     pngs = {}
-    for kind in ("original", "reconstruction", "denoised", "error", "panel"):
+    for kind in ("original", "reconstruction", "denoised", "error", "panel", "overlay"):
         resp = httpx.get(url, headers=VIEW, params={"kind": kind}, timeout=60)
         assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
         with Image.open(io.BytesIO(resp.content)) as im:
@@ -471,6 +471,32 @@ def test_previews_are_pngs_rendered_by_the_scorer_and_cached(
     assert missing.status_code == 404 and "retention" in missing.json()["detail"]
     bad = httpx.get(url, headers=VIEW, params={"kind": "xray"})
     assert bad.status_code == 422
+
+
+def test_overlay_outlines_the_regions_beside_the_repaired_part(
+    api_url: str, scorer_url: str, digits: Any
+) -> None:
+    # Two lines: one with a pixel threshold (its items' regions are outlined in cyan), one
+    # without (the map alone). The overlay is the part with its map, beside the denoised one.
+    outlined, plain = _line(), _line()
+    r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=OP, json={
+        "line": outlined, "target": "pixel", "params": {"method": "sigma", "k": 0}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    time.sleep(1.1)  # the scorer rereads pixel thresholds at most once a second
+    image = digits.test.images[digits.test.labels.astype(str) != "0"][:1, 0]
+    overlays = {}
+    for line in (outlined, plain):
+        item = f"{line}-o"
+        _score(scorer_url, image, line, [item])
+        resp = httpx.get(f"{api_url}/v1/items/{item}/preview.png", headers=VIEW,
+                         params={"kind": "overlay", "scale": 1}, timeout=60)  # fmt: skip
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(resp.content)) as im:
+            overlays[line] = np.asarray(im.convert("RGB"))
+    assert overlays[outlined].shape == (28, 2 * 28 + 1, 3)  # part | gap | repaired part
+    cyan = (overlays[outlined] == [0, 255, 255]).all(axis=-1)
+    assert cyan[:, :28].any() and not cyan[:, 28:].any()
+    assert not (overlays[plain] == [0, 255, 255]).all(axis=-1).any()
 
 
 def test_stream_pushes_new_alerts(api_url: str, client: redis.Redis, version: str) -> None:
