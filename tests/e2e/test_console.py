@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,12 +71,18 @@ def test_console_calibrates_and_handles_an_alert(
         line, 0.0, "olga", "browser test")  # fmt: skip
     page.wait_for_selector("#history tbody tr:has-text('browser test')")
 
+    # A pixel threshold for the line too: its alerts carry regions and show the overlay.
+    r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=op, json={
+        "line": line, "target": "pixel", "params": {"method": "sigma", "k": 0}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    time.sleep(1.1)  # the scorer rereads pixel thresholds at most once a second
+
     # Alerts: an item scored on that line appears live, with its preview, and is acknowledged.
     page.click("#tab-alerts")
     page.wait_for_selector("#live:has-text('connected')")
     item = f"{line}-0001"
     buf = io.BytesIO()
-    np.save(buf, digits.test.images[:1, 0])
+    np.save(buf, digits.test.images[digits.test.labels.astype(str) != "0"][:1, 0])
     r = httpx.post(f"{scorer_url}/v1/score", content=buf.getvalue(),
                    headers={"content-type": "application/x-npy"},
                    params={"line": line, "item_id": [item]}, timeout=60)  # fmt: skip
@@ -87,6 +94,18 @@ def test_console_calibrates_and_handles_an_alert(
         " return i && i.complete && i.naturalWidth > 0; }",
         timeout=30_000,
     )
+    # Where it is defective: the overlay (regions outlined, beside the repaired part) and
+    # the regions in words.
+    page.wait_for_function(
+        f'() => {{ const i = document.querySelector("{card} img.overlay");'
+        " return i && i.complete && i.naturalWidth > 0; }",
+        timeout=30_000,
+    )
+    alert = httpx.get(f"{api_url}/v1/alerts/{item}", headers=op).json()
+    largest = alert["regions"][0]
+    text = page.inner_text(f"{card} .regions")
+    assert f"{len(alert['regions'])} region" in text
+    assert f"{largest['w']}×{largest['h']} px at ({largest['x']}, {largest['y']})" in text
     page.click(f"{card} .ack-btn")
     page.wait_for_selector(f"{card} .state:has-text('acknowledged')")
     alert = httpx.get(f"{api_url}/v1/alerts/{item}", headers=op).json()
