@@ -6,7 +6,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scorer.schemas import DEFAULT_LINE, ID_PATTERN, LINE_PATTERN, Region
+from scorer.schemas import (
+    DEFAULT_LINE,
+    ID_PATTERN,
+    LINE_PATTERN,
+    DefectArea,
+    PixelThreshold,
+    Regions,
+)
 
 AlertState = Literal["open", "acknowledged", "resolved"]
 Label = Literal["anomaly", "false_alarm", "normal"]
@@ -317,15 +324,9 @@ class Alert(BaseModel):
     note: str = ""
     preview_url: str
     events: list[AlertEvent] = Field(default_factory=list)
-    regions: list[Region] | None = Field(
-        default=None,
-        description="where the line has a pixel threshold: the anomaly map's connected regions "
-        "above it, largest first (at most 16), in pixels of the image as sent; [] for none",
-    )
-    defect_area: float | None = Field(
-        default=None, description="the share of the image above the pixel threshold"
-    )
-    pixel_threshold: float | None = None
+    regions: Regions = None
+    defect_area: DefectArea = None
+    pixel_threshold: PixelThreshold = None
 
 
 class AlertPage(BaseModel):

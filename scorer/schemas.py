@@ -165,6 +165,19 @@ class Region(BaseModel):
     peak: float
 
 
+# Where a result says where its item is defective (HTTP answers and alerts alike).
+Regions = Annotated[list[Region] | None, Field(
+    description="where a pixel threshold applies to the line: the anomaly map's connected "
+    "regions above it, largest first (at most 16), in pixels of the image as sent; [] for none",
+)]  # fmt: skip
+DefectArea = Annotated[
+    float | None, Field(description="the share of the image above the pixel threshold")
+]
+PixelThreshold = Annotated[
+    float | None, Field(description="the line's pixel threshold the regions were found with")
+]
+
+
 class ScoreRecord(_Record):
     """One entry of ``{prefix}:scores``: one scored item. ``regions`` (a JSON list),
     ``defect_area`` and ``pixel_threshold`` are present when a pixel threshold applied to the
@@ -279,17 +292,9 @@ class ItemScore(BaseModel):
         description="with ?maps=true: the map the score is built from, base64 NPY (float32, "
         "H x W at the model's input size; the local score is its maximum)",
     )
-    regions: list[Region] | None = Field(
-        default=None,
-        description="where a pixel threshold applies to the line: the map's connected regions "
-        "above it, largest first (at most 16), in pixels of the image as sent; [] for none",
-    )
-    defect_area: float | None = Field(
-        default=None, description="the share of the image above the pixel threshold"
-    )
-    pixel_threshold: float | None = Field(
-        default=None, description="the line's pixel threshold the regions were found with"
-    )
+    regions: Regions = None
+    defect_area: DefectArea = None
+    pixel_threshold: PixelThreshold = None
 
 
 class ItemError(BaseModel):

@@ -224,7 +224,7 @@ def test_previews_of_a_scored_item(scorer_url: str, digits: Any) -> None:
     assert resp.status_code == 200
     found, missing = resp.json()["previews"]
     assert found["ok"] and set(found["images"]) == {"original", "reconstruction", "denoised",
-                                                    "error", "panel"}  # fmt: skip
+                                                    "error", "panel", "overlay"}  # fmt: skip
     sizes = {}
     for kind, b64 in found["images"].items():
         with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
@@ -232,6 +232,7 @@ def test_previews_of_a_scored_item(scorer_url: str, digits: Any) -> None:
             sizes[kind] = im.size
     assert sizes["original"] == (56, 56)
     assert sizes["panel"] == ((4 * 28 + 3) * 2, 56)
+    assert sizes["overlay"] == ((2 * 28 + 1) * 2, 56)  # the part | gap | the part repaired
     with Image.open(io.BytesIO(base64.b64decode(found["images"]["original"]))) as im:
         original = np.asarray(im.convert("L"))[::2, ::2]
     assert np.array_equal(original, digits.test.images[0, 0])
