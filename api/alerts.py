@@ -16,7 +16,16 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from api.errors import Conflict, NotFound, Unprocessable
-from api.schemas import Alert, AlertEvent, AlertPage, AlertState, ItemLabel, Label
+from api.schemas import (
+    Alert,
+    AlertEvent,
+    AlertPage,
+    AlertState,
+    ItemLabel,
+    Label,
+    RegionLabel,
+    Verdict,
+)
 from scorer.schemas import regions_json
 from scorer.streams import as_text
 
@@ -101,6 +110,7 @@ class AlertStore:
         self.lines_key = f"{prefix}:alerts:lines"
         self.channel = f"{prefix}:alerts:live"
         self.labels_key = f"{prefix}:labels"
+        self.region_labels_key = f"{prefix}:region_labels"
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
 
@@ -254,6 +264,33 @@ class AlertStore:
         pipe.hset(self.labels_key, item_id, record.model_dump_json())
         await pipe.execute()
         return await self.get(item_id)
+
+    async def label_region(
+        self, item_id: str, region: int, verdict: Verdict, who: str, note: str
+    ) -> Alert:
+        """An operator's word on one of an alert's regions (its index in ``regions``)."""
+        alert = await self.get(item_id)
+        regions = alert.regions or []
+        if not 0 <= region < len(regions):
+            raise Unprocessable(
+                f"alert {item_id!r} has {len(regions)} region(s); there is no region {region}"
+            )
+        now = time.time()
+        event = AlertEvent(at=now, who=who, action="region labelled", note=note, region=region,
+                           verdict=verdict)  # fmt: skip
+        record = RegionLabel(item_id=item_id, region=region, line=alert.line,
+                             peak=regions[region].peak, pixel_threshold=alert.pixel_threshold,
+                             model_version=alert.model_version, verdict=verdict, who=who,
+                             at=now, note=note)  # fmt: skip
+        pipe = self.client.pipeline(transaction=True)
+        pipe.rpush(self._events_key(item_id), event.model_dump_json())
+        pipe.hset(self.region_labels_key, f"{item_id}#{region}", record.model_dump_json())
+        await pipe.execute()
+        return await self.get(item_id)
+
+    async def region_labels(self) -> list[RegionLabel]:
+        raw: Any = await self.client.hgetall(self.region_labels_key)
+        return [RegionLabel.model_validate_json(v) for v in raw.values()]
 
     async def label_item(self, record: ItemLabel) -> None:
         """Label an item that raised no alert (or whose alert has expired)."""

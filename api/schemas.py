@@ -17,6 +17,7 @@ from scorer.schemas import (
 
 AlertState = Literal["open", "acknowledged", "resolved"]
 Label = Literal["anomaly", "false_alarm", "normal"]
+Verdict = Literal["right", "wrong"]  # an operator's word on one region of an alert
 Method = Literal["fpr", "labels", "sigma", "manual", "rollback"]
 # What a threshold applies to: an image's score (does the part alert?) or its anomaly map
 # (which pixels are defective: a region is where the map is above it).
@@ -291,9 +292,11 @@ class AlertEvent(BaseModel):
 
     at: float
     who: str
-    action: Literal["created", "acknowledged", "resolved", "labelled"]
+    action: Literal["created", "acknowledged", "resolved", "labelled", "region labelled"]
     note: str = ""
     label: Label | None = None
+    region: int | None = Field(default=None, description="the region a region label is for")
+    verdict: Verdict | None = None
 
 
 class Alert(BaseModel):
@@ -345,6 +348,37 @@ class AlertAction(BaseModel):
     model_config = _example({"note": "operator checked the part; lens smudge"})
 
     note: str = Field(default="", max_length=2000)
+
+
+class RegionLabelRequest(BaseModel):
+    """An operator's word on one region of an alert: ``right`` (the defect is there) or
+    ``wrong`` (nothing wrong there); region labels feed the pixel threshold's ``labels``."""
+
+    model_config = _example({"verdict": "wrong", "note": "a reflection on the rim"})
+
+    verdict: Verdict
+    note: str = Field(default="", max_length=2000)
+
+
+class RegionLabel(BaseModel):
+    """A labelled region: where it was, its peak, and the verdict."""
+
+    model_config = _example(
+        {"item_id": "cam1-000123", "region": 0, "line": "cam1", "peak": 4.2,
+         "pixel_threshold": 2.1, "model_version": "c96dc36985a2a968", "verdict": "right",
+         "who": "olga", "at": 1795000200.0, "note": ""}
+    )  # fmt: skip
+
+    item_id: str
+    region: int
+    line: str
+    peak: float
+    pixel_threshold: float | None
+    model_version: str
+    verdict: Verdict
+    who: str
+    at: float
+    note: str = ""
 
 
 class LabelRequest(BaseModel):

@@ -12,7 +12,16 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api.alerts import AlertFilter
 from api.deps import Operator, ServicesDep, Viewer
 from api.errors import Unprocessable
-from api.schemas import Alert, AlertAction, AlertPage, AlertState, ErrorBody, Label, LabelRequest
+from api.schemas import (
+    Alert,
+    AlertAction,
+    AlertPage,
+    AlertState,
+    ErrorBody,
+    Label,
+    LabelRequest,
+    RegionLabelRequest,
+)
 from scorer.schemas import ID_PATTERN, LINE_PATTERN
 from scorer.streams import as_text
 
@@ -78,6 +87,21 @@ def _transition_route(action: str, path: str, doc: str) -> None:
 
 _transition_route("acknowledged", "acknowledge", "open → acknowledged (409 from any other state).")
 _transition_route("resolved", "resolve", "open or acknowledged → resolved.")
+
+
+@router.post("/alerts/{item_id}/regions/{region}/label", response_model=Alert,
+             responses=ERRORS)  # fmt: skip
+async def label_region(
+    item_id: ItemPath,
+    region: Annotated[int, Path(ge=0, le=15, description="the region's index in `regions`")],
+    body: RegionLabelRequest,
+    services: ServicesDep,
+    who: Operator,
+) -> Alert:
+    """Mark one region of an alert right (the defect is there) or wrong; region labels tune
+    the line's pixel threshold (method ``labels``, target ``pixel``)."""
+    return await services.alerts.label_region(item_id, region, body.verdict, who.name,
+                                              body.note)  # fmt: skip
 
 
 @router.post("/alerts/{item_id}/label", response_model=Alert, responses=ERRORS)

@@ -121,15 +121,10 @@ async def calibrate(
             "model; start it, or use method 'manual' or 'labels'"
         )
     pixel = body.target == "pixel"
-    if pixel and isinstance(params, LabelsParams):
-        raise Unprocessable(
-            "method 'labels' calibrates image thresholds; a pixel threshold comes from the "
-            "normal calibration maps ('fpr', 'sigma') or is set ('manual')"
-        )
     cal = np.array([])
     if model is not None:
         cal = model.map_calibration if pixel else model.calibration
-        if pixel and not len(cal) and not isinstance(params, ManualParams):
+        if pixel and not len(cal) and not isinstance(params, ManualParams | LabelsParams):
             raise Unprocessable(
                 f"model {model.version} has no calibration map maxima (its checkpoint was "
                 "written before pixel thresholds): retrain it, or use method 'manual'"
@@ -142,6 +137,9 @@ async def calibrate(
         value, confidence = sigma_threshold(cal, params.k), 0.95
     elif isinstance(params, ManualParams):
         value, confidence = params.threshold, 0.95
+    elif pixel:
+        value, quality = await _from_region_labels(services, params, body.line)
+        confidence = 0.95
     else:
         value, quality = await _from_labels(services, params, body.line)
         confidence = 0.95
@@ -172,14 +170,23 @@ async def calibrate(
     )  # fmt: skip
 
 
-async def _from_labels(
+async def _from_region_labels(
     services: ServicesDep, params: LabelsParams, line: str
 ) -> tuple[float, LabelQuality]:
-    labels = await services.alerts.labels()
+    """A pixel threshold from the regions operators marked: a region's peak against its
+    verdict (right: a defect). Only regions that were found can be marked, so this can raise
+    a pixel threshold (drop false regions) but never lower it below the one that found them."""
+    labels = await services.alerts.region_labels()
     if not params.all_lines:
         labels = [lb for lb in labels if lb.line == line]
-    scores = np.array([lb.score for lb in labels], dtype=np.float64)
-    is_anomaly = np.array([lb.label == "anomaly" for lb in labels], dtype=np.bool_)
+    peaks = np.array([lb.peak for lb in labels], dtype=np.float64)
+    right = np.array([lb.verdict == "right" for lb in labels], dtype=np.bool_)
+    return _fit(params, peaks, right)
+
+
+def _fit(
+    params: LabelsParams, scores: np.ndarray, is_anomaly: np.ndarray
+) -> tuple[float, LabelQuality]:
     if params.objective == "precision":
         if params.target_precision is None:
             raise CalibrationError("objective 'precision' needs target_precision")
@@ -189,6 +196,17 @@ async def _from_labels(
     quality = LabelQuality(precision=fit.precision, recall=fit.recall, f1=fit.f1,
                            n_anomaly=fit.n_anomaly, n_normal=fit.n_normal)  # fmt: skip
     return fit.threshold, quality
+
+
+async def _from_labels(
+    services: ServicesDep, params: LabelsParams, line: str
+) -> tuple[float, LabelQuality]:
+    labels = await services.alerts.labels()
+    if not params.all_lines:
+        labels = [lb for lb in labels if lb.line == line]
+    scores = np.array([lb.score for lb in labels], dtype=np.float64)
+    is_anomaly = np.array([lb.label == "anomaly" for lb in labels], dtype=np.bool_)
+    return _fit(params, scores, is_anomaly)
 
 
 async def _impact(

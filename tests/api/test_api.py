@@ -18,7 +18,7 @@ import pytest
 import redis
 from PIL import Image
 
-from scorer.schemas import ScoreRecord
+from scorer.schemas import Region, ScoreRecord
 from scorer.streams import decode_map
 from tests.conftest import API_KEYS
 from trainer.checkpoint import read_card
@@ -324,8 +324,9 @@ def test_pixel_thresholds_are_versioned_and_rolled_back_like_image_thresholds(
     assert image["value"] == 7.0 and image["target"] == "image" and image["version"] == 1
 
     r = httpx.post(f"{url}/calibrate", headers=OP, json={
-        "line": line, "target": "pixel", "params": {"method": "labels"}})  # fmt: skip
-    assert r.status_code == 422 and "pixel threshold" in r.json()["detail"]
+        "line": line, "target": "pixel",
+        "params": {"method": "labels", "all_lines": False}})  # fmt: skip
+    assert r.status_code == 422 and "label" in r.json()["detail"]  # no region marked here
     r = httpx.get(f"{url}/{line}", headers=VIEW, params={"target": "region"})
     assert r.status_code == 422
 
@@ -398,6 +399,48 @@ def test_regions_reach_the_stream_the_alert_and_the_live_stream(
     assert {a["item_id"] for a in large} == {i for i, x in served.items()
                                               if x["defect_area"] >= cut}  # fmt: skip
     assert len(large) < len(served)
+
+
+def test_region_labels_tune_the_pixel_threshold(
+    api_url: str, client: redis.Redis, version: str
+) -> None:
+    # Alerts whose one region peaks at 1..6; an operator marks the low three wrong (nothing
+    # there) and the high three right. Method labels on target pixel puts the pixel threshold
+    # between them.
+    line = _line()
+    _set_manual(api_url, line, -1e9)
+    now = time.time()
+    pipe = client.pipeline()
+    ids = [f"{line}-{i}" for i in range(6)]
+    for i, item_id in enumerate(ids):
+        rec = ScoreRecord(item_id=item_id, line=line, ts_ingested=now, ts_scored=now, score=1.0,
+                          recon=1.0, kl=0.0, model_version=version, pixel_threshold=0.5,
+                          defect_area=0.01, regions=[Region(x=1, y=2, w=3, h=4, area=9,
+                                                            peak=i + 1.0)])  # fmt: skip
+        pipe.xadd("vlaewatch:scores", rec.to_fields())  # type: ignore[arg-type]
+    last = pipe.execute()[-1].decode()
+    _consumed(client, last)
+    url = f"{api_url}/v1/alerts"
+    for i, item_id in enumerate(ids):
+        verdict = "right" if i >= 3 else "wrong"
+        r = httpx.post(f"{url}/{item_id}/regions/0/label", headers=OP,
+                       json={"verdict": verdict, "note": "checked"})  # fmt: skip
+        assert r.status_code == 200, r.text
+        event = r.json()["events"][-1]
+        assert (event["action"], event["region"], event["verdict"], event["who"]) == (
+            "region labelled", 0, verdict, "olga")  # fmt: skip
+    r = httpx.post(f"{url}/{ids[0]}/regions/1/label", headers=OP, json={"verdict": "right"})
+    assert r.status_code == 422 and "no region 1" in r.json()["detail"]
+    r = httpx.post(f"{url}/{ids[0]}/regions/0/label", headers=VIEW, json={"verdict": "right"})
+    assert r.status_code == 403
+
+    r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=OP, json={
+        "line": line, "target": "pixel", "dry_run": True,
+        "params": {"method": "labels", "objective": "f1", "all_lines": False}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert 3.0 <= got["threshold"] < 4.0 and got["label_quality"]["f1"] == 1.0
+    assert got["label_quality"]["n_anomaly"] == 3 and got["label_quality"]["n_normal"] == 3
 
 
 def test_labels_calibration_finds_the_best_f1_threshold(
