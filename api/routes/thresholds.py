@@ -137,11 +137,8 @@ async def calibrate(
         value, confidence = sigma_threshold(cal, params.k), 0.95
     elif isinstance(params, ManualParams):
         value, confidence = params.threshold, 0.95
-    elif pixel:
-        value, quality = await _from_region_labels(services, params, body.line)
-        confidence = 0.95
     else:
-        value, quality = await _from_labels(services, params, body.line)
+        value, quality = await _from_labels(services, params, body.line, pixel)
         confidence = 0.95
     far: FalseAlarmRate | None = false_alarm_rate(cal, value, confidence) if len(cal) else None
     far_out = FalseAlarmRateOut(**far.__dict__) if far is not None else None
@@ -170,23 +167,22 @@ async def calibrate(
     )  # fmt: skip
 
 
-async def _from_region_labels(
-    services: ServicesDep, params: LabelsParams, line: str
+async def _from_labels(
+    services: ServicesDep, params: LabelsParams, line: str, pixel: bool
 ) -> tuple[float, LabelQuality]:
-    """A pixel threshold from the regions operators marked: a region's peak against its
-    verdict (right: a defect). Only regions that were found can be marked, so this can raise
-    a pixel threshold (drop false regions) but never lower it below the one that found them."""
-    labels = await services.alerts.region_labels()
+    """The best cut on what operators labelled: alert scores against their labels, or, for a
+    pixel threshold, marked regions' peaks against their verdicts (right: a defect). Only
+    regions that were found can be marked, so region labels can raise a pixel threshold (drop
+    false regions) but never lower it below the one that found them."""
+    labelled = [
+        (lb.line, lb.peak, lb.verdict == "right") for lb in await services.alerts.region_labels()
+    ] if pixel else [
+        (lb.line, lb.score, lb.label == "anomaly") for lb in await services.alerts.labels()
+    ]  # fmt: skip
     if not params.all_lines:
-        labels = [lb for lb in labels if lb.line == line]
-    peaks = np.array([lb.peak for lb in labels], dtype=np.float64)
-    right = np.array([lb.verdict == "right" for lb in labels], dtype=np.bool_)
-    return _fit(params, peaks, right)
-
-
-def _fit(
-    params: LabelsParams, scores: np.ndarray, is_anomaly: np.ndarray
-) -> tuple[float, LabelQuality]:
+        labelled = [x for x in labelled if x[0] == line]
+    scores = np.array([x[1] for x in labelled], dtype=np.float64)
+    is_anomaly = np.array([x[2] for x in labelled], dtype=np.bool_)
     if params.objective == "precision":
         if params.target_precision is None:
             raise CalibrationError("objective 'precision' needs target_precision")
@@ -196,17 +192,6 @@ def _fit(
     quality = LabelQuality(precision=fit.precision, recall=fit.recall, f1=fit.f1,
                            n_anomaly=fit.n_anomaly, n_normal=fit.n_normal)  # fmt: skip
     return fit.threshold, quality
-
-
-async def _from_labels(
-    services: ServicesDep, params: LabelsParams, line: str
-) -> tuple[float, LabelQuality]:
-    labels = await services.alerts.labels()
-    if not params.all_lines:
-        labels = [lb for lb in labels if lb.line == line]
-    scores = np.array([lb.score for lb in labels], dtype=np.float64)
-    is_anomaly = np.array([lb.label == "anomaly" for lb in labels], dtype=np.bool_)
-    return _fit(params, scores, is_anomaly)
 
 
 async def _impact(
