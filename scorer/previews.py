@@ -72,14 +72,20 @@ def render(
     denoiser = loaded.denoiser or loaded.model
     c_denoiser = c if denoiser is loaded.model else _condition(denoiser, x, condition)
     denoised = denoiser.reconstruct(x, c_denoiser)[0].cpu().numpy()
-    score_map = loaded.model.score_map(x, c)[0].cpu().numpy()
-    if loaded.model.config.score_kind == "local":
+    # The map the score is built from: the local score's heatmap, and where regions are found
+    # (a non-local model's map costs another pass, taken only for regions).
+    score_map: np.ndarray | None = None
+    if loaded.model.config.score_kind == "local" or pixel_threshold is not None:
+        score_map = loaded.model.score_map(x, c)[0].cpu().numpy()
+    if loaded.model.config.score_kind == "local" and score_map is not None:
         # The anomaly map the score is the maximum of: 0 (black, a typical normal image's
         # worst place) to 8 spreads of the normal maximum above it (white), for every item.
         error = score_map / LOCAL_MAP_FULL_SCALE
     else:
         error = np.abs(x[0].cpu().numpy() - recon).mean(axis=0)
-    regions = [] if pixel_threshold is None else find_regions(score_map, pixel_threshold)[0]
+    regions = []
+    if pixel_threshold is not None and score_map is not None:
+        regions = find_regions(score_map, pixel_threshold)[0]
 
     def u8(a: np.ndarray) -> np.ndarray:
         return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
