@@ -84,7 +84,8 @@ class CalibrationLatents:
 
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> CalibrationLatents:
-        return cls(t["mu"].numpy(), t["conditions"].numpy(), t["images"].numpy())
+        mu = t["mu"].numpy()  # flat: a spatial model's first checkpoints kept its grid
+        return cls(mu.reshape(len(mu), -1), t["conditions"].numpy(), t["images"].numpy())
 
 
 @dataclass

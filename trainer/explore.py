@@ -19,7 +19,7 @@ import torch
 from trainer.checkpoint import CalibrationLatents
 from trainer.data import to_float
 from trainer.evaluate import best_conditions
-from trainer.model import _VLAEBase
+from trainer.model import SpatialVLAEConfig, _VLAEBase
 
 MapMethod = Literal["auto", "tsne", "pca"]
 CodeDtype = Literal["float32", "float16"]
@@ -29,6 +29,21 @@ TSNE_MAX_POINTS = 3000
 
 def _device(model: _VLAEBase) -> torch.device:
     return next(model.parameters()).device
+
+
+def latent_shape(model: _VLAEBase) -> tuple[int, ...]:
+    """The shape of one item's latent means: (D,), or (channels, h, w) for a model with a
+    grid of latent cells. The explorer handles every latent as its flat vector."""
+    cfg = model.config
+    if isinstance(cfg, SpatialVLAEConfig):
+        step = 2 ** len(cfg.channels)
+        return (int(cfg.latent_dim), cfg.image_shape[1] // step, cfg.image_shape[2] // step)
+    return (int(cfg.latent_dim),)
+
+
+def latent_size(model: _VLAEBase) -> int:
+    """The length of one item's flat latent vector."""
+    return math.prod(latent_shape(model))
 
 
 def _num_conditions(model: _VLAEBase) -> int:
@@ -79,11 +94,10 @@ def encode(
             if bool(missing.any()):
                 c[missing] = best_conditions(model, x[missing.to(device)])[0].cpu()
             mu, _ = model.encode(x, c.to(device))
-        mus.append(mu.cpu().numpy().astype(np.float32))
+        mus.append(mu.flatten(1).cpu().numpy().astype(np.float32))
         used.append(c.numpy())
     if not mus:
-        d = int(model.config.latent_dim)
-        return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
+        return np.zeros((0, latent_size(model)), np.float32), np.zeros(0, np.int64)
     return np.concatenate(mus), np.concatenate(used).astype(np.int64)
 
 
@@ -94,6 +108,7 @@ def decode(model: _VLAEBase, z: np.ndarray, conditions: np.ndarray | None = None
     model.eval()
     device = _device(model)
     zt = torch.as_tensor(np.asarray(z, dtype=np.float32)).to(device)
+    zt = zt.reshape(len(zt), *latent_shape(model))
     if conditions is not None and np.asarray(conditions).ndim == 2:
         c: torch.Tensor | None = torch.as_tensor(np.asarray(conditions, np.float32)).to(device)
     else:
@@ -238,7 +253,7 @@ def sample_prior(
     if _num_conditions(model) and (condition is None or condition < 0):
         raise ValueError("sampling a conditional model needs a condition")
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, int(model.config.latent_dim), generator=gen).numpy()
+    z = torch.randn(n, latent_size(model), generator=gen).numpy()
     conds = None if condition is None else np.full(n, condition)
     return decode(model, z, conds)
 
@@ -287,7 +302,7 @@ def traverse(
     ``z0[d] - span * scale[d]`` to ``z0[d] + span * scale[d]``. ``scale`` is the normal items'
     spread per dimension (so the row stays where the decoder has seen data), or None for the
     prior's (1). Returns images (len(dims), steps, C, H, W) and the values (len(dims), steps)."""
-    latent = int(model.config.latent_dim)
+    latent = latent_size(model)
     bad = [d for d in dims if not 0 <= d < latent]
     if bad:
         raise ValueError(f"latent dimensions {bad} are outside 0..{latent - 1}")

@@ -249,3 +249,43 @@ def _train(digits: Any, out: Path, normal: list[str], latent_dim: int, epochs: i
         out=out,
     )  # fmt: skip
     return str(read_card(path)["model_version"])
+
+
+def test_every_view_works_on_a_model_with_a_grid_of_latent_cells(tmp_path: Path) -> None:
+    # A SpatialVLAE's latent means are a grid (channels x h x w); the explorer takes them as
+    # flat vectors and decodes them back on the grid. Before, neighbours and the latent map
+    # failed on it ("the array at index 1 has 6 dimension(s)"), and samples did not decode.
+    from trainer import views
+    from trainer.data import LabelledImages, Source, split_normal
+    from trainer.defaults import choose_model, choose_training
+    from trainer.inspection import good, make_split
+    from trainer.pipeline import DatasetInfo, train_model
+    from trainer.train import LoopContext, fit
+
+    train, test = make_split("pill", n_train=60, n_test_good=4, n_test_per_defect=1, size=32)
+    src = Source("pill", LabelledImages(train, np.full(len(train), "good", dtype=object)),
+                 LabelledImages(test.images, test.labels))  # fmt: skip
+    model_cfg, _ = choose_model(train)
+    path = train_model(split_normal(src, ["good"]), model_cfg,
+                       choose_training(model_cfg, epochs=1), DatasetInfo("pill"),
+                       lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)),
+                       {"kind": "in-process"}, out=tmp_path / "pill")  # fmt: skip
+    loaded = load_checkpoint(path)
+    assert loaded.latents is not None and loaded.latents.mu.ndim == 2
+    d = explore.latent_size(loaded.model)
+    assert loaded.latents.mu.shape[1] == d == model_cfg.latent_dim * 8 * 8  # 32 / 4 a side
+    items = views.Items(names=["a", "b"], images=good("pill", 2, 32, seed=9),
+                        conditions=np.array([-1, -1]))  # fmt: skip
+    png, data = views.neighbours(loaded, items, 3, 1)
+    assert _png_size(png) == _grid_size(1, 4, 1, 32, 32) and data["k"] == 3
+    png, data = views.map_view(loaded, items, ["x", "x"], np.array([False, True]), "pca",
+                               (320, 240))  # fmt: skip
+    assert _png_size(png) == (320, 240) and data["groups"]["x"]["n"] == 2
+    png, _ = views.sample(loaded, 4, None, 0, 1)
+    assert _png_size(png)[1] == 32
+    png, _ = views.interpolate(loaded, items, 5, 1)
+    assert _png_size(png) == _grid_size(1, 5 + 2, 1, 32, 32)  # both items at the ends
+    png, data = views.traverse(loaded, items, None, 2, 3, 2.0, 1, None)
+    assert all(0 <= dim < d for dim in data["dims"])
+    png, data = views.compress(loaded, items, "float16", 1)
+    assert data["latent_dim"] == d
