@@ -40,6 +40,7 @@ from scorer.streams import (
     dead_letter,
     ensure_group,
     entry_ms,
+    line_model_version,
     load_model_record,
     read_group,
 )
@@ -80,6 +81,15 @@ class ModelCache:
                             np.sort(record.calibration_map_max()))  # fmt: skip
         self._by_version[record.model_version] = model
         return model
+
+    async def for_line(self, line: str) -> ServedModel | None:
+        """The version the scorer announced for ``line`` (else the newest one served)."""
+        return await self.get(await line_model_version(self.client, self.keys, line))
+
+    async def lines(self) -> dict[str, str]:
+        """Line -> version as the scorer announced them (``*``: the lines without their own)."""
+        raw: Any = await self.client.hgetall(self.keys.line_models)
+        return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 class ScoreConsumer:

@@ -199,7 +199,9 @@ class CalibrateRequest(BaseModel):
     dry_run: bool = False
     why: str = Field(default="", max_length=500)
     model_version: str | None = Field(
-        default=None, description="calibrate on this version's scores (default: newest served)"
+        default=None,
+        description="calibrate on this version's scores (default: the version that scores "
+        "the line now, as the scorer announced it)",
     )
     window_s: float | None = Field(
         default=None,
@@ -506,6 +508,8 @@ class ApiHealth(BaseModel):
     lag: int | None
     model_version: str | None
     reason: str | None = None
+    # line -> version, as the scorer announced them; "*": every line without its own model
+    line_models: dict[str, str] = Field(default_factory=dict)
 
 
 class ErrorBody(BaseModel):

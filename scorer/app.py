@@ -100,6 +100,7 @@ class _Item:
     line: str
     ts_ingested: float
     image: np.ndarray  # uint8 (C, H, W)
+    model: LoadedModel  # its line's, when it was decoded: the one that scores it
     stored: bytes  # kept for previews: the file as received when smaller, else the pixels
     as_file: bool
     want_map: bool = False  # the caller asked for the anomaly map (``?maps=true``)
@@ -164,19 +165,21 @@ def _error(item: _Raw, exc: InputError) -> ItemError:
 @serve.deployment(name="Scorer", health_check_period_s=5)
 @serve.ingress(app)
 class Scorer:
-    """One replica: a model, a Redis client, and a frames consumer task."""
+    """One replica: a model (and a model of their own for the lines of ``line_models``), a
+    Redis client, and a frames consumer task."""
 
     def __init__(self) -> None:
         keep_batch_memory()  # forwards from reused memory, not fresh pages (trainer/allocator.py)
         self._cfg: ScorerConfig | None = None
         self._loaded: LoadedModel | None = None
+        self._line_models: dict[str, LoadedModel] = {}
         self._load_error: str | None = None
         self._client: aioredis.Redis | None = None
         self._sink: ScoreSink | None = None
         self._pixel: PixelThresholds | None = None
         self._keys = StreamKeys()
         self._consumer: asyncio.Task[None] | None = None
-        self._announced: str | None = None  # the version last published to Redis
+        self._announced: dict[str, str] | None = None  # line -> version last published
 
     # --- configuration and model swap ----------------------------------------------------
 
@@ -202,6 +205,8 @@ class Scorer:
             else:
                 self._loaded, self._load_error = loaded, None
                 logger.info("serving model %s from %s", loaded.version, loaded.path)
+        if old is None or cfg.line_models != old.line_models:
+            await self._load_line_models(cfg, {} if old is None else old.line_models)
         if old is None or (cfg.redis_url, cfg.key_prefix) != (old.redis_url, old.key_prefix):
             if self._client is not None:
                 await self._client.aclose()
@@ -224,32 +229,66 @@ class Scorer:
             self._consumer.cancel()
             self._consumer = None
 
+    async def _load_line_models(self, cfg: ScorerConfig, before: dict[str, str]) -> None:
+        """Load the models of ``cfg.line_models`` that changed. A line whose new model is
+        refused keeps the one it had (health says why); a line new to the map gets its model
+        or the configuration fails, as the first model does."""
+        models = {line: m for line, m in self._line_models.items() if line in cfg.line_models}
+        for line, ref in cfg.line_models.items():
+            if before.get(line) == ref and line in models:
+                continue
+            try:
+                models[line] = await asyncio.to_thread(self._load, cfg, ref, None)
+            except CheckpointError as exc:
+                if line not in models:
+                    raise
+                self._load_error = f"line {line}: {exc}"
+                logger.error("model swap refused for line %s, still serving %s: %s", line,
+                             models[line].version, exc)  # fmt: skip
+            else:
+                logger.info("line %s: serving model %s", line, models[line].version)
+        self._line_models = models
+
+    def _model(self, line: str) -> LoadedModel:
+        """The model that scores ``line``."""
+        loaded = self._line_models.get(line, self._loaded)
+        assert loaded is not None
+        return loaded
+
     async def _announce(self) -> None:
-        """Publish the served version's card and calibration scores once per version and
-        connection; retried before the next batch when Redis is unavailable now."""
+        """Publish each served version's card and calibration scores, and which line each
+        scores, once per change and connection; retried before the next batch when Redis is
+        unavailable now."""
         loaded, sink = self._loaded, self._sink
-        if loaded is None or sink is None or self._announced == loaded.version:
+        if loaded is None or sink is None:
             return
-        record = ModelRecord(
-            model_version=loaded.version,
-            card=json.dumps(loaded.card),
-            calibration=loaded.calibration.to_csv(index=False),
-            loaded_at=time.time(),
-        )
+        lines = {"*": loaded.version} | {k: m.version for k, m in self._line_models.items()}
+        if self._announced == lines:
+            return
+        now = time.time()
+        by_version = {m.version: m for m in (loaded, *self._line_models.values())}
+        records = [
+            ModelRecord(model_version=m.version, card=json.dumps(m.card),
+                        calibration=m.calibration.to_csv(index=False), loaded_at=now)
+            for m in by_version.values()
+        ]  # fmt: skip
         try:
-            await sink.publish_model(record)
+            await sink.publish_models(records, lines)
         except (RedisError, OSError) as exc:
-            logger.warning("could not announce model %s yet: %s", loaded.version, exc)
+            logger.warning("could not announce models %s yet: %s", list(by_version), exc)
             return
-        self._announced = loaded.version
+        self._announced = lines
 
     @staticmethod
-    def _load(cfg: ScorerConfig) -> LoadedModel:
+    def _load(cfg: ScorerConfig, ref: str | None = None, version: str | None = None) -> LoadedModel:
+        """The model of ``ref`` (default: ``cfg.checkpoint`` at ``cfg.model_version``)."""
         import ray
         import torch
 
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        return load_checkpoint(resolve_checkpoint(cfg.checkpoint, cfg.model_version), device)
+        if ref is None:
+            ref, version = cfg.checkpoint, cfg.model_version
+        return load_checkpoint(resolve_checkpoint(ref, version), device)
 
     @property
     def version(self) -> str:
@@ -270,10 +309,22 @@ class Scorer:
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.0,
                  max_concurrent_batches=CONCURRENT_BATCHES, batch_size_fn=_count_items)  # fmt: skip
     async def _score_chunks(self, chunks: list[list[_Item]]) -> list[ScoredBatch]:
-        """The model's forward pass over every waiting chunk at once, and nothing more: the
-        next batch's forward starts while the callers of this one publish their results."""
-        loaded = self._loaded
-        assert loaded is not None
+        """The models' forward passes over every waiting chunk at once (one pass a model: a
+        chunk holds the items of one model), and nothing more: the next batch's forward
+        starts while the callers of this one publish their results."""
+        out: dict[int, ScoredBatch] = {}
+        by_model: dict[int, list[int]] = {}
+        for i, chunk in enumerate(chunks):
+            by_model.setdefault(id(chunk[0].model), []).append(i)
+        for picked in by_model.values():
+            group = [chunks[i] for i in picked]
+            out |= dict(zip(picked, await self._forward(group), strict=True))
+        return [out[i] for i in range(len(chunks))]
+
+    @staticmethod
+    async def _forward(chunks: list[list[_Item]]) -> list[ScoredBatch]:
+        """One model's forward pass over chunks of its items."""
+        loaded = chunks[0][0].model
         images = np.stack([it.image for chunk in chunks for it in chunk])
         # A conditional model scores each item under its line's condition (-1: its best).
         conditions = (
@@ -324,18 +375,29 @@ class Scorer:
         return scored
 
     async def _score_items(self, items: list[_Item]) -> list[dict[str, Any]]:
-        """Score any number of items: chunks of at most one batch, batched with other calls;
-        per-item results (the fields of ``ItemScore``) in order."""
+        """Score any number of items: chunks of one model's items, at most one batch each,
+        batched with other calls; per-item results (the fields of ``ItemScore``) in order."""
         assert self._cfg is not None
         size = self._cfg.max_batch_size
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        by_model: dict[int, list[int]] = {}
+        for i, it in enumerate(items):
+            by_model.setdefault(id(it.model), []).append(i)
+        order = [i for picked in by_model.values() for i in picked]
+        chunks = [
+            [items[i] for i in picked[j : j + size]]
+            for picked in by_model.values()
+            for j in range(0, len(picked), size)
+        ]
         parts = await asyncio.gather(*(self._score_chunk(c) for c in chunks))
-        return [r for part in parts for r in part.results()]
+        results = [r for part in parts for r in part.results()]
+        out: list[dict[str, Any]] = [{}] * len(items)
+        for i, r in zip(order, results, strict=True):
+            out[i] = r
+        return out
 
     def _decode(self, raws: list[_Raw], limits: Limits) -> tuple[list[_Item], dict[int, ItemError]]:
-        """Validate ids and decode images; errors by position, one per bad item."""
-        assert self._loaded is not None
-        shape = tuple(self._loaded.card["image_shape"])
+        """Validate ids and decode images (to the shape of their line's model); errors by
+        position, one per bad item."""
         items: list[_Item] = []
         errors: dict[int, ItemError] = {}
         seen: set[str] = set()
@@ -349,11 +411,13 @@ class Scorer:
                     raise InputError(f"item_id {raw.item_id!r} appears twice in this request")
                 if not valid_line(raw.line):
                     raise InputError(f"line {raw.line[:40]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+                model = self._model(raw.line)
                 try:
-                    self._loaded.condition_for_line(raw.line)
+                    model.condition_for_line(raw.line)
                 except UnmappedLineError as exc:
                     raise InputError(str(exc)) from None
                 seen.add(raw.item_id)
+                shape = tuple(model.card["image_shape"])
                 if isinstance(raw.payload, np.ndarray):
                     image = decode_array(raw.payload, shape, limits)
                 else:
@@ -365,7 +429,7 @@ class Scorer:
                     stored, as_file = raw.payload, True
                 else:
                     stored, as_file = image.tobytes(), False
-                items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image, stored,
+                items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image, model, stored,
                                    as_file, source_hw=sent))  # fmt: skip
             except InputError as exc:
                 errors[i] = _error(raw, exc)
@@ -419,9 +483,8 @@ class Scorer:
         elif ctype in NPY_TYPES:
             body = await request.body()
             try:
-                payloads = list(
-                    split_batch(load_npy(body, limits), tuple(self._loaded.card["image_shape"]))
-                )
+                shape = tuple(self._model(line).card["image_shape"])
+                payloads = list(split_batch(load_npy(body, limits), shape))
             except InputError as exc:
                 raise HTTPException(exc.status, exc.reason) from None
         else:
@@ -450,8 +513,8 @@ class Scorer:
         ]
         # The body of a ScoreResponse, written directly: validating hundreds of per-item
         # models again on the way out cost as much as the work they describe.
-        out = {"model_version": self.version, "n_scored": len(items), "n_failed": len(errors),
-               "results": results}  # fmt: skip
+        out = {"model_version": self._model(line).version, "n_scored": len(items),
+               "n_failed": len(errors), "results": results}  # fmt: skip
         return Response(json.dumps(out, separators=(",", ":")), media_type="application/json")
 
     async def _read_form(
@@ -479,7 +542,6 @@ class Scorer:
         the four side by side as a panel, and the overlay (the original with its map and its
         line's regions outlined, beside the denoised image)."""
         assert self._sink is not None and self._loaded is not None
-        loaded = self._loaded
         out = []
         for item_id in req.item_ids:
             try:
@@ -491,6 +553,7 @@ class Scorer:
                                        error="no such item: never scored, or expired from "
                                              "retention"))  # fmt: skip
                 continue
+            loaded = self._model(stored.line)
             if list(stored.image.shape) != list(loaded.card["image_shape"]):
                 reason = (f"item shape {list(stored.image.shape)} differs from the model's "
                           f"{loaded.card['image_shape']}")  # fmt: skip
@@ -521,10 +584,15 @@ class Scorer:
     )  # fmt: skip
     async def explore_view(self, req: Annotated[ExploreRequest, Body()]) -> ExploreResponse:
         """A view of the served model's latent space (PNG, base64) and its numbers: latent map,
-        nearest normal items, prior samples, interpolation, traversal, compression."""
+        nearest normal items, prior samples, interpolation, traversal, compression. A view of
+        items is drawn by the model of the first item's line; the others by ``checkpoint``'s."""
         assert self._sink is not None and self._loaded is not None
         loaded, sink = self._loaded, self._sink
         try:
+            named = explore.named_items(req)
+            first = await sink.load_item(named[0]) if named else None
+            if first is not None:
+                loaded = self._model(first.line)
             items, lines, flags = await explore.gather(loaded, req, sink.load_item)
             return await asyncio.to_thread(explore.render, loaded, req, items, lines, flags)
         except explore.ExploreError as exc:
@@ -546,6 +614,7 @@ class Scorer:
             conditions=self._loaded.conditions,
             line_conditions=self._loaded.line_conditions,
             explorer=self._loaded.latents is not None,
+            line_models={line: m.version for line, m in self._line_models.items()},
         )
 
     # --- the frames consumer -------------------------------------------------------------

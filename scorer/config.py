@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from scorer.schemas import valid_line
 from trainer.images import Limits
 
 
@@ -17,6 +18,11 @@ class ScorerConfig(BaseModel):
 
     checkpoint: str = Field(description="checkpoint directory, or model store (newest version)")
     model_version: str | None = Field(default=None, description="version to load from a store")
+    line_models: dict[str, str] = Field(
+        default_factory=dict,
+        description="line -> checkpoint (directory, or model store: its newest version) of "
+        "the model that scores that line; lines not listed: ``checkpoint``",
+    )
     redis_url: str
     key_prefix: str = "vlaewatch"
     max_batch_size: int = Field(default=256, ge=1, le=8192)
@@ -42,6 +48,14 @@ class ScorerConfig(BaseModel):
     max_image_bytes: int = 8 * 1024 * 1024
     max_pixels: int = 4096 * 4096
     resize: bool = False
+
+    @field_validator("line_models")
+    @classmethod
+    def _lines(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [line for line in value if not valid_line(line)]
+        if bad:
+            raise ValueError(f"line_models: invalid line ids {bad[:3]}")
+        return value
 
     def limits(self) -> Limits:
         return Limits(

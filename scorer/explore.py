@@ -92,18 +92,23 @@ async def gather(
             conditions=np.array([line_condition(loaded, it.line) for it in kept], np.int64),
         )
         return items, lines, np.array(flags, bool)
-    ids: list[str] = []
-    if isinstance(req, NeighboursRequest):
-        ids = [req.item_id]
-    elif isinstance(req, InterpolateRequest):
-        ids = [req.item_a, req.item_b]
-    elif isinstance(req, TraverseRequest) and req.item_id:
-        ids = [req.item_id]
-    elif isinstance(req, CompressRequest):
-        ids = list(req.item_ids)
+    ids = named_items(req)
     if not ids:
         return None, [], np.zeros(0, bool)
     return await load_items(loaded, ids, load), [], np.zeros(0, bool)
+
+
+def named_items(req: AnyRequest) -> list[str]:
+    """The items a view is about (none for a latent map, where items are context)."""
+    if isinstance(req, NeighboursRequest):
+        return [req.item_id]
+    if isinstance(req, InterpolateRequest):
+        return [req.item_a, req.item_b]
+    if isinstance(req, TraverseRequest) and req.item_id:
+        return [req.item_id]
+    if isinstance(req, CompressRequest):
+        return list(req.item_ids)
+    return []
 
 
 def render(

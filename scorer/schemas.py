@@ -64,6 +64,12 @@ class StreamKeys:
         return f"{self.prefix}:models"
 
     @property
+    def line_models(self) -> str:
+        """Which version scores which line: a hash line -> version, ``*`` for every line
+        without a model of its own (``ScorerConfig.line_models``)."""
+        return f"{self.prefix}:line_models"
+
+    @property
     def thresholds(self) -> str:
         """Current image thresholds: a hash line -> JSON; ``:history:<line>`` lists versions."""
         return f"{self.prefix}:thresholds"
@@ -363,6 +369,7 @@ class Health(BaseModel):
     conditions: list[str] = Field(default_factory=list)  # a conditional model's
     line_conditions: dict[str, str] = Field(default_factory=dict)  # line -> condition
     explorer: bool = False  # calibration latents present: /v1/explore has its reference
+    line_models: dict[str, str] = Field(default_factory=dict)  # line -> version of its own
 
 
 # --- explorer (the latent space of the served model) ---------------------------------------

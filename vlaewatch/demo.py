@@ -58,6 +58,7 @@ class AlertListener:
         self.seen: dict[str, tuple[float, dict[str, Any]]] = {}
         self.ready = threading.Event()
         self._stop = threading.Event()
+        self._resp: httpx.Response | None = None
         self.thread = threading.Thread(target=self._run, name="alerts", daemon=True)
 
     def start(self) -> AlertListener:
@@ -70,60 +71,91 @@ class AlertListener:
         timeout = httpx.Timeout(10, read=None)
         try:
             with httpx.stream("GET", self.url, headers=self.headers, timeout=timeout) as resp:
+                self._resp = resp
                 for text in resp.iter_lines():
                     if text.startswith(":"):
                         self.ready.set()
                     elif text.startswith("data:"):
                         alert = json.loads(text[5:])
                         self.seen.setdefault(alert["item_id"], (time.time(), alert))
-        except httpx.HTTPError as exc:
-            if not self._stop.is_set():  # else: the API is shutting down, as asked
+        except Exception as exc:  # closing from stop() raises whatever the read was doing
+            if not self._stop.is_set():  # else: the demo is stopping, as asked
                 print(f"alert stream closed: {exc}", file=sys.stderr)
 
     def stop(self) -> None:
+        """Hang up, so the API's shutdown does not wait for this open stream."""
         self._stop.set()
+        if self._resp is not None:
+            self._resp.close()
+        self.thread.join(5)
+
+
+@dataclass(frozen=True)
+class LinePart:
+    """What one camera line of the demo sends: its images (uint8 N x H x W[x C], as on the
+    wire), their true labels and, for generated parts, where each defect is."""
+
+    line: str
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None  # bool N x H x W; None: no ground truth of where
 
 
 @dataclass
 class Streamed:
-    """What the ingestion client sent and got back."""
+    """What the ingestion client sent and got back, one entry per scored item."""
 
     item_ids: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    regions: list[list[dict[str, Any]]] = field(default_factory=list)  # as scored
+    maps: list[np.ndarray] = field(default_factory=list)  # with ``maps``: each anomaly map
+    where: list[tuple[int, int]] = field(default_factory=list)  # (part, index in it)
     failed: int = 0
     seconds: float = 0.0
 
 
-def stream_images(
+def _turns(parts: list[LinePart], batch: int, seed: int) -> list[tuple[int, np.ndarray]]:
+    """(part, image indices) per request: each part shuffled, the lines taking turns."""
+    rng = np.random.default_rng(seed)
+    queues = [rng.permutation(len(p.images)) for p in parts]
+    turns, lo = [], 0
+    while any(lo < len(q) for q in queues):
+        turns += [(k, q[lo : lo + batch]) for k, q in enumerate(queues) if lo < len(q)]
+        lo += batch
+    return turns
+
+
+def stream_lines(
     scorer_url: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    lines: list[str],
+    parts: list[LinePart],
     rate: float,
     batch: int,
     run_id: str,
     progress: Any,
+    maps: bool = False,
     seed: int = 0,
 ) -> Streamed:
-    """POST the images, shuffled, ``batch`` at a time at ``rate`` images/s, each batch on the
-    next line id in turn."""
-    order = np.random.default_rng(seed).permutation(len(images))
+    """POST each line's images, shuffled, ``batch`` at a time, at ``rate`` images/s in all,
+    the lines taking turns; ``maps`` asks for each item's anomaly map too."""
+    from scorer.streams import decode_map
+
     out = Streamed()
+    total, sent = sum(len(p.images) for p in parts), 0
     start = time.monotonic()
     with httpx.Client(timeout=60) as http:
-        for n, lo in enumerate(range(0, len(order), batch)):
-            idx = order[lo : lo + batch]
-            line = lines[n % len(lines)]
-            ids = [f"{run_id}-{line}-{i}" for i in idx]
+        for k, idx in _turns(parts, batch, seed):
+            part = parts[k]
+            ids = [f"{run_id}-{part.line}-{i}" for i in idx]
             buf = io.BytesIO()
-            np.save(buf, images[idx])
-            due = start + lo / rate
-            time.sleep(max(0.0, due - time.monotonic()))
+            np.save(buf, part.images[idx])
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+            sent += len(idx)
             resp = http.post(f"{scorer_url}/v1/score", content=buf.getvalue(),
                              headers={"content-type": "application/x-npy"},
-                             params={"line": line, "item_id": ids})  # fmt: skip
+                             params={"line": part.line, "item_id": ids,
+                                     "maps": str(maps).lower()})  # fmt: skip
             if resp.status_code != 200:
                 raise DemoError(f"the scorer answered {resp.status_code}: {resp.text[:300]}")
             for i, result in zip(idx, resp.json()["results"], strict=True):
@@ -131,10 +163,14 @@ def stream_images(
                     out.failed += 1
                     continue
                 out.item_ids.append(result["item_id"])
-                out.lines.append(line)
-                out.labels.append(str(labels[i]))
+                out.lines.append(part.line)
+                out.labels.append(str(part.labels[i]))
                 out.scores.append(float(result["score"]))
-            progress(len(out.item_ids) + out.failed, len(order))
+                out.regions.append(result.get("regions") or [])
+                out.where.append((k, int(i)))
+                if maps:
+                    out.maps.append(decode_map(result["anomaly_map"]))
+            progress(len(out.item_ids) + out.failed, total)
     out.seconds = time.monotonic() - start
     return out
 
@@ -182,6 +218,65 @@ def summary(
         "latency_ms_p50": float(np.percentile(latencies, 50)) if len(latencies) else None,
         "latency_ms_p99": float(np.percentile(latencies, 99)) if len(latencies) else None,
     }
+
+
+def _overlaps(region: dict[str, Any], mask: np.ndarray) -> bool:
+    """Whether a region's box covers any pixel of a defect mask."""
+    y, x = int(region["y"]), int(region["x"])
+    return bool(mask[y : y + int(region["h"]), x : x + int(region["w"])].any())
+
+
+def where_summary(
+    streamed: Streamed,
+    parts: list[LinePart],
+    alerted: dict[str, tuple[float, dict[str, Any]]],
+    normal: list[str],
+    pixel: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """Per line with defect masks: detection (image and pixel AUROC, recall and precision of
+    its alerts), localisation (the share of alerts on defective parts whose largest region
+    overlaps the defect's mask) and the false-region rate on good parts beside the target
+    its pixel calibration (``pixel[line]``, the calibration answer) promised."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, dict[str, Any]] = {}
+    for k, part in enumerate(parts):
+        if part.masks is None:
+            continue
+        mine = [j for j, (p, _) in enumerate(streamed.where) if p == k]
+        bad = np.array([streamed.labels[j] not in normal for j in mine])
+        flagged = np.array([streamed.item_ids[j] in alerted for j in mine])
+        scores = np.array([streamed.scores[j] for j in mine])
+        masks = part.masks[[streamed.where[j][1] for j in mine]]
+        located = [
+            _overlaps(regions[0], mask)
+            for j, mask, is_bad in zip(mine, masks, bad, strict=True)
+            if is_bad and (regions := alerted.get(streamed.item_ids[j], (0, {}))[1].get("regions"))
+        ]
+        on_defects = int(np.sum(flagged & bad))
+        good_regions = [bool(streamed.regions[j]) for j, b in zip(mine, bad, strict=True) if not b]
+        both = 0 < bad.sum() < len(bad)
+        pixel_auroc = None
+        if streamed.maps and both:
+            maps = np.stack([streamed.maps[j] for j in mine])
+            pixel_auroc = float(roc_auc_score(masks.ravel(), maps.ravel()))
+        cal = pixel.get(part.line, {})
+        far = cal.get("false_alarm_rate") or {}
+        out[part.line] = {
+            "items": len(mine),
+            "defective": int(bad.sum()),
+            "alerts": int(flagged.sum()),
+            "image_auroc": float(roc_auc_score(bad, scores)) if both else None,
+            "pixel_auroc": pixel_auroc,
+            "recall": on_defects / int(bad.sum()) if bad.any() else None,
+            "precision": on_defects / int(flagged.sum()) if flagged.any() else None,
+            "localisation_hit_rate": sum(located) / len(located) if located else None,
+            "alerts_located": f"{sum(located)} of {on_defects}",
+            "false_region_rate": sum(good_regions) / len(good_regions) if good_regions else None,
+            "false_region_target": cal.get("alpha"),
+            "false_region_interval": [far.get("low"), far.get("high")],
+        }
+    return out
 
 
 def progress_printer(label: str) -> Any:

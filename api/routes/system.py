@@ -31,6 +31,7 @@ async def health(services: ServicesDep) -> ApiHealth:
         await services.client.ping()
         pending, lag, _ = await consumer.lag()
         newest = await services.models.get()
+        lines = await services.models.lines()
     except (RedisError, OSError) as exc:
         return ApiHealth(status="degraded", redis=False, consumer=services.cfg.consumer,
                          consuming=consumer.running, pending=None, lag=None, model_version=None,
@@ -40,6 +41,7 @@ async def health(services: ServicesDep) -> ApiHealth:
         status="ok" if ok else "degraded", redis=True, consumer=services.cfg.consumer,
         consuming=consumer.running, pending=pending, lag=lag,
         model_version=newest.version if newest else None, reason=consumer.last_error,
+        line_models=lines,
     )  # fmt: skip
 
 

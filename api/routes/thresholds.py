@@ -113,7 +113,9 @@ async def calibrate(
     normal images (with an interval) and the alerts it would have raised per line over the
     recent window. ``dry_run`` changes nothing."""
     params = body.params
-    model = await services.models.get(body.model_version)
+    # Without a version: the model that scores the line now (scorer ``line_models``).
+    model = await (services.models.get(body.model_version) if body.model_version
+                   else services.models.for_line(body.line))  # fmt: skip
     if model is None and not isinstance(params, ManualParams | LabelsParams):
         which = body.model_version or "any model"
         raise Unprocessable(

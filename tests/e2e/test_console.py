@@ -106,6 +106,27 @@ def test_console_calibrates_and_handles_an_alert(
     text = page.inner_text(f"{card} .regions")
     assert f"{len(alert['regions'])} region" in text
     assert f"{largest['w']}×{largest['h']} px at ({largest['x']}, {largest['y']})" in text
+    # Clicking the largest region on the overlay zooms in on it; the operator marks it wrong.
+    box = page.locator(f"{card} img.overlay").bounding_box()
+    assert box is not None
+    side = 28  # the overlay: the part, a one-pixel gap, the repaired part
+    centre = {"x": (largest["x"] + largest["w"] / 2) / (2 * side + 1) * box["width"],
+              "y": (largest["y"] + largest["h"] / 2) / side * box["height"]}  # fmt: skip
+    page.click(f"{card} img.overlay", position=centre)
+    page.wait_for_selector(f"{card} canvas.zoom:not([hidden])")
+    assert page.inner_text(f"{card} .zoom-caption").startswith("region #1 up close")
+    assert page.get_attribute(f"{card} .region.zoomed", "data-index") == "0"
+    lit = page.evaluate(
+        f'() => {{ const c = document.querySelector("{card} canvas.zoom");'
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " return c.width > 0 && d.some((v, i) => i % 4 !== 3 && v > 0); }"
+    )
+    assert lit, "the zoom drew nothing"
+    page.click(f"{card} .region[data-index='0'] .wrong-btn")
+    page.wait_for_selector(f"{card} .region[data-index='0'] .verdict:has-text('marked wrong')")
+    events = httpx.get(f"{api_url}/v1/alerts/{item}", headers=op).json()["events"]
+    assert (events[-1]["action"], events[-1]["region"], events[-1]["verdict"]) == (
+        "region labelled", 0, "wrong")  # fmt: skip
     page.click(f"{card} .ack-btn")
     page.wait_for_selector(f"{card} .state:has-text('acknowledged')")
     alert = httpx.get(f"{api_url}/v1/alerts/{item}", headers=op).json()

@@ -8,6 +8,8 @@ and a colour object at 128 x 128.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import time
 import uuid
@@ -20,12 +22,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+import redis.asyncio as aioredis
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from api.calibrate import conformal_threshold, false_alarm_rate
 from api.schemas import Threshold
-from scorer.schemas import StreamKeys
-from scorer.streams import decode_map
+from scorer.schemas import FRAMES_GROUP, StreamKeys
+from scorer.streams import decode_map, line_model_version
 from trainer.checkpoint import load_checkpoint, read_card
 from trainer.data import LabelledImages, Source, split_normal
 from trainer.defaults import choose_model, choose_training
@@ -35,7 +39,7 @@ from trainer.pipeline import DatasetInfo, train_model
 from trainer.train import LoopContext, fit
 
 # (category, image side, epochs): small enough for the test session, long enough for floors.
-MODELS = {"fabric": ("fabric", 64, 40), "washer": ("washer", 64, 40), "pill128": ("pill", 128, 2)}
+MODELS = {"fabric": ("fabric", 64, 100), "washer": ("washer", 64, 100), "pill128": ("pill", 128, 2)}
 N_TRAIN, N_GOOD, N_PER_DEFECT = 240, 40, 12
 
 
@@ -116,12 +120,12 @@ def _aurocs(test: Any, scores: np.ndarray, maps: np.ndarray) -> dict[str, tuple[
     return out
 
 
-# Floors (image AUROC, pixel AUROC; 0: none): what these 40-epoch models measured, less a
+# Floors (image AUROC, pixel AUROC; 0: none): what 40-epoch fits measured, less a
 # margin (fabric hole 0.99 / 0.98, contamination pixel 0.95, scratch pixel 0.88, worn 0.94;
 # washer contamination 0.79 / 0.83, crack pixel 0.88). A model at chance, as the
 # previous whole-image score was on such parts, fails them; so does a local score without its
 # texture term on worn patches (0.55). Stains are left to the benchmark: no model here finds
-# them (bench/README.md).
+# them (bench/README.md). The fits here run 100 epochs, as the demo's do, for the regions.
 FLOORS = {
     "fabric": {"hole": (0.9, 0.95), "contamination": (0.0, 0.85), "scratch": (0.0, 0.75),
                "worn": (0.85, 0.8)},
@@ -163,12 +167,11 @@ def test_served_scores_and_maps_equal_evaluate(
 
 
 # Floors (share of defective items with a region at alpha 0.05; share of those whose largest
-# region's box overlaps the defect's mask): what these 40-epoch fits measured, less a margin
-# (fabric 29 of 60, 24 of them located; washer 21 of 72, 19 located). The default 200-epoch
-# models of the inspection benchmark locate 0.95 (fabric) and 0.89 (washer) of what they
-# detect; the misses are mostly false regions on defects they do not find (stains) or find
-# weakly (scratches).
-LOCATED = {"fabric": (0.4, 0.75), "washer": (0.22, 0.8)}
+# region's box overlaps the defect's mask): fabric, the demo's surface, holds the 0.9 the
+# service promises (measured: 27 of 60 detected, 26 of them located); the washer measured 25
+# of 72 and 22 (0.88: two misplaced washers and a crack lit up elsewhere more than where the
+# defect is), so its floor is lower and its shortfall is recorded in the README.
+LOCATED = {"fabric": (0.35, 0.9), "washer": (0.25, 0.8)}
 
 
 @pytest.mark.parametrize("name", ["fabric", "washer"])
@@ -227,3 +230,109 @@ def test_pixel_threshold_bounds_the_false_region_rate_on_unseen_good_parts(
     _, maps = _served(model["url"], good(category, 240, size, seed=11))
     realised = float(np.mean(maps.reshape(len(maps), -1).max(axis=1) > value))
     assert far.low <= realised <= far.high, (realised, far)
+
+
+def test_each_line_is_scored_by_its_own_model(
+    inspection: dict[str, dict[str, Any]], redis_server: Any, scorer_url: str
+) -> None:
+    # One deployment, two models: grey 64 x 64 fabric for every line, colour 128 x 128 pills
+    # for line "pills". Each line's items are decoded to, scored by and previewed with its
+    # own model, over HTTP and from one frames read that mixes the lines; both models and
+    # the line map are announced for the API.
+    from ray import serve
+
+    from scorer.app import Scorer
+    from scorer.config import DeploymentConfig, ScorerConfig
+
+    fabric, pills = inspection["fabric"], inspection["pill128"]
+    prefix = f"vw-lines-{uuid.uuid4().hex[:6]}"
+    cfg = ScorerConfig(checkpoint=str(fabric["path"]), line_models={"pills": str(pills["path"])},
+                       redis_url=redis_server.url, key_prefix=prefix)  # fmt: skip
+    options = DeploymentConfig(num_cpus=0.25).options()
+    app = Scorer.options(user_config=cfg.model_dump(), **options).bind()  # type: ignore[attr-defined]
+    serve.run(app, name="lines", route_prefix="/lines")
+    url = f"{scorer_url}/lines"
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        fabric_v = read_card(fabric["path"])["model_version"]
+        pills_v = read_card(pills["path"])["model_version"]
+        health = httpx.get(f"{url}/v1/health", timeout=30).json()
+        assert health["model_version"] == fabric_v and health["line_models"] == {"pills": pills_v}
+        keys = StreamKeys(prefix)
+        lines = {k.decode(): v.decode() for k, v in client.hgetall(keys.line_models).items()}
+        assert lines == {"*": fabric_v, "pills": pills_v}
+        assert {v.decode() for v in client.zrange(keys.models, 0, -1)} == {fabric_v, pills_v}
+
+        async def announced(line: str) -> str | None:
+            async with aioredis.Redis.from_url(redis_server.url) as c:
+                return await line_model_version(c, keys, line)
+
+        assert asyncio.run(announced("pills")) == pills_v
+        assert asyncio.run(announced("cam9")) == fabric_v
+
+        grey, colour = fabric["test"].images[:6], pills["test"].images[:4]
+        expected = {
+            "cam1": score_images(load_checkpoint(fabric["path"]).model, grey).score,
+            "pills": score_images(load_checkpoint(pills["path"]).model, colour).score,
+        }
+        tag = uuid.uuid4().hex[:6]
+        for line, images in (("cam1", grey), ("pills", colour)):
+            buf = io.BytesIO()
+            batch = images.transpose(0, 2, 3, 1)
+            np.save(buf, batch[..., 0] if batch.shape[-1] == 1 else batch)
+            names = [f"{tag}-{line}-{j}" for j in range(len(images))]
+            resp = httpx.post(f"{url}/v1/score", content=buf.getvalue(), timeout=120,
+                              headers={"content-type": "application/x-npy"},
+                              params={"line": line, "item_id": names})  # fmt: skip
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["n_failed"] == 0
+            assert body["model_version"] == (pills_v if line == "pills" else fabric_v)
+            got = [r["score"] for r in body["results"]]
+            np.testing.assert_allclose(got, expected[line], rtol=1e-4, atol=1e-4)
+        # A grey 64 x 64 image on the colour line does not fit its model: that item's error.
+        buf = io.BytesIO()
+        np.save(buf, grey[:1, 0])
+        resp = httpx.post(f"{url}/v1/score", content=buf.getvalue(), timeout=60,
+                          headers={"content-type": "application/x-npy"},
+                          params={"line": "pills"})  # fmt: skip
+        assert resp.status_code in (400, 422) or resp.json()["n_failed"] == 1, resp.text
+
+        # Frames of both lines in one read: each scored by its line's model, in the stream.
+        ids = []
+        for j in range(3):
+            for line, img in (("cam1", grey[j]), ("pills", colour[j])):
+                item = f"{tag}-fr-{line}-{j}"
+                png = io.BytesIO()
+                pixels = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+                Image.fromarray(np.ascontiguousarray(pixels)).save(png, format="PNG")
+                client.xadd(keys.frames, {"image": png.getvalue(), "line": line,
+                                          "item_id": item})  # fmt: skip
+                ids.append((item, line, j))
+        deadline = time.monotonic() + 60
+        seen: dict[str, dict[str, str]] = {}
+        while not {i for i, _, _ in ids} <= set(seen) and time.monotonic() < deadline:
+            for _, fields in client.xrange(keys.scores):
+                f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+                seen[f["item_id"]] = f
+            time.sleep(0.2)
+        for item, line, j in ids:
+            f = seen[item]
+            assert f["model_version"] == (pills_v if line == "pills" else fabric_v)
+            assert float(f["score"]) == pytest.approx(float(expected[line][j]), abs=1e-3)
+        assert client.xpending(keys.frames, FRAMES_GROUP)["pending"] == 0
+
+        # A pills item's preview is rendered by the pills model, at its size.
+        resp = httpx.post(f"{url}/v1/preview", json={"item_ids": [f"{tag}-pills-0"],
+                                                      "scale": 1}, timeout=60)  # fmt: skip
+        preview = resp.json()["previews"][0]
+        assert preview["ok"] and preview["model_version"] == pills_v, preview
+        original = Image.open(io.BytesIO(base64.b64decode(preview["images"]["original"])))
+        assert original.size == (128, 128)
+        # And its nearest normal items are the pills model's calibration items.
+        resp = httpx.post(f"{url}/v1/explore", timeout=60, json={
+            "kind": "neighbours", "item_id": f"{tag}-pills-0", "k": 3, "scale": 1})  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["model_version"] == pills_v
+    finally:
+        serve.delete("lines")

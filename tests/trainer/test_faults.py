@@ -55,7 +55,8 @@ def test_worker_sigkilled_mid_fit_resumes_from_last_checkpoint(
 ) -> None:
     name = new_run_name("test-kill")
     launch = RayLaunch(storage_path=tmp_path, run_name=name, num_workers=2, cpus_per_worker=1,
-                       max_failures=1, checkpoints_to_keep=EPOCHS)  # fmt: skip
+                       max_failures=1, checkpoints_to_keep=EPOCHS,
+                       checkpoint_every_s=0)  # fmt: skip
     model = VLAEConfig(latent_dim=8, hidden=(256, 128))
     result: dict[str, Any] = {}
 

@@ -21,7 +21,8 @@ def _arrays() -> TrainArrays:
 
 def test_torch_trainer_two_workers_then_resume(ray_cluster, tmp_path: Path) -> None:
     name = new_run_name("test-fit")
-    launch = RayLaunch(storage_path=tmp_path, run_name=name, num_workers=2, cpus_per_worker=1)
+    launch = RayLaunch(storage_path=tmp_path, run_name=name, num_workers=2, cpus_per_worker=1,
+                       checkpoint_every_s=0)  # fmt: skip
     first = fit_with_ray(SMALL, TrainConfig(epochs=2, batch_size=16), _arrays(), launch)
     assert [h["epoch"] for h in first.history] == [1.0, 2.0]
     assert first.history[-1]["loss"] < first.history[0]["loss"]
