@@ -433,6 +433,9 @@ class Scorer:
                                    as_file, source_hw=sent))  # fmt: skip
             except InputError as exc:
                 errors[i] = _error(raw, exc)
+            except Exception as exc:  # a poison item fails alone, never its whole batch
+                logger.warning("item %s: cannot decode: %r", raw.item_id[:40], exc)
+                errors[i] = _error(raw, InputError(f"cannot decode: {exc}"[:300], 422))
         return items, errors
 
     async def _dead_letter(self, errors: list[ItemError], source: str, ids: list[str]) -> None:
@@ -484,7 +487,11 @@ class Scorer:
             body = await request.body()
             try:
                 shape = tuple(self._model(line).card["image_shape"])
-                payloads = list(split_batch(load_npy(body, limits), shape))
+                # Off the event loop: health and other requests go on meanwhile.
+                arrays = await asyncio.to_thread(
+                    lambda: split_batch(load_npy(body, limits), shape, limits)
+                )
+                payloads = list(arrays)
             except InputError as exc:
                 raise HTTPException(exc.status, exc.reason) from None
         else:

@@ -69,6 +69,8 @@ def _to_chw(arr: np.ndarray, shape: tuple[int, int, int], limits: Limits) -> np.
         arr = arr[:, :, None]
     if arr.ndim != 3:
         raise InputError(f"an image must be HxW or HxWxC, got shape {list(arr.shape)}")
+    if 0 in arr.shape:
+        raise InputError(f"an image has no pixels: shape {list(arr.shape)}")
     if arr.shape[2] != c:
         raise InputError(f"image has {arr.shape[2]} channel(s); the model takes {c}")
     arr = _check_pixels(arr)
@@ -101,14 +103,22 @@ def load_npy(data: bytes, limits: Limits) -> np.ndarray:
     return arr
 
 
-def split_batch(arr: np.ndarray, shape: tuple[int, int, int]) -> list[np.ndarray]:
-    """An NPY batch (N, H, W[, C]), or a single image, as a list of per-item arrays."""
+def split_batch(arr: np.ndarray, shape: tuple[int, int, int], limits: Limits) -> list[np.ndarray]:
+    """An NPY batch (N, H, W[, C]), or a single image, as a list of per-item arrays. The shape
+    is checked before anything iterates: an array with no pixels costs nothing to load, and
+    ``(10**7, 0, 0)`` took the replica's event loop 5 s to split."""
     c = shape[0]
     single = arr.ndim == 2 or (arr.ndim == 3 and c > 1 and arr.shape[-1] == c)
+    if not single and arr.ndim not in (3, 4):
+        raise InputError(f"expected an array N x H x W[x C], got shape {list(arr.shape)}")
+    if 0 in arr.shape:
+        raise InputError(f"an array with an empty dimension: shape {list(arr.shape)}")
     if single:
         return [arr]
-    if arr.ndim not in (3, 4):
-        raise InputError(f"expected an array N x H x W[x C], got shape {list(arr.shape)}")
+    if len(arr) > limits.max_items:
+        raise InputError(f"{len(arr)} images; at most {limits.max_items}", 413)
+    if arr.shape[1] * arr.shape[2] > limits.max_pixels:
+        raise InputError(f"image larger than {limits.max_pixels} pixels", 413)
     return list(arr)
 
 

@@ -103,10 +103,10 @@ def test_arrays_nan_range_dtype() -> None:
 
 def test_npy_batches_and_no_pickle() -> None:
     batch = np.zeros((5, 28, 28), np.uint8)
-    items = split_batch(load_npy(_npy(batch), LIMITS), GRAY)
+    items = split_batch(load_npy(_npy(batch), LIMITS), GRAY, LIMITS)
     assert len(items) == 5
     rgb_one = np.zeros((28, 28, 3), np.uint8)
-    assert len(split_batch(rgb_one, (3, 28, 28))) == 1
+    assert len(split_batch(rgb_one, (3, 28, 28), LIMITS)) == 1
     with pytest.raises(InputError, match="cannot read NPY"):
         load_npy(_npy(np.array([{"a": 1}], dtype=object)), LIMITS)
     with pytest.raises(InputError, match="cannot read NPY"):

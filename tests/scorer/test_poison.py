@@ -1,0 +1,100 @@
+"""Poison input against the running scorer: bodies that cost nothing to send must cost nothing
+to refuse, and one bad item fails alone, over HTTP and on the frames stream. Each of these
+failed on the code before the fix (issue "Trust", reproduced against the demo)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from scorer.schemas import FRAMES_GROUP
+from tests.api.test_faults import _scored
+from tests.scorer.test_service import _npy, _png, _wait_for
+
+pytestmark = pytest.mark.reliability
+
+NPY = {"content-type": "application/x-npy"}
+
+
+def test_an_npy_body_without_pixels_is_refused_before_anything_iterates(
+    scorer_url: str,
+) -> None:
+    # Shape (5_000_000, 0, 0): 128 bytes on the wire, nothing for np.load to allocate. Before,
+    # the replica split it into five million arrays on its event loop first (seconds here,
+    # 5.4 s at 10**7 in the demo, out of memory at 2**40) and then answered 413 for the count;
+    # /v1/health waited as long.
+    body = _npy(np.zeros((5_000_000, 0, 0), np.uint8))
+    assert len(body) == 128
+    answer: dict[str, Any] = {}
+
+    def post() -> None:
+        t0 = time.monotonic()
+        r = httpx.post(f"{scorer_url}/v1/score", content=body, headers=NPY, timeout=60)
+        answer.update(status=r.status_code, detail=r.json()["detail"], s=time.monotonic() - t0)
+
+    sender = threading.Thread(target=post)
+    sender.start()
+    t0 = time.monotonic()
+    health = httpx.get(f"{scorer_url}/v1/health", timeout=30)
+    health_s = time.monotonic() - t0
+    sender.join(60)
+    assert health.status_code == 200
+    assert answer["status"] == 422 and "empty dimension" in answer["detail"], answer
+    assert answer["s"] < 1.0 and health_s < 1.0, (answer, health_s)
+    # A batch over the item limit is refused by its count, before it is split.
+    many = _npy(np.zeros((5000, 28, 28), np.uint8))
+    r = httpx.post(f"{scorer_url}/v1/score", content=many, headers=NPY, timeout=60)
+    assert r.status_code == 413 and "at most" in r.json()["detail"]
+
+
+def _poison() -> bytes:
+    """A float NPY file of shape (0, 5): before, a plain ValueError escaped the decoder."""
+    return _npy(np.zeros((0, 5), np.float64))
+
+
+def test_a_poison_file_fails_alone_over_http(scorer_url: str, digits: Any) -> None:
+    # Before: 500 for the whole request, the good image unscored.
+    tag = uuid.uuid4().hex[:8]
+    files = [("files", ("good.png", _png(digits.test.images[0, 0]), "image/png")),
+             ("files", ("bad.npy", _poison(), "application/octet-stream"))]  # fmt: skip
+    r = httpx.post(f"{scorer_url}/v1/score", files=files, timeout=60,
+                   data={"line": "poison", "item_id": f"{tag}-good,{tag}-bad"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    good, bad = r.json()["results"]
+    assert good["ok"] and good["item_id"] == f"{tag}-good"
+    assert not bad["ok"] and bad["status"] == 422 and "no pixels" in bad["error"], bad
+
+
+def test_a_poison_frame_is_dead_lettered_and_its_read_scored(
+    redis_server: Any, scorer_url: str, digits: Any
+) -> None:
+    # Before: the whole read (good frames included) stayed pending, reclaimed every 30 s and
+    # failing again, forever.
+    client = redis.Redis.from_url(redis_server.url)
+    line = f"p{uuid.uuid4().hex[:8]}"
+    good = [f"{line}-good-{i}" for i in range(3)]
+    with client.pipeline(transaction=True) as pipe:  # one read: the frames arrive together
+        for i, item in enumerate(good[:2]):
+            pipe.xadd("vlaewatch:frames", {"image": _png(digits.test.images[i, 0]),
+                                           "line": line, "item_id": item})  # fmt: skip
+        pipe.xadd("vlaewatch:frames", {"image": _poison(), "line": line,
+                                       "item_id": f"{line}-bad"})  # fmt: skip
+        pipe.xadd("vlaewatch:frames", {"image": _png(digits.test.images[2, 0]), "line": line,
+                                       "item_id": good[2]})  # fmt: skip
+        pipe.execute()
+    _wait_for(lambda: set(good) <= set(_scored(client, line)), timeout=60)
+
+    def dead() -> list[dict[bytes, bytes]]:
+        return [f for _, f in client.xrange("vlaewatch:deadletter")
+                if f.get(b"item_id") == f"{line}-bad".encode()]  # fmt: skip
+
+    letters = _wait_for(dead, timeout=30)
+    assert letters[0][b"source"] == b"frames" and b"no pixels" in letters[0][b"reason"]
+    _wait_for(lambda: client.xpending("vlaewatch:frames", FRAMES_GROUP)["pending"] == 0)
