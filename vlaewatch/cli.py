@@ -849,7 +849,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         time.sleep(0.5)  # the last alerts' events are on their way to the listener
         ours = {i: v for i, v in listener.seen.items() if i in set(streamed.item_ids)}
         result = demo.summary(streamed, ours, normal)
-        pixel = {line: {**c["pixel"]} for line, c in calibration.items() if "pixel" in c}
+        pixel = {line: c["pixel"] for line, c in calibration.items() if "pixel" in c}
         result |= {
             "dataset": args.dataset,
             "model_versions": {line: t["model_version"] for line, t in trained.items()},
@@ -883,7 +883,7 @@ def _demo_inspection(
     ``VLAEWATCH_HOME/demo-parts`` (a line's archive), a model trained on them, and the held-out
     stream with its defect masks."""
     from trainer.inspection import make_split, write_folder
-    from vlaewatch.demo import LinePart
+    from vlaewatch.demo import LinePart, as_sent
 
     epochs = args.epochs or DEMO_EPOCHS["inspection"]
     trained: Trained = {}
@@ -901,9 +901,7 @@ def _demo_inspection(
                 "--workers", str(args.workers)]  # fmt: skip
         trained[line] = _train(_build_parser().parse_args(argv), settings)
         _, test = make_split(name, **split)
-        images = test.images.transpose(0, 2, 3, 1)  # N x H x W x C on the wire
-        parts.append(LinePart(line, images[..., 0] if images.shape[-1] == 1 else images,
-                              test.labels, test.masks))  # fmt: skip
+        parts.append(LinePart(line, as_sent(test.images), test.labels, test.masks))
     return trained, parts, ["good"]
 
 
@@ -913,7 +911,7 @@ def _demo_dataset(
     """One model for every line, trained on a dataset's normal classes; its held-out test
     images shared out among the lines."""
     from trainer.data import load_source
-    from vlaewatch.demo import LinePart
+    from vlaewatch.demo import LinePart, as_sent
 
     epochs = args.epochs or DEMO_EPOCHS["other"]
     _err(f"[2/6] training on {args.dataset}, normal {args.normal or ['0']} (Ray Train)")
@@ -929,9 +927,7 @@ def _demo_dataset(
                          image_folder=args.image_folder,
                          image_shape=tuple(model["image_shape"]))  # fmt: skip
     test = source.test
-    images = test.images if test.images.shape[1] > 1 else test.images[:, 0]
-    if images.ndim == 4:
-        images = images.transpose(0, 2, 3, 1)  # N x H x W x C for the NPY contract
+    images = as_sent(test.images)
     n = len(args.lines)
     parts = [LinePart(line, images[k::n], test.labels[k::n]) for k, line in enumerate(args.lines)]
     return {line: model for line in args.lines}, parts, [str(c) for c in (args.normal or ["0"])]

@@ -90,6 +90,12 @@ class AlertListener:
         self.thread.join(5)
 
 
+def as_sent(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) images as a line sends them in an NPY body: N x H x W for grey,
+    N x H x W x C for colour."""
+    return images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+
+
 @dataclass(frozen=True)
 class LinePart:
     """What one camera line of the demo sends: its images (uint8 N x H x W[x C], as on the
