@@ -29,15 +29,32 @@ from api.schemas import (
 from scorer.schemas import regions_json
 from scorer.streams import as_text
 
+# Returns 1 when created, 0 when the item already has an alert of this line (a redelivered
+# entry), -1 when its id already alerted on another line (the caller dead-letters the entry).
+# Every key is checked before the first write, so a key of a wrong type (written by something
+# else) fails the whole create with nothing stored; the entry stays pending and is retried.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local line = ARGV[10]  -- the value of field 'line'
+local types = {{KEYS[1], 'hash'}, {KEYS[2], 'zset'}, {KEYS[3], 'zset'}, {KEYS[4], 'list'},
+               {KEYS[5], 'set'}}
+for _, kt in ipairs(types) do
+  local t = redis.call('TYPE', kt[1])['ok']
+  if t ~= 'none' and t ~= kt[2] then
+    return redis.error_reply('WRONGTYPE ' .. kt[1] .. ' holds a ' .. t .. ', not a ' .. kt[2])
+  end
+end
+local found = redis.call('HGET', KEYS[1], 'line')
+if found then
+  if found == line then return 0 end
+  return -1
+end
 redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('RPUSH', KEYS[4], ARGV[5])
 redis.call('EXPIRE', KEYS[4], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[10])  -- the value of field 'line'
+redis.call('SADD', KEYS[5], line)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
@@ -118,7 +135,8 @@ class AlertStore:
         return f"{self.prefix}:alert:{item_id}"
 
     def _events_key(self, item_id: str) -> str:
-        return f"{self.prefix}:alert:{item_id}:events"
+        # A family of its own: under ``alert:`` an id ``X:events`` would name X's event list.
+        return f"{self.prefix}:alert_events:{item_id}"
 
     def _line_index(self, line: str) -> str:
         return f"{self.prefix}:alerts:line:{line}"
@@ -126,7 +144,8 @@ class AlertStore:
     # --- creation (the consumer) ---------------------------------------------------------
 
     async def create(self, pipe: Any, alert: Alert) -> None:
-        """Queue an idempotent create on ``pipe``: a no-op when the item already has one."""
+        """Queue an idempotent create on ``pipe``; its reply is 1 (created), 0 (the item
+        already has one) or -1 (the id already alerted on another line)."""
         event = AlertEvent(at=alert.created_at, who="system", action="created")
         fields: list[str] = []
         for name in _FIELDS:

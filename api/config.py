@@ -96,6 +96,10 @@ class ApiConfig(BaseModel):
     batch_size: int = Field(default=256, ge=1, le=10_000)
     block_ms: int = Field(default=500, ge=1)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
+    max_deliveries: int = Field(
+        default=5, ge=1,
+        description="a score entry delivered this many times and never stored is dead-lettered",
+    )  # fmt: skip
     initial_fpr: float = Field(
         default=0.01,
         ge=0,

@@ -92,6 +92,19 @@ class ModelCache:
         return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
+def _letter(eid: str, fields: dict[Any, Any], reason: str, status: int) -> DeadLetterRecord:
+    """A dead letter for a score entry, named by its item id where the entry has one."""
+    item = fields.get(b"item_id", fields.get("item_id"))
+    line = fields.get(b"line", fields.get("line"))
+    try:
+        item_id = as_text(item)[:128] if item else f"score-{eid}"
+        line_id = as_text(line)[:64] if line else "?"
+    except UnicodeDecodeError:
+        item_id, line_id = f"score-{eid}", "?"
+    return DeadLetterRecord(item_id=item_id, line=line_id, source="scores", reason=reason,
+                            status=status, ts=time.time(), frame_id=eid)  # fmt: skip
+
+
 class ScoreConsumer:
     """The background task of one API process."""
 
@@ -116,6 +129,9 @@ class ScoreConsumer:
         self.versions_seen: set[str] = set()
         self.running = False
         self.last_error: str | None = None
+        # entry id -> (why its alert is not stored yet, when): forgotten once the entry must
+        # have been stored or dead-lettered, here or by another consumer
+        self.unstored: dict[str, tuple[str, float]] = {}
 
     async def run(self) -> None:
         """Consume until cancelled; Redis outages are waited out with backoff."""
@@ -132,12 +148,13 @@ class ScoreConsumer:
                     reclaim = None
                     if time.monotonic() - last_reclaim > self.cfg.reclaim_idle_ms / 2000:
                         reclaim, last_reclaim = self.cfg.reclaim_idle_ms, time.monotonic()
-                    entries = await read_group(
+                    read = await read_group(
                         self.client, self.keys.scores, self.cfg.scores_group, self.cfg.consumer,
                         self.cfg.batch_size, self.cfg.block_ms, reclaim,
+                        self.cfg.max_deliveries,
                     )  # fmt: skip
-                    if entries:
-                        await self.handle(entries)
+                    if read.entries or read.exhausted:
+                        await self.handle(read.entries, read.exhausted)
                     if time.monotonic() - last_trim > 60:
                         await self.alerts.trim()
                         last_trim = time.monotonic()
@@ -162,62 +179,104 @@ class ScoreConsumer:
         finally:
             self.running = False
 
-    async def handle(self, entries: list[tuple[str, dict[Any, Any]]]) -> None:
+    async def handle(
+        self,
+        entries: list[tuple[str, dict[Any, Any]]],
+        exhausted: list[tuple[str, dict[Any, Any]]] | None = None,
+    ) -> None:
         """Apply one batch: alerts for entries above threshold, dead letters for malformed
-        entries, then ack every entry (in that order, in one round trip)."""
-        records: list[ScoreRecord] = []
+        entries and for ``exhausted`` ones (delivered ``max_deliveries`` times, never stored),
+        then ack exactly the entries whose effect is stored. An entry whose alert could not be
+        stored (a Redis error: out of memory, a key of the wrong type) stays pending, and is
+        delivered again after ``reclaim_idle_ms``."""
+        records: list[tuple[str, ScoreRecord]] = []
         bad: list[DeadLetterRecord] = []
+        done: list[str] = []
         for eid, fields in entries:
             try:
-                records.append(ScoreRecord.from_fields(fields))
+                records.append((eid, ScoreRecord.from_fields(fields)))
             except RecordError as exc:
-                bad.append(DeadLetterRecord(item_id=f"score-{eid}", line="?", source="scores",
-                                            reason=f"bad score entry: {exc}", status=422,
-                                            ts=time.time(), frame_id=eid))  # fmt: skip
-        for version in {r.model_version for r in records} - self.versions_seen:
+                bad.append(_letter(eid, fields, f"bad score entry: {exc}", 422))
+                done.append(eid)
+        for eid, fields in exhausted or []:
+            why = self.unstored.pop(eid, ("its alert was never stored", 0.0))[0]
+            bad.append(_letter(eid, fields, f"delivered {self.cfg.max_deliveries} times and "
+                                            f"not stored: {why}", 500))  # fmt: skip
+            done.append(eid)
+        for version in {r.model_version for _, r in records} - self.versions_seen:
             await self._model_seen(version)
         current = await self.thresholds.current()
         if DEFAULT_LINE not in current and records and self.cfg.initial_fpr > 0:
-            await self._initial_default(records[0].model_version)
+            await self._initial_default(records[0][1].model_version)
             current = await self.thresholds.current()
-        alerts: list[Alert] = []
+        alerts: list[tuple[str, Alert]] = []
         now = time.time()
-        for rec in records:
+        for eid, rec in records:
             self.metrics.items.labels(rec.line).inc()
             self.metrics.scores.labels(rec.line).observe(rec.score)
             if rec.defect_area is not None:
                 self.metrics.defect_area.labels(rec.line).observe(rec.defect_area)
             th = effective(current, rec.line)
             if th is None or not rec.score > th.value:
+                done.append(eid)
                 continue
             model = await self.models.get(rec.model_version)
             p = None
             if model is not None:
                 p = float(p_values(model.calibration, np.array([rec.score]))[0])
-            alerts.append(
-                Alert(
-                    item_id=rec.item_id, line=rec.line, score=rec.score, recon=rec.recon,
-                    kl=rec.kl, complexity=rec.complexity, threshold=th.value,
-                    threshold_version=th.version, p_value=p,
-                    model_version=rec.model_version, ts_ingested=rec.ts_ingested,
-                    ts_scored=rec.ts_scored, created_at=now, state="open",
-                    preview_url=f"/v1/items/{rec.item_id}/preview.png", regions=rec.regions,
-                    defect_area=rec.defect_area, pixel_threshold=rec.pixel_threshold,
-                )
-            )  # fmt: skip
+            alerts.append((eid, Alert(
+                item_id=rec.item_id, line=rec.line, score=rec.score, recon=rec.recon,
+                kl=rec.kl, complexity=rec.complexity, threshold=th.value,
+                threshold_version=th.version, p_value=p,
+                model_version=rec.model_version, ts_ingested=rec.ts_ingested,
+                ts_scored=rec.ts_scored, created_at=now, state="open",
+                preview_url=f"/v1/items/{rec.item_id}/preview.png", regions=rec.regions,
+                defect_area=rec.defect_area, pixel_threshold=rec.pixel_threshold,
+            )))  # fmt: skip
+        if alerts:
+            pipe = self.client.pipeline(transaction=False)
+            for _, alert in alerts:
+                await self.alerts.create(pipe, alert)
+            results = await pipe.execute(raise_on_error=False)
+            for (eid, alert), created in zip(alerts, results, strict=True):
+                if isinstance(created, Exception):  # nothing of it stored: retried later
+                    self._failed(eid, f"{type(created).__name__}: {created}")
+                    continue
+                done.append(eid)
+                self.unstored.pop(eid, None)
+                if created == -1:
+                    bad.append(DeadLetterRecord(
+                        item_id=alert.item_id, line=alert.line, source="scores", status=409,
+                        reason=f"item id {alert.item_id!r} already alerted on another line; "
+                        "item ids are unique across lines", ts=time.time(), frame_id=eid,
+                    ))  # fmt: skip
+                elif created == 1:
+                    self.metrics.alerts.labels(alert.line).inc()
+                    if alert.regions is not None:
+                        self.metrics.alert_regions.labels(alert.line).observe(len(alert.regions))
         if bad:
             await dead_letter(self.client, self.keys, bad, DEADLETTER_MAXLEN)
             self.metrics.deadletters.inc(len(bad))
-        pipe = self.client.pipeline(transaction=False)
-        for alert in alerts:
-            await self.alerts.create(pipe, alert)
-        pipe.xack(self.keys.scores, self.cfg.scores_group, *[eid for eid, _ in entries])
-        results = await pipe.execute()
-        for alert, created in zip(alerts, results, strict=False):
-            if created == 1:
-                self.metrics.alerts.labels(alert.line).inc()
-                if alert.regions is not None:
-                    self.metrics.alert_regions.labels(alert.line).observe(len(alert.regions))
+        if done:
+            await self.client.xack(self.keys.scores, self.cfg.scores_group, *done)
+
+    def _failed(self, eid: str, why: str) -> None:
+        """An entry whose alert was not stored: kept for the dead letter's reason should it
+        exhaust its deliveries here (bounded: reasons are a courtesy, the entry is what counts)."""
+        if len(self.unstored) > 10_000:
+            self.unstored.clear()
+        self.unstored[eid] = (why, time.monotonic())
+        logger.warning("score consumer: alert of entry %s not stored, left pending: %s", eid, why)
+
+    def problem(self) -> str | None:
+        """What health reports: the loop's last error, else alerts waiting to be stored."""
+        horizon = time.monotonic() - 2 * self.cfg.max_deliveries * self.cfg.reclaim_idle_ms / 1000
+        for eid in [e for e, (_, at) in self.unstored.items() if at < horizon]:
+            del self.unstored[eid]
+        if self.last_error or not self.unstored:
+            return self.last_error
+        last = next(reversed(self.unstored.values()))[0]
+        return f"{len(self.unstored)} alert(s) not stored, their entries pending: {last}"
 
     async def _prepare(self) -> None:
         """Before the first entry: the newest served model's record, and the initial default
@@ -258,6 +317,11 @@ class ScoreConsumer:
         if made is not None:
             logger.info("initial default threshold %.4g (fpr %.3g on %s)", value, alpha,
                         model.version)  # fmt: skip
+
+    async def lost(self) -> int:
+        """Score entries trimmed before every group acknowledged them (the scorer counts)."""
+        value: Any = await self.client.hget(self.keys.lost, "scores")
+        return int(value or 0)
 
     async def lag(self) -> tuple[int | None, int | None, float | None]:
         """(pending, undelivered entries, age in s of the oldest undelivered) of the group."""

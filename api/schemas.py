@@ -497,6 +497,7 @@ class ApiHealth(BaseModel):
             "lag": 0,
             "model_version": "c96dc36985a2a968",
             "reason": None,
+            "items_lost": 0,
         }
     )
 
@@ -510,6 +511,12 @@ class ApiHealth(BaseModel):
     reason: str | None = None
     # line -> version, as the scorer announced them; "*": every line without its own model
     line_models: dict[str, str] = Field(default_factory=dict)
+    items_lost: int | None = Field(
+        default=None,
+        description="score entries trimmed from the stream before every consumer group "
+        "acknowledged them (the stream over its hard bound, scores_hard_maxlen): in this "
+        "deployment, ever; their items reached no alert",
+    )
 
 
 class ErrorBody(BaseModel):

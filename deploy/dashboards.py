@@ -167,6 +167,8 @@ SERVICE = Dashboard(
         Panel("Consumer lag and pending entries",
               (Query("max(vlaewatch_consumer_lag)", "undelivered"),
                Query("max(vlaewatch_consumer_pending)", "pending"))),
+        Panel("Items lost (trimmed before every consumer acknowledged them)",
+              (Query("max(vlaewatch_items_lost_total)", "lost"),)),
         Panel("Consumer lag (age of the oldest unread score)",
               (Query("max(vlaewatch_consumer_lag_seconds)", "lag"),), unit="s"),
         Panel("API latency p50 / p99, by route",
@@ -250,6 +252,15 @@ RULES = (
         query=Query("max(deriv(vlaewatch_consumer_lag_seconds[10m]))"),
         condition="gt", threshold=0.5, for_="10m",
         summary="The API falls behind the score stream: add API processes or check Redis.",
+    ),
+    AlertRule(
+        uid="vlaewatch-items-lost",
+        title="Scored items lost before any alert decision",
+        query=Query(f"max(increase(vlaewatch_items_lost_total{RATE}))"),
+        condition="gt", threshold=0, for_="0m",
+        summary="The score stream passed its hard bound (scores_hard_maxlen) and entries a "
+                "consumer group had not acknowledged were trimmed: their items reached no "
+                "alert. An API was down or behind for long; /v1/health says how many.",
     ),
     AlertRule(
         uid="vlaewatch-scorer-down",

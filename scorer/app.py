@@ -52,6 +52,7 @@ from scorer.streams import (
     PixelThresholds,
     ScoredBatch,
     ScoreSink,
+    as_text,
     connect,
     ensure_group,
     entry_ms,
@@ -106,6 +107,7 @@ class _Item:
     want_map: bool = False  # the caller asked for the anomaly map (``?maps=true``)
     source_hw: tuple[int, int] | None = None  # the image as sent, when resized to the model's
     pixel_threshold: float | None = None  # its line's, when it has one: regions are found
+    frame_id: str = ""  # its frames-stream entry, when it came that way
 
 
 def _locate(
@@ -125,6 +127,7 @@ class _Raw:
     line: str
     payload: bytes | np.ndarray
     ts_ingested: float
+    frame_id: str = ""
 
 
 def _count_items(chunks: list[list[_Item]]) -> int:
@@ -214,8 +217,9 @@ class Scorer:
             self._keys = StreamKeys(cfg.key_prefix)
         assert self._client is not None
         self._sink = ScoreSink(
-            self._client, self._keys, cfg.scores_maxlen, cfg.deadletter_maxlen, cfg.retention_s
-        )
+            self._client, self._keys, cfg.scores_maxlen, cfg.deadletter_maxlen,
+            cfg.retention_s, cfg.scores_hard_maxlen,
+        )  # fmt: skip
         self._pixel = PixelThresholds(self._client, self._keys)
         batcher: Any = self._score_chunks  # serve.batch adds these setters at runtime
         batcher.set_max_batch_size(cfg.max_batch_size)
@@ -372,6 +376,17 @@ class Scorer:
             it.pixel_threshold = thresholds[it.line]
         scored = await self._score_chunks(items)
         await self._sink.publish(scored)
+        if scored.refused:  # ids another line's item holds: answered 409, dead-lettered
+            refused = [(i, it) for i, it in enumerate(items) if i in scored.refused]
+            logger.warning("%d item(s) refused: their ids belong to another line", len(refused))
+            for source in ("http", "frames"):
+                mine = [(i, it) for i, it in refused if (it.frame_id != "") == (source == "frames")]
+                if mine:
+                    await self._dead_letter(
+                        [ItemError(item_id=it.item_id, line=it.line, status=409,
+                                   error=scored.refused[i]) for i, it in mine],
+                        source, [it.frame_id for _, it in mine],
+                    )  # fmt: skip
         return scored
 
     async def _score_items(self, items: list[_Item]) -> list[dict[str, Any]]:
@@ -430,7 +445,7 @@ class Scorer:
                 else:
                     stored, as_file = image.tobytes(), False
                 items.append(_Item(raw.item_id, raw.line, raw.ts_ingested, image, model, stored,
-                                   as_file, source_hw=sent))  # fmt: skip
+                                   as_file, source_hw=sent, frame_id=raw.frame_id))  # fmt: skip
             except InputError as exc:
                 errors[i] = _error(raw, exc)
             except Exception as exc:  # a poison item fails alone, never its whole batch
@@ -520,8 +535,9 @@ class Scorer:
         ]
         # The body of a ScoreResponse, written directly: validating hundreds of per-item
         # models again on the way out cost as much as the work they describe.
-        out = {"model_version": self._model(line).version, "n_scored": len(items),
-               "n_failed": len(errors), "results": results}  # fmt: skip
+        failed = sum(1 for r in results if not r["ok"])
+        out = {"model_version": self._model(line).version, "n_scored": len(results) - failed,
+               "n_failed": failed, "results": results}  # fmt: skip
         return Response(json.dumps(out, separators=(",", ":")), media_type="application/json")
 
     async def _read_form(
@@ -647,10 +663,13 @@ class Scorer:
                 reclaim = None
                 if time.monotonic() - last_reclaim > cfg.reclaim_idle_ms / 2000:
                     reclaim, last_reclaim = cfg.reclaim_idle_ms, time.monotonic()
-                entries = await read_group(
+                read = await read_group(
                     client, self._keys.frames, FRAMES_GROUP, consumer, cfg.max_batch_size,
-                    cfg.frames_block_ms, reclaim,
+                    cfg.frames_block_ms, reclaim, cfg.max_deliveries,
                 )  # fmt: skip
+                if read.exhausted:
+                    await self._frames_exhausted(read.exhausted, client)
+                entries = read.entries
                 backoff = 0.1
             except asyncio.CancelledError:
                 for task in handling:
@@ -676,6 +695,28 @@ class Scorer:
             handling.add(task)
             task.add_done_callback(functools.partial(_frames_done, slots, handling))
 
+    async def _frames_exhausted(
+        self, entries: list[tuple[str, dict[Any, Any]]], client: aioredis.Redis
+    ) -> None:
+        """Frames read ``max_deliveries`` times and never acked (each read failed, or the
+        replicas holding them died): dead-lettered with the reason, then acked."""
+        assert self._cfg is not None
+        errors = []
+        for eid, fields in entries:
+            item = as_text(fields.get(b"item_id", fields.get("item_id", b""))) or f"frame-{eid}"
+            line = as_text(fields.get(b"line", fields.get("line", b""))) or "?"
+            errors.append(ItemError(item_id=item[:128], line=line[:64], status=500,
+                                    error=f"frame delivered {self._cfg.max_deliveries} times "
+                                    "and never scored (each read failed, or its replica "
+                                    "died); left the stream"))  # fmt: skip
+        logger.warning("frames consumer: %d frame(s) exhausted their deliveries", len(entries))
+        await self._dead_letter(errors, "frames", [eid for eid, _ in entries])
+        ids = [eid for eid, _ in entries]
+        pipe = client.pipeline(transaction=False)
+        pipe.xack(self._keys.frames, FRAMES_GROUP, *ids)
+        pipe.xdel(self._keys.frames, *ids)
+        await pipe.execute()
+
     async def _handle_frames(
         self, entries: list[tuple[str, dict[Any, Any]]], client: aioredis.Redis
     ) -> None:
@@ -692,7 +733,7 @@ class Scorer:
                 bad.append((err, eid))
                 continue
             ts = rec.ts or entry_ms(eid)
-            raws.append(_Raw(rec.item_id or f"frame-{eid}", rec.line, rec.image, ts))
+            raws.append(_Raw(rec.item_id or f"frame-{eid}", rec.line, rec.image, ts, eid))
             frame_ids.append(eid)
         items, errors = await asyncio.to_thread(self._decode, raws, self._cfg.limits())
         bad += [(err, frame_ids[i]) for i, err in errors.items()]

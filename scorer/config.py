@@ -33,11 +33,23 @@ class ScorerConfig(BaseModel):
         "and a frames read is a batch already)",
     )  # fmt: skip
     retention_s: int = Field(default=3600, ge=1, description="how long images stay for previews")
-    scores_maxlen: int = Field(default=100_000, ge=100)
+    scores_maxlen: int = Field(
+        default=100_000, ge=100,
+        description="score entries kept as history once every consumer group has read them",
+    )  # fmt: skip
+    scores_hard_maxlen: int = Field(
+        default=1_000_000, ge=100,
+        description="the most score entries kept in any case (memory); past it the oldest "
+        "go even when a consumer group has not acknowledged them, and are counted as lost",
+    )  # fmt: skip
     deadletter_maxlen: int = Field(default=10_000, ge=100)
     consume_frames: bool = True
     frames_block_ms: int = Field(default=200, ge=1)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)
+    max_deliveries: int = Field(
+        default=5, ge=1,
+        description="a frame delivered this many times and never acked is dead-lettered",
+    )  # fmt: skip
     torch_threads: int | None = Field(
         default=None, ge=1,
         description="threads of one forward pass; default: the replica's CPUs / 2 (it runs "

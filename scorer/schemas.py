@@ -47,6 +47,12 @@ class StreamKeys:
         return f"{self.prefix}:scores"
 
     @property
+    def lost(self) -> str:
+        """Entries trimmed from a stream before every consumer group acknowledged them (a
+        hash: stream name -> count); only a stream over its hard bound loses any."""
+        return f"{self.prefix}:lost"
+
+    @property
     def deadletter(self) -> str:
         return f"{self.prefix}:deadletter"
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,8 @@ from scorer.schemas import (
     regions_json,
 )
 from trainer.images import Limits, decode_image
+
+logger = logging.getLogger("vlaewatch.scorer")
 
 
 @dataclass
@@ -66,6 +69,9 @@ class ScoredBatch:
     pixel_threshold: list[float | None] | None = None
     regions: list[list[dict[str, Any]] | None] | None = None
     defect_area: list[float | None] | None = None
+    # Items the publish refused (by position), with the reason: their id is held by an item
+    # of another line still in retention. Item ids are unique across lines.
+    refused: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -79,12 +85,15 @@ class ScoredBatch:
             for i, ln, s, r, k, c in zip(self.item_ids, self.lines, self.score, self.recon,
                                          self.kl, self.complexity, strict=True)
         ]  # fmt: skip
+        for i, why in self.refused.items():
+            out[i] = {"item_id": self.item_ids[i], "ok": False, "line": self.lines[i],
+                      "status": 409, "error": why}  # fmt: skip
         for result, m in zip(out, self.maps or [], strict=False):
-            if m is not None:
+            if m is not None and result["ok"]:
                 result["anomaly_map"] = encode_map(m)
         for result, t, rs, area in zip(out, self.pixel_threshold or [], self.regions or [],
                                        self.defect_area or [], strict=False):  # fmt: skip
-            if t is not None:
+            if t is not None and result["ok"]:
                 result |= {"pixel_threshold": t, "regions": rs, "defect_area": area}
         return out
 
@@ -109,12 +118,14 @@ def _numbers(values: list[float]) -> str:
 # Per item: the image (an ItemBlob string with its TTL), then the score entry (the fields of
 # ScoreRecord). The batch arrives as columns: the images as one blob with their sizes and
 # kinds, everything else comma-joined (item ids and lines cannot hold commas, spaces, or be
-# empty: their patterns), so the client packs 22 arguments instead of a dozen per item. Items
+# empty: their patterns), so the client packs 24 arguments instead of a dozen per item. Items
 # whose line has a pixel threshold also get regions (JSON, one blob with their sizes, like the
 # images), defect_area and pixel_threshold; "-" marks the others. Keys are computed here from
-# the item key prefix (standalone Redis; a Redis Cluster would need them in KEYS).
+# the item key prefix (standalone Redis; a Redis Cluster would need them in KEYS). Then the
+# stream is trimmed, in the same step (below).
 _PUBLISH = """
-local stream, maxlen, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local stream, maxlen, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local hard, lost_key = tonumber(ARGV[23]), ARGV[24]
 local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
 local shape, images = ARGV[8], ARGV[10]
 local function col(s)
@@ -126,26 +137,87 @@ local sizes, ids, lines, ts = col(ARGV[9]), col(ARGV[11]), col(ARGV[12]), col(AR
 local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
 local kinds, pos = col(ARGV[18]), 1
 local rsizes, rjson, area, pth, rpos = col(ARGV[19]), ARGV[20], col(ARGV[21]), col(ARGV[22]), 1
+local refused = {}
 for i = 1, n do
   local size = tonumber(sizes[i])
-  local header = kinds[i] .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
-  redis.call('SET', item_prefix .. ids[i],
-             header .. '\\n' .. string.sub(images, pos, pos + size - 1), 'EX', ttl)
-  pos = pos + size
-  local fields = {'item_id', ids[i], 'line', lines[i], 'ts_ingested', ts[i],
-                  'ts_scored', ts_scored, 'score', score[i], 'recon', recon[i], 'kl', kl[i],
-                  'complexity', cx[i], 'model_version', version}
-  if pth[i] ~= '-' then
-    local rsize = tonumber(rsizes[i])
-    for _, v in ipairs({'regions', string.sub(rjson, rpos, rpos + rsize - 1),
-                        'defect_area', area[i], 'pixel_threshold', pth[i]}) do
-      fields[#fields + 1] = v
-    end
-    rpos = rpos + rsize
+  local key = item_prefix .. ids[i]
+  local held = nil  -- the line of an item in retention under this id, if another line's
+  if redis.call('TYPE', key)['ok'] == 'string' then
+    held = string.match(redis.call('GETRANGE', key, 0, 255), '^%S+ %S+ (%S+) ')
+    if held == lines[i] then held = nil end
   end
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(fields))
+  if held then
+    refused[#refused + 1] = i
+    refused[#refused + 1] = held
+    pos = pos + size
+    if pth[i] ~= '-' then rpos = rpos + tonumber(rsizes[i]) end
+  else
+    local header = kinds[i] .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
+    redis.call('SET', key, header .. '\\n' .. string.sub(images, pos, pos + size - 1), 'EX', ttl)
+    pos = pos + size
+    local fields = {'item_id', ids[i], 'line', lines[i], 'ts_ingested', ts[i],
+                    'ts_scored', ts_scored, 'score', score[i], 'recon', recon[i], 'kl', kl[i],
+                    'complexity', cx[i], 'model_version', version}
+    if pth[i] ~= '-' then
+      local rsize = tonumber(rsizes[i])
+      for _, v in ipairs({'regions', string.sub(rjson, rpos, rpos + rsize - 1),
+                          'defect_area', area[i], 'pixel_threshold', pth[i]}) do
+        fields[#fields + 1] = v
+      end
+      rpos = rpos + rsize
+    end
+    redis.call('XADD', stream, '*', unpack(fields))
+  end
 end
-return n
+-- Trimming: the stream keeps at least ``maxlen`` entries of history, and never drops an
+-- entry a registered consumer group has not acknowledged (pending) or not read yet, unless
+-- it holds more than ``hard`` entries: then the oldest go, and the ones some group still
+-- needed are counted in the lost hash (field ``scores``), exactly.
+local lost = 0
+local len = redis.call('XLEN', stream)
+if len > maxlen then
+  local function parse(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return tonumber(ms), tonumber(seq)
+  end
+  local function before(a, b)  -- id a sorts before id b
+    local am, as = parse(a)
+    local bm, bs = parse(b)
+    return am < bm or (am == bm and as < bs)
+  end
+  local safe = nil  -- every entry at or after this id is still needed by some group
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = {}
+    for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+    local need
+    if info['pending'] > 0 then
+      need = redis.call('XPENDING', stream, info['name'])[2]
+    else
+      local ms, seq = parse(info['last-delivered-id'])
+      need = string.format('%d-%d', ms, seq + 1)
+    end
+    if safe == nil or before(need, safe) then safe = need end
+  end
+  if safe == nil then  -- no group: history only
+    redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
+  else
+    local old = redis.call('XRANGE', stream, '-', '(' .. safe, 'COUNT',
+                           math.min(len - maxlen, 10000))
+    if #old > 0 then
+      local ms, seq = parse(old[#old][1])
+      redis.call('XTRIM', stream, 'MINID', '~', string.format('%d-%d', ms, seq + 1))
+    end
+    if redis.call('XLEN', stream) > hard then
+      redis.call('XTRIM', stream, 'MINID', safe)  -- history first, then what was needed
+      lost = math.max(0, redis.call('XLEN', stream) - hard)
+      if lost > 0 then
+        redis.call('XTRIM', stream, 'MAXLEN', hard)
+        redis.call('HINCRBY', lost_key, 'scores', lost)
+      end
+    end
+  end
+end
+return {lost, refused}
 """
 
 
@@ -171,26 +243,29 @@ class ScoreSink:
         scores_maxlen: int,
         deadletter_maxlen: int,
         retention_s: int,
+        scores_hard_maxlen: int | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
         self.scores_maxlen = scores_maxlen
+        self.scores_hard_maxlen = max(scores_hard_maxlen or 10 * scores_maxlen, scores_maxlen)
         self.deadletter_maxlen = deadletter_maxlen
         self.retention_s = retention_s
         self._publish = client.register_script(_PUBLISH)
 
     async def publish(self, batch: ScoredBatch) -> None:
         """Store each image (with TTL), then append its score: a reader of the score stream
-        always finds the image of an entry that is still in retention. One script call per
-        batch, its arguments columns: three pipelined commands per item cost more than the
-        model's forward pass, and a dozen arguments per item still held the replica's event
-        loop (bench/README.md, "Where the time goes")."""
+        always finds the image of an entry that is still in retention. An item whose id an
+        item of another line holds is neither stored nor published: ``batch.refused``. One
+        script call per batch, its arguments columns: three pipelined commands per item cost
+        more than the model's forward pass, and a dozen arguments per item still held the
+        replica's event loop (bench/README.md, "Where the time goes")."""
         if not len(batch):
             return
         n = len(batch)
         thresholds = batch.pixel_threshold or [None] * n
         found = [regions_json(r) if r is not None else "" for r in batch.regions or [None] * n]
-        await self._publish(args=[
+        reply: Any = await self._publish(args=[
             self.keys.scores, self.scores_maxlen, self.retention_s, len(batch),
             self.keys.item(""), batch.model_version, repr(batch.ts_scored),
             ",".join(map(str, batch.shape)), ",".join(str(len(b)) for b in batch.stored),
@@ -201,7 +276,20 @@ class ScoreSink:
             ",".join(str(len(r)) for r in found), "".join(found),
             ",".join("-" if a is None else repr(a) for a in batch.defect_area or [None] * n),
             ",".join("-" if t is None else repr(t) for t in thresholds),
+            self.scores_hard_maxlen, self.keys.lost,
         ])  # fmt: skip
+        lost, refused = reply
+        if lost:
+            logger.error("score stream over %d entries: %d unacknowledged entries trimmed "
+                         "(counted in %s)", self.scores_hard_maxlen, lost,
+                         self.keys.lost)  # fmt: skip
+        for pos, held in zip(refused[::2], refused[1::2], strict=True):
+            i = int(pos) - 1
+            batch.refused[i] = (
+                f"item id {batch.item_ids[i]!r} is held by line {as_text(held)!r} (ids are "
+                "unique across lines while the image is retained): give each line's items "
+                "ids of their own, e.g. prefixed by the line"
+            )
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
         await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)
@@ -323,6 +411,15 @@ async def load_model_record(
     return ModelRecord.from_fields(raw) if raw else None
 
 
+@dataclass
+class Read:
+    """What one ``read_group`` call got: entries to handle, and entries delivered
+    ``max_deliveries`` times already without being acked (to dead-letter, then ack)."""
+
+    entries: list[tuple[str, dict[Any, Any]]]
+    exhausted: list[tuple[str, dict[Any, Any]]]
+
+
 async def read_group(
     client: aioredis.Redis,
     stream: str,
@@ -331,25 +428,41 @@ async def read_group(
     count: int,
     block_ms: int,
     reclaim_idle_ms: int | None,
-) -> list[tuple[str, dict[Any, Any]]]:
+    max_deliveries: int | None = None,
+) -> Read:
     """Next entries of ``stream`` for this consumer: first entries left pending by a dead
-    consumer (when ``reclaim_idle_ms`` is given), else new ones (blocking up to ``block_ms``)."""
+    consumer (when ``reclaim_idle_ms`` is given), else new ones (blocking up to ``block_ms``).
+    A pending entry already delivered ``max_deliveries`` times is not handed out again: it
+    comes back in ``exhausted``, so one entry that always fails cannot block its stream."""
     if reclaim_idle_ms is not None:
+        exhausted: list[tuple[str, dict[Any, Any]]] = []
+        if max_deliveries is not None:
+            pending: Any = await client.xpending_range(
+                stream, group, min="-", max="+", count=count, idle=reclaim_idle_ms
+            )
+            over = [p["message_id"] for p in pending if p["times_delivered"] >= max_deliveries]
+            if over:
+                taken: Any = await client.xclaim(stream, group, consumer, reclaim_idle_ms, over)
+                exhausted = [(as_text(eid), fields or {}) for eid, fields in taken]
+                if taken and len(taken) < len(over):  # trimmed meanwhile: nothing to handle
+                    held = {as_text(eid) for eid, _ in taken}
+                    await client.xack(stream, group, *[e for e in over if as_text(e) not in held])
         claimed: Any = await client.xautoclaim(
             stream, group, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0",
             count=count,
         )  # fmt: skip
         entries = [(as_text(eid), fields) for eid, fields in claimed[1] if fields]
-        gone = [eid for eid, fields in claimed[1] if not fields]  # trimmed from the stream
+        # Trimmed from the stream: only past its hard bound, and counted there as lost.
+        gone = [eid for eid, fields in claimed[1] if not fields]
         if gone:
             await client.xack(stream, group, *gone)
-        if entries:
-            return entries
+        if entries or exhausted:
+            return Read(entries, exhausted)
     resp: Any = await client.xreadgroup(group, consumer, {stream: ">"}, count=count,
                                    block=block_ms)  # fmt: skip
     if not resp:
-        return []
-    return [(as_text(eid), fields) for eid, fields in resp[0][1]]
+        return Read([], [])
+    return Read([(as_text(eid), fields) for eid, fields in resp[0][1]], [])
 
 
 def as_text(value: bytes | str) -> str:

@@ -32,16 +32,18 @@ async def health(services: ServicesDep) -> ApiHealth:
         pending, lag, _ = await consumer.lag()
         newest = await services.models.get()
         lines = await services.models.lines()
+        lost = await consumer.lost()
     except (RedisError, OSError) as exc:
         return ApiHealth(status="degraded", redis=False, consumer=services.cfg.consumer,
                          consuming=consumer.running, pending=None, lag=None, model_version=None,
                          reason=f"Redis unavailable: {exc}")  # fmt: skip
-    ok = consumer.running or not services.cfg.consume
+    problem = consumer.problem()
+    ok = (consumer.running or not services.cfg.consume) and not consumer.unstored
     return ApiHealth(
         status="ok" if ok else "degraded", redis=True, consumer=services.cfg.consumer,
         consuming=consumer.running, pending=pending, lag=lag,
-        model_version=newest.version if newest else None, reason=consumer.last_error,
-        line_models=lines,
+        model_version=newest.version if newest else None, reason=problem,
+        line_models=lines, items_lost=lost,
     )  # fmt: skip
 
 
@@ -64,6 +66,7 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
                 gauge.set(value)
         for line, th in (await services.thresholds.current()).items():
             m.threshold.labels(line).set(th.value)
+        m.lost.value = await services.consumer.lost()
     except (RedisError, OSError):
         pass  # the counters still say what this process did
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)
