@@ -18,7 +18,7 @@ from api.alerts import AlertStore
 from api.annotations import Annotator
 from api.config import ApiConfig
 from api.consumer import ModelCache, ScoreConsumer
-from api.deps import KeyRing, Services
+from api.deps import Services
 from api.errors import install_handlers
 from api.metrics import Metrics
 from api.previews import PreviewClient
@@ -26,6 +26,7 @@ from api.ratelimit import RateLimiter
 from api.routes import alerts, explore, items, stats, system, thresholds
 from api.schemas import ErrorBody
 from api.thresholds import ThresholdStore
+from scorer.auth import KeyRing
 from scorer.schemas import StreamKeys
 from scorer.streams import connect
 
@@ -45,7 +46,10 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         consumer = ScoreConsumer(
             client, cfg, threshold_store, alert_store, models, metrics, annotator
         )
-        http = httpx.AsyncClient(timeout=cfg.preview_timeout_s)
+        # The API's calls to the scorer (previews, views) carry its 'service' key, if any.
+        service = next((k for k, p in cfg.api_keys.items() if p.role == "service"), None)
+        http = httpx.AsyncClient(timeout=cfg.preview_timeout_s,
+                                 headers={"X-API-Key": service} if service else None)  # fmt: skip
         app.state.services = Services(
             cfg=cfg, client=client, keys=keys, thresholds=threshold_store,
             pixel_thresholds=ThresholdStore(client, cfg.key_prefix, "pixel"), alerts=alert_store,
@@ -53,7 +57,8 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
             metrics=metrics, http=http, annotator=annotator,
             limiter=RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst),
-            keyring=KeyRing(cfg.api_keys),
+            keyring=KeyRing.of(cfg.api_keys),
+            failed_logins=RateLimiter(cfg.login_failures_per_s, cfg.login_failure_burst),
         )  # fmt: skip
         task = asyncio.create_task(consumer.run()) if cfg.consume else None
         try:

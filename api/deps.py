@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -14,7 +12,7 @@ from fastapi import Depends, Request
 
 from api.alerts import AlertStore
 from api.annotations import Annotator
-from api.config import ApiConfig, Principal, Role
+from api.config import ApiConfig
 from api.consumer import ModelCache, ScoreConsumer
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.metrics import Metrics
@@ -22,29 +20,8 @@ from api.previews import PreviewClient
 from api.ratelimit import RateLimiter
 from api.schemas import Target
 from api.thresholds import ThresholdStore
+from scorer.auth import ANONYMOUS, KeyRing, Principal, Role, cross_site, presented_key
 from scorer.schemas import StreamKeys
-
-ANONYMOUS = Principal(name="anonymous", role="operator")
-
-
-class KeyRing:
-    """The configured API keys as sha256 digests, hashed once at start: a request hashes only
-    the key it presents. Lookups take constant time: digests of equal length, every key
-    compared, no early exit, so response times say nothing about how much of a key was right."""
-
-    def __init__(self, keys: dict[str, Principal]) -> None:
-        self._digests = [(hashlib.sha256(k.encode()).digest(), p) for k, p in keys.items()]
-
-    def __bool__(self) -> bool:
-        return bool(self._digests)
-
-    def find(self, key: str) -> Principal | None:
-        presented = hashlib.sha256(key.encode()).digest()
-        found = None
-        for digest, holder in self._digests:
-            if hmac.compare_digest(digest, presented):
-                found = holder
-        return found
 
 
 @dataclass
@@ -65,6 +42,7 @@ class Services:
     annotator: Annotator
     limiter: RateLimiter
     keyring: KeyRing
+    failed_logins: RateLimiter  # per client address
 
     def threshold_store(self, target: Target) -> ThresholdStore:
         return self.thresholds if target == "image" else self.pixel_thresholds
@@ -75,33 +53,39 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def api_key(request: Request) -> str | None:
-    """``X-API-Key``, or ``Authorization: Bearer <key>`` (what Prometheus can send)."""
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
-def authenticate(services: Services, key: str | None) -> Principal:
+def authenticate(services: Services, request: Request) -> Principal:
+    """The caller of ``request``, by its key. Failed attempts are limited per client address
+    (``login_failure_burst``, then ``login_failures_per_s``): past the limit every attempt
+    from that address is refused with 429, a right key too, so keys cannot be guessed fast."""
     if not services.keyring:
         return ANONYMOUS  # open mode: the command line allows it on loopback only
-    if key is None:
-        raise Unauthorized("send an API key in the X-API-Key header")
-    principal = services.keyring.find(key)
+    address = _address(request)
+    wait = services.failed_logins.wait(address)
+    if wait is not None:
+        raise TooManyRequests(
+            f"too many failed authentications from {address}; retry in {wait:.2f} s",
+            RateLimiter.retry_after_header(wait),
+        )
+    key = presented_key(request.headers)
+    principal = services.keyring.find(key) if key is not None else None
     if principal is None:
-        raise Unauthorized("unknown API key")
+        services.failed_logins.take(address)
+        raise Unauthorized(
+            "send an API key in the X-API-Key header" if key is None else "unknown API key"
+        )
     return principal
 
 
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that admits callers holding ``role`` (operators hold viewer too)."""
+    """A dependency that admits callers holding ``role`` (operators hold viewer too), and
+    refuses cross-site browser requests that change state, in open mode too."""
 
     async def dependency(request: Request) -> Principal:
         services = get_services(request)
-        principal = authenticate(services, api_key(request))
+        why = cross_site(request.method, request.headers)
+        if why is not None:
+            raise Forbidden(why)
+        principal = authenticate(services, request)
         # Per key; in open mode (no keys) per client address.
         caller = principal.name if principal is not ANONYMOUS else _address(request)
         wait = services.limiter.take(caller)

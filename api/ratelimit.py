@@ -45,6 +45,15 @@ class RateLimiter:
             return None
         return (1 - bucket.tokens) / self.rate
 
+    def wait(self, caller: str, now: float | None = None) -> float | None:
+        """The seconds until ``caller`` has a token again (None: it has one), spending none."""
+        bucket = self._buckets.get(caller)
+        if self.rate <= 0 or bucket is None:
+            return None
+        now = time.monotonic() if now is None else now
+        tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+        return None if tokens >= 1 else (1 - tokens) / self.rate
+
     @staticmethod
     def retry_after_header(seconds: float) -> str:
         """Whole seconds, at least 1 (the header takes an integer)."""

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scorer.auth import Role
 from scorer.schemas import (
     DEFAULT_LINE,
     ID_PATTERN,
@@ -483,7 +484,7 @@ class Me(BaseModel):
     model_config = _example({"name": "olga", "role": "operator"})
 
     name: str
-    role: Literal["viewer", "operator"]
+    role: Role
 
 
 class ApiHealth(BaseModel):

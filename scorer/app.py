@@ -14,12 +14,13 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 import redis.asyncio as aioredis
-from fastapi import Body, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request, Response
 from ray import serve
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -27,6 +28,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.datastructures import UploadFile
 
 from scorer import explore
+from scorer.auth import (
+    ANONYMOUS,
+    KeyRing,
+    Principal,
+    Role,
+    cross_site,
+    digests,
+    load_api_keys,
+    presented_key,
+)
 from scorer.config import ScorerConfig
 from scorer.previews import render
 from scorer.schemas import (
@@ -165,6 +176,40 @@ def _error(item: _Raw, exc: InputError) -> ItemError:
     return ItemError(item_id=item.item_id, line=item.line, status=exc.status, error=exc.reason)
 
 
+def _caller(*roles: Role) -> Callable[[Request], Principal]:
+    """A dependency admitting callers that hold one of ``roles`` (401 without a known key,
+    403 without the role), run before the body is read; any cross-site browser request is
+    refused, in open mode too. The key ring is the replica's (``app.state``, set by
+    ``reconfigure``)."""
+
+    def dependency(request: Request) -> Principal:
+        why = cross_site(request.method, request.headers)
+        if why is not None:
+            raise HTTPException(403, why)
+        ring: KeyRing = request.app.state.keyring
+        if not ring:
+            return ANONYMOUS
+        key = presented_key(request.headers)
+        if key is None:
+            raise HTTPException(401, "send an API key in the X-API-Key header")
+        holder = ring.find(key)
+        if holder is None:
+            raise HTTPException(401, "unknown API key")
+        if not holder.may(*roles):
+            raise HTTPException(
+                403, f"{holder.name} is a {holder.role}; this needs {' or '.join(roles)}"
+            )
+        return holder
+
+    return dependency
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no API key, or an unknown one"},
+    403: {"description": "the key's role may not do this, or a cross-site browser request"},
+}
+
+
 @serve.deployment(name="Scorer", health_check_period_s=5)
 @serve.ingress(app)
 class Scorer:
@@ -183,6 +228,7 @@ class Scorer:
         self._keys = StreamKeys()
         self._consumer: asyncio.Task[None] | None = None
         self._announced: dict[str, str] | None = None  # line -> version last published
+        app.state.keyring = KeyRing({})  # empty: open mode (loopback only, service.deploy)
 
     # --- configuration and model swap ----------------------------------------------------
 
@@ -190,6 +236,9 @@ class Scorer:
         """Apply a new ``user_config``: load a new model version, resize batches, reconnect."""
         cfg = ScorerConfig.model_validate(user_config)
         old = self._cfg
+        app.state.keyring = KeyRing(
+            {**cfg.api_key_digests, **digests(load_api_keys(None, cfg.api_keys_file))}
+        )
         import torch
 
         torch.set_num_threads(cfg.torch_threads or _forward_threads())
@@ -469,7 +518,9 @@ class Scorer:
     @app.post(
         "/v1/score",
         response_model=ScoreResponse,
+        dependencies=[Depends(_caller("ingest"))],
         responses={
+            **AUTH_RESPONSES,
             400: {"description": "no images in the request"},
             413: {"description": "request too large"},
             415: {"description": "unsupported content type"},
@@ -559,7 +610,8 @@ class Scorer:
             form_ids = form_ids[0].split(",")
         return payloads, line, form_ids or item_id
 
-    @app.post("/v1/preview", response_model=PreviewResponse)
+    @app.post("/v1/preview", response_model=PreviewResponse, responses=AUTH_RESPONSES,
+              dependencies=[Depends(_caller("service", "viewer"))])  # fmt: skip
     async def preview(self, req: PreviewRequest) -> PreviewResponse:
         """PNG previews (base64) of stored items: original, reconstruction, denoised, error map,
         the four side by side as a panel, and the overlay (the original with its map and its
@@ -598,7 +650,9 @@ class Scorer:
     @app.post(
         "/v1/explore",
         response_model=ExploreResponse,
+        dependencies=[Depends(_caller("service", "viewer"))],
         responses={
+            **AUTH_RESPONSES,
             404: {"description": "an item named is not (or no longer) stored"},
             409: {"description": "the model has no calibration latents, or an item's shape "
                                  "differs from the model's"},

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from scorer.auth import Role
 from scorer.schemas import valid_line
 from trainer.images import Limits
 
@@ -25,6 +26,17 @@ class ScorerConfig(BaseModel):
     )
     redis_url: str
     key_prefix: str = "vlaewatch"
+    api_key_digests: dict[str, tuple[Role, str]] = Field(
+        default_factory=dict,
+        description="the key ring as SHA-256 hex digest -> (role, name) (``scorer.auth``): "
+        "this config is shown by the Ray dashboard, so it never holds a key",
+    )
+    api_keys_file: str | None = Field(
+        default=None,
+        description="a file of keys (``key:role[:name]`` lines) that every node mounts, read "
+        "by each replica; with ``api_key_digests``, the key ring. Neither: open access, "
+        "allowed on loopback only",
+    )
     max_batch_size: int = Field(default=256, ge=1, le=8192)
     batch_wait_timeout_s: float = Field(
         default=0.0, ge=0, le=5,
@@ -68,6 +80,18 @@ class ScorerConfig(BaseModel):
         if bad:
             raise ValueError(f"line_models: invalid line ids {bad[:3]}")
         return value
+
+    @field_validator("api_key_digests")
+    @classmethod
+    def _digests(cls, value: dict[str, tuple[Role, str]]) -> dict[str, tuple[Role, str]]:
+        bad = [d for d in value if len(d) != 64 or any(c not in "0123456789abcdef" for c in d)]
+        if bad:
+            raise ValueError(f"api_key_digests: {len(bad)} key(s) not SHA-256 hex digests")
+        return value
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.api_key_digests) or self.api_keys_file is not None
 
     def limits(self) -> Limits:
         return Limits(

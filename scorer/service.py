@@ -25,12 +25,26 @@ def deploy(
     dropped. A checkpoint that fails verification (content hash) is refused with
     ``DeployError`` before the running app is touched. A declarative update of only
     ``user_config`` (a RayService's serveConfigV2) reconfigures running replicas in place.
+    Without a key ring (``cfg.has_keys``) anyone who reaches the port may score and read
+    images: that is allowed on a loopback ``host`` only.
     """
+    import ipaddress
+
     from ray import serve
 
     from scorer.app import Scorer
     from trainer.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
 
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not cfg.has_keys:
+        raise DeployError(
+            f"refusing to serve on {host} without API keys: set VLAEWATCH_API_KEYS (an "
+            "'ingest' key for the lines, a 'service' key for the API) or "
+            "VLAEWATCH_API_KEYS_FILE"
+        )
     # Verify before touching the running app: Serve marks an app whose update failed as
     # unavailable, so a bad checkpoint must never reach the replicas.
     try:

@@ -88,7 +88,9 @@ def scorer_url(ray_cluster: Any, redis_server: Any, checkpoint: Any) -> Iterator
     shutdown()
 
 
-API_KEYS = {"operator": "op-key-0123456789", "viewer": "view-key-0123456789"}
+NAMES = {"operator": "olga", "viewer": "victor", "ingest": "line-1", "service": "api"}
+API_KEYS = {"operator": "op-key-0123456789", "viewer": "view-key-0123456789",
+            "ingest": "ingest-key-0123456789", "service": "service-key-0123456789"}  # fmt: skip
 
 
 class ApiProcess:
@@ -115,8 +117,8 @@ class ApiProcess:
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
         env = {**os.environ, **(env or {}), "VLAEWATCH_HOME": str(home),
-               "VLAEWATCH_API_KEYS": f"{API_KEYS['operator']}:operator:olga,"
-                                     f"{API_KEYS['viewer']}:viewer:victor"}  # fmt: skip
+               "VLAEWATCH_API_KEYS": ",".join(f"{k}:{role}:{NAMES[role]}"
+                                              for role, k in API_KEYS.items())}  # fmt: skip
         self.log = (home / f"api-{self.port}.log").open("w")
         self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.wait_ready()
@@ -155,7 +157,7 @@ def api_url(
     """The API (real uvicorn, child process) on the scorer's Redis, with operator and viewer
     keys (``API_KEYS``); it consumes the scorer's stream."""
     api = ApiProcess(redis_server.url, scorer_url, tmp_path_factory.mktemp("api"),
-                     reclaim_idle_ms=1000)  # fmt: skip
+                     reclaim_idle_ms=1000, login_failure_burst=10_000)  # fmt: skip
     yield api.url
     # uvicorn drains, then re-raises the signal it caught: exit by SIGTERM is a clean stop.
     assert api.stop() in (0, -signal.SIGTERM)

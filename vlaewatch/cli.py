@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -362,6 +363,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="requests per second per API key, 429 beyond (0: no limit)",
     )
     a.add_argument("--rate-burst", type=int, default=200, help="requests a key may send at once")
+    a.add_argument("--login-failure-burst", type=int, default=30,
+                   help="failed authentications a client address may make before it is "
+                        "limited to --login-failures-per-s")  # fmt: skip
+    a.add_argument(
+        "--login-failures-per-s",
+        type=float,
+        default=1.0,
+        help="failed authentications per second per address, past the burst",
+    )
     a.add_argument(
         "--alert-retention-s",
         type=int,
@@ -642,6 +652,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import signal
     import threading
 
+    from scorer.auth import digests, load_api_keys
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
@@ -651,6 +662,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     source = args.checkpoint or settings.store_path
     # Fail here, with a clear message, rather than inside a replica.
     loaded = load_checkpoint(resolve_checkpoint(source, args.version))
+    keys = load_api_keys(settings.api_keys, settings.api_keys_file)
+    if keys and not any(p.role == "ingest" for p in keys.values()):
+        _err("warning: no 'ingest' key in VLAEWATCH_API_KEYS: no line can send images")
+    if not keys:
+        _err("no API keys configured: open access (loopback only)")
     line_models = dict(args.line_model)
     for ref in line_models.values():
         load_checkpoint(resolve_checkpoint(ref, None))
@@ -674,6 +690,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             line_models=line_models,
             redis_url=redis_url,
             key_prefix=args.key_prefix or settings.key_prefix,
+            # The replicas get digests, and the file as a path (every node mounts it).
+            api_key_digests=digests(load_api_keys(settings.api_keys, None)),
+            api_keys_file=str(settings.api_keys_file.resolve()) if settings.api_keys_file else None,
             max_batch_size=args.max_batch_size,
             batch_wait_timeout_s=args.batch_wait_ms / 1000,
             retention_s=args.retention_s,
@@ -717,7 +736,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import ipaddress
 
     from api.app import run
-    from api.config import ApiConfig, load_api_keys
+    from api.config import ApiConfig
+    from scorer.auth import load_api_keys
 
     if args.alert_retention_s < 60:
         raise UsageError(f"--alert-retention-s must be at least 60, got {args.alert_retention_s}")
@@ -733,6 +753,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         )
     if not keys:
         _err("no API keys configured: open access (loopback only)")
+    elif not any(p.role == "service" for p in keys.values()):
+        _err("warning: no 'service' key in VLAEWATCH_API_KEYS: a scorer with keys will "
+             "refuse this API's previews and views")  # fmt: skip
     with contextlib.ExitStack() as stack:
         extra: dict[str, Any] = {"consumer": args.consumer} if args.consumer else {}
         cfg = ApiConfig(
@@ -748,6 +771,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             initial_fpr=args.initial_fpr,
             rate_limit_per_s=args.rate_limit,
             rate_burst=args.rate_burst,
+            login_failure_burst=args.login_failure_burst,
+            login_failures_per_s=args.login_failures_per_s,
             alert_retention_s=args.alert_retention_s,
             **extra,
         )
@@ -761,7 +786,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import threading
     import time
 
-    from api.config import ApiConfig, load_api_keys
+    from api.config import ApiConfig
+    from scorer.auth import Principal, digests, load_api_keys
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
@@ -782,6 +808,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     if keys and operator is None:
         raise UsageError("VLAEWATCH_API_KEYS has no operator key: the demo calibrates")
     headers = {"X-API-Key": operator} if operator else {}
+    ingest: dict[str, str] = {}
+    if keys:  # the demo is its own line client, and its API calls the scorer
+        for role in ("ingest", "service"):
+            if not any(p.role == role for p in keys.values()):
+                keys[secrets.token_urlsafe(24)] = Principal(f"demo-{role}", role)
+        ingest = {"X-API-Key": next(k for k, p in keys.items() if p.role == "ingest")}
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
         _err("[1/6] embedded services: Redis and a local Ray cluster")
@@ -798,7 +830,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
         _err("[3/6] deploying the scorer (Ray Serve) and starting the API")
         scorer_cfg = ScorerConfig(checkpoint=first["checkpoint"], line_models=line_models,
-                                  redis_url=redis_url, key_prefix=settings.key_prefix)  # fmt: skip
+                                  redis_url=redis_url, key_prefix=settings.key_prefix,
+                                  api_key_digests=digests(keys))  # fmt: skip
         stack.callback(serve_shutdown)
         scorer_url = deploy(scorer_cfg, DeploymentConfig(num_cpus=0.5), host=args.host,
                             port=args.scorer_port)  # fmt: skip
@@ -844,7 +877,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
         run_id = f"demo{int(time.time())}"
         streamed = demo.stream_lines(scorer_url, parts, args.rate, args.batch, run_id, progress,
-                                     maps=inspection)  # fmt: skip
+                                     maps=inspection, headers=ingest)  # fmt: skip
         demo.wait_consumed(api.url)
         time.sleep(0.5)  # the last alerts' events are on their way to the listener
         ours = {i: v for i, v in listener.seen.items() if i in set(streamed.item_ids)}
@@ -1032,7 +1065,7 @@ def _info(settings: Settings) -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
-        "settings": json.loads(settings.model_dump_json()),
+        "settings": settings.redacted(),
         "model_store": str(settings.store_path),
         "models": [
             {
@@ -1048,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script."""
     from grafana_client.client import GrafanaException
 
-    from api.config import KeyConfigError
+    from scorer.auth import KeyConfigError
     from scorer.redis_server import RedisStartError
     from scorer.service import DeployError
     from trainer.checkpoint import CheckpointError

@@ -142,9 +142,11 @@ def stream_lines(
     progress: Any,
     maps: bool = False,
     seed: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> Streamed:
     """POST each line's images, shuffled, ``batch`` at a time, at ``rate`` images/s in all,
-    the lines taking turns; ``maps`` asks for each item's anomaly map too."""
+    the lines taking turns; ``maps`` asks for each item's anomaly map too; ``headers``
+    carries an ``ingest`` key when the scorer has keys."""
     from scorer.streams import decode_map
 
     out = Streamed()
@@ -159,7 +161,7 @@ def stream_lines(
             time.sleep(max(0.0, start + sent / rate - time.monotonic()))
             sent += len(idx)
             resp = http.post(f"{scorer_url}/v1/score", content=buf.getvalue(),
-                             headers={"content-type": "application/x-npy"},
+                             headers={"content-type": "application/x-npy", **(headers or {})},
                              params={"line": part.line, "item_id": ids,
                                      "maps": str(maps).lower()})  # fmt: skip
             if resp.status_code != 200:

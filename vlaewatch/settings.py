@@ -3,7 +3,10 @@ own ``REDIS_URL`` and ``RAY_ADDRESS``. Commands build one ``Settings`` and pass 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -77,6 +80,18 @@ class Settings(BaseSettings):
             self.grafana_token = self.grafana_token_file.read_text().strip()
         return self
 
+    def redacted(self) -> dict[str, Any]:
+        """The settings as ``vlaewatch info`` shows them: no key, token or password."""
+        out: dict[str, Any] = json.loads(self.model_dump_json())
+        if self.api_keys:
+            n = len([e for e in self.api_keys.replace(",", "\n").splitlines() if e.strip()])
+            out["api_keys"] = f"<{n} key(s), redacted>"
+        if self.grafana_token:
+            out["grafana_token"] = "<redacted>"
+        if self.redis_url:
+            out["redis_url"] = redact_url(self.redis_url)
+        return out
+
     @property
     def store_path(self) -> Path:
         return (self.model_store or self.home / "models").resolve()
@@ -84,3 +99,15 @@ class Settings(BaseSettings):
     @property
     def runs_path(self) -> Path:
         return (self.runs_dir or self.home / "runs").resolve()
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (and a user name beside it) replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f":***@{host}"))

@@ -69,14 +69,18 @@ def test_no_keys_means_loopback_only(
     monkeypatch.delenv("VLAEWATCH_API_KEYS", raising=False)
     assert main(["api", "--host", "0.0.0.0", "--redis-url", "redis://127.0.0.1:1"]) == 2
     assert "without API keys" in capsys.readouterr().err
-    monkeypatch.setenv("VLAEWATCH_API_KEYS", "short:operator")
+    monkeypatch.setenv("VLAEWATCH_API_KEYS", "fifteen-chars-k:operator")
     assert main(["api", "--redis-url", "redis://127.0.0.1:1"]) == 2
-    assert "at least 8 characters" in capsys.readouterr().err
-    monkeypatch.setenv("VLAEWATCH_API_KEYS", "long-enough-key:admin")
+    assert "at least 16 characters" in capsys.readouterr().err
+    # The example manifests' placeholders are refused, however long.
+    monkeypatch.setenv("VLAEWATCH_API_KEYS", "change-me-operator-key:operator:ops")
+    assert main(["api", "--redis-url", "redis://127.0.0.1:1"]) == 2
+    assert "placeholder" in capsys.readouterr().err
+    monkeypatch.setenv("VLAEWATCH_API_KEYS", "long-enough-key-0:admin")
     assert main(["api", "--redis-url", "redis://127.0.0.1:1"]) == 2
     assert "role 'admin'" in capsys.readouterr().err
     assert main(["api", "--alert-retention-s", "10", "--redis-url", "redis://127.0.0.1:1"]) == 2
     assert "--alert-retention-s must be at least 60" in capsys.readouterr().err
-    monkeypatch.setenv("VLAEWATCH_API_KEYS", "long-enough-key:operator")
+    monkeypatch.setenv("VLAEWATCH_API_KEYS", "long-enough-key-0:operator")
     assert main(["api", "--initial-fpr", "2", "--redis-url", "redis://127.0.0.1:1"]) == 2
     assert "initial_fpr" in capsys.readouterr().err  # a one-line reason, not a traceback

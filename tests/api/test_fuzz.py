@@ -37,7 +37,7 @@ def fuzz_api(
     redis_server: Any, scorer_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     api = ApiProcess(redis_server.url, scorer_url, tmp_path_factory.mktemp("fuzz"),
-                     key_prefix="fuzz", rate_limit=0)  # fmt: skip
+                     key_prefix="fuzz", rate_limit=0, login_failure_burst=100_000)  # fmt: skip
     yield api.url
     # Still up after the fuzz, and stops cleanly (uvicorn re-raises the SIGTERM it drained on).
     assert api.stop() in (0, -signal.SIGTERM)

@@ -35,7 +35,7 @@ def test_token_bucket_admits_bursts_then_the_rate() -> None:
 
 def test_a_key_over_its_rate_gets_429_and_others_do_not(redis_server: Any, tmp_path: Path) -> None:
     api = ApiProcess(redis_server.url, None, tmp_path, key_prefix=f"rl{uuid.uuid4().hex[:6]}",
-                     rate_limit=2, rate_burst=5)  # fmt: skip
+                     rate_limit=2, rate_burst=5, login_failure_burst=3)  # fmt: skip
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             codes = [http.get("/v1/thresholds", headers=OP).status_code for _ in range(8)]
@@ -49,5 +49,16 @@ def test_a_key_over_its_rate_gets_429_and_others_do_not(redis_server: Any, tmp_p
             assert http.get("/v1/health").status_code == 200  # unauthenticated: not limited
             time.sleep(retry)
             assert http.get("/v1/thresholds", headers=OP).status_code == 200
+
+            # Failed authentications are limited per address, before any key is looked up:
+            # past the burst a right key from that address waits too. Before, a guesser was
+            # never slowed down (authentication ran before the limiter, which counts keys).
+            bad = {"X-API-Key": "wrong-key-0123456789"}
+            codes = [http.get("/v1/thresholds", headers=bad).status_code for _ in range(4)]
+            assert codes == [401, 401, 401, 429], codes
+            r = http.get("/v1/thresholds", headers=VIEW)
+            assert r.status_code == 429 and "failed authentications" in r.json()["detail"]
+            time.sleep(int(r.headers["retry-after"]))
+            assert http.get("/v1/thresholds", headers=VIEW).status_code == 200
     finally:
         api.stop()

@@ -41,7 +41,14 @@ def browser() -> Iterator[Browser]:
 
 def _open(browser: Browser, api_url: str, key: str) -> Page:
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{api_url}/")
+    # The page runs under its Content-Security-Policy: anything it blocks is a defect.
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text)
+            if "Content Security Policy" in m.text else None)  # fmt: skip
+    page.blocked = blocked  # type: ignore[attr-defined]
+    response = page.goto(f"{api_url}/")
+    assert response is not None
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     page.fill("#api-key", key)
     page.press("#api-key", "Tab")  # the change event stores the key and reloads the panels
     return page
@@ -145,6 +152,10 @@ def test_console_calibrates_and_handles_an_alert(
     page.wait_for_selector("#result-summary:has-text('Dry run')")
     page.wait_for_selector("#history-line:has-text('default')")
     page.screenshot(path=str(SHOTS / "console-calibrate.png"), full_page=True)
+    assert not page.blocked, page.blocked  # type: ignore[attr-defined]
+    # The key is kept for the tab's session only, never in localStorage.
+    assert page.evaluate("localStorage.getItem('vlaewatch-key')") is None
+    assert page.evaluate("sessionStorage.getItem('vlaewatch-key')") == API_KEYS["operator"]
     page.close()
 
 

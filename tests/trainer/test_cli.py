@@ -98,9 +98,18 @@ def test_clear_errors_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr
 
 
-def test_info_lists_the_store(trained: Path) -> None:
-    proc = _run("info", env={"VLAEWATCH_MODEL_STORE": str(trained.parent)})
+def test_info_lists_the_store_and_no_secret(trained: Path) -> None:
+    # `info` is the Docker image's default command: before, it printed every API key, the
+    # Redis password and the Grafana token.
+    secrets = {"VLAEWATCH_API_KEYS": "secret-key-0123456789:operator,other-key-0123456789:viewer",
+               "REDIS_URL": "redis://user:hunter2-password@redis.local:6380/0",
+               "VLAEWATCH_GRAFANA_TOKEN": "glsa_secret_token_value"}  # fmt: skip
+    proc = _run("info", env={"VLAEWATCH_MODEL_STORE": str(trained.parent), **secrets})
+    for secret in ("secret-key", "other-key", "hunter2", "glsa_secret"):
+        assert secret not in proc.stdout + proc.stderr, secret
     info = json.loads(proc.stdout)
+    assert info["settings"]["redis_url"] == "redis://user:***@redis.local:6380/0"
+    assert info["settings"]["api_keys"] == "<2 key(s), redacted>"
     assert info["torch"].startswith("2.14")
     assert [m["model_version"] for m in info["models"]] == [
         json.loads((trained / "model_card.json").read_text())["model_version"]
