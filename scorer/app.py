@@ -223,6 +223,7 @@ class Scorer:
         self._line_models: dict[str, LoadedModel] = {}
         self._load_error: str | None = None
         self._client: aioredis.Redis | None = None
+        self._redis_url: str | None = None  # resolved: never logged, never published
         self._sink: ScoreSink | None = None
         self._pixel: PixelThresholds | None = None
         self._keys = StreamKeys()
@@ -259,10 +260,11 @@ class Scorer:
                 logger.info("serving model %s from %s", loaded.version, loaded.path)
         if old is None or cfg.line_models != old.line_models:
             await self._load_line_models(cfg, {} if old is None else old.line_models)
-        if old is None or (cfg.redis_url, cfg.key_prefix) != (old.redis_url, old.key_prefix):
+        url = cfg.resolved_redis_url()
+        if old is None or (url, cfg.key_prefix) != (self._redis_url, old.key_prefix):
             if self._client is not None:
                 await self._client.aclose()
-            self._client = connect(cfg.redis_url)
+            self._client, self._redis_url = connect(url), url
             self._keys = StreamKeys(cfg.key_prefix)
         assert self._client is not None
         self._sink = ScoreSink(
@@ -807,12 +809,13 @@ class Scorer:
 def build_app(args: dict[str, Any]) -> Any:
     """Serve application builder for declarative deployments (a RayService's serveConfigV2:
     ``import_path: scorer.app:build_app``). ``args`` are ``ScorerConfig`` fields; the model
-    store and Redis default to ``VLAEWATCH_MODEL_STORE`` and ``REDIS_URL`` as everywhere."""
+    store defaults to ``VLAEWATCH_MODEL_STORE``, and Redis, unless given, is each replica's
+    own ``REDIS_URL`` or ``REDIS_URL_FILE``: never copied into the config the dashboard
+    shows."""
     import os
 
     values = dict(args)
     values.setdefault("checkpoint", os.environ.get("VLAEWATCH_MODEL_STORE", ""))
-    values.setdefault("redis_url", os.environ.get("REDIS_URL", ""))
     values.setdefault("key_prefix", os.environ.get("VLAEWATCH_KEY_PREFIX", "vlaewatch"))
     cfg = ScorerConfig.model_validate(values)
     return Scorer.options(user_config=cfg.model_dump()).bind()  # type: ignore[attr-defined]

@@ -3,6 +3,8 @@ deployment is sized (replicas, autoscaling, CPUs, GPUs)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,7 +26,14 @@ class ScorerConfig(BaseModel):
         description="line -> checkpoint (directory, or model store: its newest version) of "
         "the model that scores that line; lines not listed: ``checkpoint``",
     )
-    redis_url: str
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis to publish to; shown by the Ray dashboard, so without a password. "
+        "None: ``redis_url_file``, else the replica's own REDIS_URL or REDIS_URL_FILE",
+    )
+    redis_url_file: str | None = Field(
+        default=None, description="a file holding the Redis URL that every node mounts"
+    )
     key_prefix: str = "vlaewatch"
     api_key_digests: dict[str, tuple[Role, str]] = Field(
         default_factory=dict,
@@ -88,6 +97,22 @@ class ScorerConfig(BaseModel):
         if bad:
             raise ValueError(f"api_key_digests: {len(bad)} key(s) not SHA-256 hex digests")
         return value
+
+    def resolved_redis_url(self) -> str:
+        """The Redis URL as the replica reads it: the value, else the file, else the
+        replica's environment (a secret every node's pod mounts)."""
+        if self.redis_url:
+            return self.redis_url
+        path = self.redis_url_file or os.environ.get("REDIS_URL_FILE")
+        if not path and os.environ.get("REDIS_URL"):
+            return os.environ["REDIS_URL"]
+        if not path:
+            raise ValueError("no Redis: set redis_url or redis_url_file, or REDIS_URL or "
+                             "REDIS_URL_FILE in the replicas' environment")  # fmt: skip
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the Redis URL file {path}: {exc}") from exc
 
     @property
     def has_keys(self) -> bool:

@@ -688,7 +688,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             checkpoint=str(Path(source).resolve()),
             model_version=args.version,
             line_models=line_models,
-            redis_url=redis_url,
+            **_replica_redis(redis_url, args.redis_url, settings),
             key_prefix=args.key_prefix or settings.key_prefix,
             # The replicas get digests, and the file as a path (every node mounts it).
             api_key_digests=digests(load_api_keys(settings.api_keys, None)),
@@ -714,6 +714,24 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         stop.wait()
         _err("stopping")
     return {"stopped": True, "model_version": loaded.version}
+
+
+def _replica_redis(url: str, explicit: str | None, settings: Settings) -> dict[str, Any]:
+    """How the scorer's replicas find Redis without its password in their config (the Ray
+    dashboard shows it): the secret file it came from, or a private file written here (on a
+    cluster of several machines, mount one at the same path on every node)."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(url).password is None:
+        return {"redis_url": url}
+    if settings.redis_url_file is not None and not explicit:
+        return {"redis_url_file": str(settings.redis_url_file.resolve())}
+    path = settings.home / "secrets" / "redis-url"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(url + "\n")
+    return {"redis_url_file": str(path.resolve())}
 
 
 def _redis_url(stack: contextlib.ExitStack, explicit: str | None, settings: Settings) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import threading
 import uuid
@@ -112,6 +113,8 @@ def test_scorer_and_api_run_end_to_end_over_rediss(
     tls_redis: dict[str, Any], redis_server: Any, scorer_url: str, checkpoint: Path,
     digits: Any
 ) -> None:  # fmt: skip
+    from ray.serve.context import _get_global_client
+
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy
 
@@ -126,8 +129,12 @@ def test_scorer_and_api_run_end_to_end_over_rediss(
                      log_level="info")  # fmt: skip
     assert PASSWORD not in " ".join(psutil.Process(api.proc.pid).cmdline())
     try:
-        deploy(base.model_copy(update={"redis_url": tls_redis["url"]}),
+        # The replicas read the same file: the config the Ray dashboard shows holds its path.
+        deploy(base.model_copy(update={"redis_url": None, "redis_url_file": str(secret)}),
                DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+        # What the dashboard's Serve page shows (the controller's details of every app).
+        shown = json.dumps(_get_global_client().get_serve_details())
+        assert str(secret) in shown and PASSWORD not in shown
         line = f"tls{uuid.uuid4().hex[:6]}"
         ids = [f"{line}-{i}" for i in range(20)]
         images = digits.test.images[:20, 0]

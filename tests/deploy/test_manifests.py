@@ -11,8 +11,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from scorer.auth import KeyConfigError, parse_api_keys
 from scorer.config import ScorerConfig
 from vlaewatch.cli import _build_parser
 from vlaewatch.settings import Settings
@@ -22,8 +24,10 @@ KINDS = {
     ("v1", "ConfigMap"), ("v1", "Secret"), ("v1", "Service"), ("v1", "PersistentVolumeClaim"),
     ("apps/v1", "Deployment"), ("apps/v1", "StatefulSet"), ("batch/v1", "Job"),
     ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 }  # fmt: skip
-ECOSYSTEM_ENV = {"REDIS_URL", "RAY_ADDRESS"}
+ECOSYSTEM_ENV = {"REDIS_URL", "REDIS_URL_FILE", "RAY_ADDRESS"}
+SECRETS_AT = "/etc/vlaewatch"
 
 
 def _docs() -> list[dict[str, Any]]:
@@ -84,10 +88,54 @@ def test_settings_are_the_cli_environment() -> None:
     known = {f"VLAEWATCH_{name.upper()}" for name in Settings.model_fields} | ECOSYSTEM_ENV
     config = next(d for d in _docs() if d["kind"] == "ConfigMap")
     secret = next(d for d in _docs() if d["kind"] == "Secret")
-    assert set(config["data"]) | set(secret["stringData"]) <= known
+    assert set(config["data"]) <= known
+    # Secrets are files of the Secret, named by *_FILE settings: never values in the config.
+    files = {k: v for k, v in config["data"].items() if k.endswith("_FILE")}
+    assert {"REDIS_URL_FILE", "VLAEWATCH_API_KEYS_FILE",
+            "VLAEWATCH_GRAFANA_TOKEN_FILE"} <= set(files)  # fmt: skip
+    for path in files.values():
+        assert path.startswith(f"{SECRETS_AT}/") and path.split("/")[-1] in secret["stringData"]
     parsed = Settings(**{k[len("VLAEWATCH_"):].lower(): v for k, v in config["data"].items()
-                         if k.startswith("VLAEWATCH_")})  # fmt: skip
+                         if k.startswith("VLAEWATCH_") and k not in files})  # fmt: skip
     assert str(parsed.store_path) == "/models"
+
+
+def test_secrets_stay_secret_and_ray_is_closed() -> None:
+    docs = _docs()
+    # The example key ring is placeholders that no service accepts.
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    with pytest.raises(KeyConfigError, match="placeholder"):
+        parse_api_keys(secret["stringData"]["api-keys"])
+    assert not _walk(docs, "secretRef"), "secrets are mounted as files, not environment"
+    # Every pod that reads the settings mounts the Secret where they point.
+    config_ref = {"configMapRef": {"name": "vlaewatch-config"}}
+    pods = [p for p in _walk(docs, "spec") if isinstance(p, dict)]
+    readers = [c for p in pods for c in p.get("containers", [])
+               if config_ref in c.get("envFrom", [])]  # fmt: skip
+    assert len(readers) >= 6  # the API, Grafana's provisioning, two Ray clusters' pods
+    for c in readers:
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        assert mounts.get("secrets") == SECRETS_AT, c["name"]
+    # The scorer's config (shown by the Ray dashboard) names the secrets by path only.
+    service = next(d for d in docs if d["kind"] == "RayService")
+    (app,) = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"]
+    user_config = app["deployments"][0]["user_config"]
+    assert "redis_url" not in user_config and "api_key_digests" not in user_config
+    assert user_config["api_keys_file"] == f"{SECRETS_AT}/api-keys"
+    # Ray's dashboard and Jobs API: token authentication on every cluster, and a policy that
+    # opens its control-plane ports only to the cluster's pods and the KubeRay operator.
+    clusters = [service["spec"]["rayClusterConfig"]]
+    clusters += [d["spec"]["rayClusterSpec"] for d in docs if d["kind"] == "RayJob"]
+    assert clusters and all(c["authOptions"] == {"mode": "token"} for c in clusters)
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy"
+                  and d["metadata"]["name"] == "vlaewatch-ray")  # fmt: skip
+    for rule in policy["spec"]["ingress"]:
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if "from" not in rule:  # open to anyone: only ports that check a key
+            assert ports == {8000}, rule
+    api = next(d for d in docs if d["kind"] == "NetworkPolicy"
+               and d["metadata"]["name"] == "vlaewatch-api")  # fmt: skip
+    assert api["spec"]["ingress"] == [{"ports": [{"port": 8080}]}]
 
 
 def test_rayservice_deploys_the_scorer_the_code_defines() -> None:
