@@ -22,7 +22,7 @@ from api.deps import Services
 from api.errors import install_handlers
 from api.metrics import Metrics
 from api.previews import PreviewClient
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, StreamSlots
 from api.routes import alerts, explore, items, stats, system, thresholds
 from api.schemas import ErrorBody
 from api.thresholds import ThresholdStore
@@ -59,6 +59,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             limiter=RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst),
             keyring=KeyRing.of(cfg.api_keys),
             failed_logins=RateLimiter(cfg.login_failures_per_s, cfg.login_failure_burst),
+            streams=StreamSlots(cfg.max_streams_per_key, cfg.max_streams),
         )  # fmt: skip
         task = asyncio.create_task(consumer.run()) if cfg.consume else None
         try:

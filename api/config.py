@@ -62,6 +62,12 @@ class ApiConfig(BaseModel):
         description="failed authentications per second per client address, past the burst "
         "(0: no limit)",
     )  # fmt: skip
+    max_streams_per_key: int = Field(
+        default=8, ge=1, description="live streams (/v1/stream) one key may hold open at once"
+    )
+    max_streams: int = Field(
+        default=256, ge=1, description="live streams this API process serves at once"
+    )
     login_failure_burst: int = Field(
         default=30, ge=1, description="failed authentications an address may make at once"
     )

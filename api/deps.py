@@ -17,7 +17,7 @@ from api.consumer import ModelCache, ScoreConsumer
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.metrics import Metrics
 from api.previews import PreviewClient
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, StreamSlots
 from api.schemas import Target
 from api.thresholds import ThresholdStore
 from scorer.auth import ANONYMOUS, KeyRing, Principal, Role, cross_site, presented_key
@@ -43,6 +43,7 @@ class Services:
     limiter: RateLimiter
     keyring: KeyRing
     failed_logins: RateLimiter  # per client address
+    streams: StreamSlots  # live streams held open
 
     def threshold_store(self, target: Target) -> ThresholdStore:
         return self.thresholds if target == "image" else self.pixel_thresholds

@@ -58,3 +58,30 @@ class RateLimiter:
     def retry_after_header(seconds: float) -> str:
         """Whole seconds, at least 1 (the header takes an integer)."""
         return str(max(1, math.ceil(seconds)))
+
+
+class StreamSlots:
+    """Live streams held open at once: at most ``per_caller`` for one key (or address in open
+    mode) and ``total`` in this process; each holds a Redis connection."""
+
+    def __init__(self, per_caller: int, total: int) -> None:
+        self.per_caller = per_caller
+        self.total = total
+        self._held: dict[str, int] = {}
+
+    def refusal(self, caller: str) -> tuple[int, str] | None:
+        """Take a slot for ``caller``: None when taken, else (status, reason)."""
+        if self._held.get(caller, 0) >= self.per_caller:
+            return 429, (f"{caller} holds {self.per_caller} live streams already (the most one "
+                         "key may); close one first")  # fmt: skip
+        if sum(self._held.values()) >= self.total:
+            return 503, f"this API process serves {self.total} live streams already; retry later"
+        self._held[caller] = self._held.get(caller, 0) + 1
+        return None
+
+    def release(self, caller: str) -> None:
+        left = self._held.get(caller, 0) - 1
+        if left > 0:
+            self._held[caller] = left
+        else:
+            self._held.pop(caller, None)

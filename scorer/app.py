@@ -106,6 +106,55 @@ app = FastAPI(
 )
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """Refuses a request body past the replica's ``max_request_bytes`` (``app.state``) while
+    it streams in, whatever the request declared: a chunked upload has no Content-Length,
+    and before, a multipart one was read whole. 413 with a reason, as JSON."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        # The app serving this request (Serve's copy of ``app`` in the replica).
+        limit: int = getattr(scope["app"].state, "max_request_bytes", 64 * 1024 * 1024)
+        seen, started = 0, False
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.inner(scope, counted, watched)
+        except _BodyTooLarge:
+            if started:
+                raise
+            body = json.dumps({"detail": f"request larger than {limit} bytes"}).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+
+
+app.add_middleware(_BodyLimit)
+
+
 @dataclass
 class _Item:
     item_id: str
@@ -237,6 +286,7 @@ class Scorer:
         """Apply a new ``user_config``: load a new model version, resize batches, reconnect."""
         cfg = ScorerConfig.model_validate(user_config)
         old = self._cfg
+        app.state.max_request_bytes = cfg.max_request_bytes
         app.state.keyring = KeyRing(
             {**cfg.api_key_digests, **digests(load_api_keys(None, cfg.api_keys_file))}
         )
@@ -269,7 +319,7 @@ class Scorer:
         assert self._client is not None
         self._sink = ScoreSink(
             self._client, self._keys, cfg.scores_maxlen, cfg.deadletter_maxlen,
-            cfg.retention_s, cfg.scores_hard_maxlen,
+            cfg.retention_s, cfg.scores_hard_maxlen, cfg.max_lines,
         )  # fmt: skip
         self._pixel = PixelThresholds(self._client, self._keys)
         batcher: Any = self._score_chunks  # serve.batch adds these setters at runtime
@@ -427,9 +477,9 @@ class Scorer:
             it.pixel_threshold = thresholds[it.line]
         scored = await self._score_chunks(items)
         await self._sink.publish(scored)
-        if scored.refused:  # ids another line's item holds: answered 409, dead-lettered
+        if scored.refused:  # an id another line holds, a line past the cap: 409, dead letter
             refused = [(i, it) for i, it in enumerate(items) if i in scored.refused]
-            logger.warning("%d item(s) refused: their ids belong to another line", len(refused))
+            logger.warning("%d item(s) refused: %s", len(refused), scored.refused[refused[0][0]])
             for source in ("http", "frames"):
                 mine = [(i, it) for i, it in refused if (it.frame_id != "") == (source == "frames")]
                 if mine:
@@ -598,6 +648,8 @@ class Scorer:
     ) -> tuple[list[bytes | np.ndarray], str, list[str]]:
         try:
             form = await request.form(max_files=limits.max_items, max_fields=limits.max_items + 8)
+        except _BodyTooLarge:
+            raise
         except Exception as exc:  # starlette raises MultiPartException and HTTPException variants
             raise HTTPException(400, f"cannot read multipart form: {exc}") from None
         files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]

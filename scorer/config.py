@@ -64,6 +64,11 @@ class ScorerConfig(BaseModel):
         "go even when a consumer group has not acknowledged them, and are counted as lost",
     )  # fmt: skip
     deadletter_maxlen: int = Field(default=10_000, ge=100)
+    max_lines: int = Field(
+        default=512, ge=1,
+        description="lines the service takes items of; a new line past them is refused (each "
+        "line costs metrics series and index entries for good)",
+    )  # fmt: skip
     consume_frames: bool = True
     frames_block_ms: int = Field(default=200, ge=1)
     reclaim_idle_ms: int = Field(default=30_000, ge=100)

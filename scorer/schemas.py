@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    ValidationError,
+    field_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 LINE_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
@@ -45,6 +52,12 @@ class StreamKeys:
     @property
     def scores(self) -> str:
         return f"{self.prefix}:scores"
+
+    @property
+    def lines(self) -> str:
+        """The lines the scorer has taken items of (a set, at most ``max_lines``): each one
+        costs metrics series and index entries for good."""
+        return f"{self.prefix}:lines"
 
     @property
     def lost(self) -> str:
@@ -174,7 +187,7 @@ class Region(BaseModel):
     w: int = Field(ge=1)
     h: int = Field(ge=1)
     area: int = Field(ge=0)
-    peak: float
+    peak: FiniteFloat
 
 
 # Where a result says where its item is defective (HTTP answers and alerts alike).
@@ -197,16 +210,17 @@ class ScoreRecord(_Record):
 
     item_id: str = Field(pattern=ID_PATTERN)
     line: str = Field(default=DEFAULT_LINE, pattern=LINE_PATTERN)
-    ts_ingested: float
-    ts_scored: float
-    score: float
-    recon: float
-    kl: float
-    complexity: float | None = None  # absent in entries of older versions
+    # Finite, every number: a NaN would reach alerts and live streams as JSON null.
+    ts_ingested: FiniteFloat
+    ts_scored: FiniteFloat
+    score: FiniteFloat
+    recon: FiniteFloat
+    kl: FiniteFloat
+    complexity: FiniteFloat | None = None  # absent in entries of older versions
     model_version: str
     regions: list[Region] | None = None
-    defect_area: float | None = Field(default=None, ge=0, le=1)
-    pixel_threshold: float | None = None
+    defect_area: FiniteFloat | None = Field(default=None, ge=0, le=1)
+    pixel_threshold: FiniteFloat | None = None
 
     @field_validator("regions", mode="before")
     @classmethod
@@ -231,7 +245,7 @@ class FrameRecord(_Record):
 
     item_id: str | None = Field(default=None, pattern=ID_PATTERN)
     line: str = Field(default=DEFAULT_LINE, pattern=LINE_PATTERN)
-    ts: float | None = None
+    ts: FiniteFloat | None = None
     image: bytes
     content_type: str = "image/png"
 

@@ -70,7 +70,7 @@ class ScoredBatch:
     regions: list[list[dict[str, Any]] | None] | None = None
     defect_area: list[float | None] | None = None
     # Items the publish refused (by position), with the reason: their id is held by an item
-    # of another line still in retention. Item ids are unique across lines.
+    # of another line still in retention, or their line is new past ``max_lines``.
     refused: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -118,14 +118,17 @@ def _numbers(values: list[float]) -> str:
 # Per item: the image (an ItemBlob string with its TTL), then the score entry (the fields of
 # ScoreRecord). The batch arrives as columns: the images as one blob with their sizes and
 # kinds, everything else comma-joined (item ids and lines cannot hold commas, spaces, or be
-# empty: their patterns), so the client packs 24 arguments instead of a dozen per item. Items
+# empty: their patterns), so the client packs 26 arguments instead of a dozen per item. Items
 # whose line has a pixel threshold also get regions (JSON, one blob with their sizes, like the
-# images), defect_area and pixel_threshold; "-" marks the others. Keys are computed here from
+# images), defect_area and pixel_threshold; "-" marks the others. An item is refused (not
+# stored, not published) when another line's item holds its id, or when its line is new and
+# the registry of lines is full. Keys are computed here from
 # the item key prefix (standalone Redis; a Redis Cluster would need them in KEYS). Then the
 # stream is trimmed, in the same step (below).
 _PUBLISH = """
 local stream, maxlen, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local hard, lost_key = tonumber(ARGV[23]), ARGV[24]
+local lines_key, max_lines, known = ARGV[25], tonumber(ARGV[26]), {}
 local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
 local shape, images = ARGV[8], ARGV[10]
 local function col(s)
@@ -146,9 +149,21 @@ for i = 1, n do
     held = string.match(redis.call('GETRANGE', key, 0, 255), '^%S+ %S+ (%S+) ')
     if held == lines[i] then held = nil end
   end
-  if held then
+  local new_line = false  -- a line past the registry's cap
+  if not held and not known[lines[i]] then
+    if redis.call('SISMEMBER', lines_key, lines[i]) == 1 then
+      known[lines[i]] = true
+    elseif redis.call('SCARD', lines_key) < max_lines then
+      redis.call('SADD', lines_key, lines[i])
+      known[lines[i]] = true
+    else
+      new_line = true
+    end
+  end
+  if held or new_line then
     refused[#refused + 1] = i
-    refused[#refused + 1] = held
+    refused[#refused + 1] = held and 'held' or 'lines'
+    refused[#refused + 1] = held or ''
     pos = pos + size
     if pth[i] ~= '-' then rpos = rpos + tonumber(rsizes[i]) end
   else
@@ -244,11 +259,13 @@ class ScoreSink:
         deadletter_maxlen: int,
         retention_s: int,
         scores_hard_maxlen: int | None = None,
+        max_lines: int = 512,
     ) -> None:
         self.client = client
         self.keys = keys
         self.scores_maxlen = scores_maxlen
         self.scores_hard_maxlen = max(scores_hard_maxlen or 10 * scores_maxlen, scores_maxlen)
+        self.max_lines = max_lines
         self.deadletter_maxlen = deadletter_maxlen
         self.retention_s = retention_s
         self._publish = client.register_script(_PUBLISH)
@@ -276,20 +293,27 @@ class ScoreSink:
             ",".join(str(len(r)) for r in found), "".join(found),
             ",".join("-" if a is None else repr(a) for a in batch.defect_area or [None] * n),
             ",".join("-" if t is None else repr(t) for t in thresholds),
-            self.scores_hard_maxlen, self.keys.lost,
+            self.scores_hard_maxlen, self.keys.lost, self.keys.lines, self.max_lines,
         ])  # fmt: skip
         lost, refused = reply
         if lost:
             logger.error("score stream over %d entries: %d unacknowledged entries trimmed "
                          "(counted in %s)", self.scores_hard_maxlen, lost,
                          self.keys.lost)  # fmt: skip
-        for pos, held in zip(refused[::2], refused[1::2], strict=True):
+        for pos, kind, held in zip(refused[::3], refused[1::3], refused[2::3], strict=True):
             i = int(pos) - 1
-            batch.refused[i] = (
-                f"item id {batch.item_ids[i]!r} is held by line {as_text(held)!r} (ids are "
-                "unique across lines while the image is retained): give each line's items "
-                "ids of their own, e.g. prefixed by the line"
-            )
+            if as_text(kind) == "held":
+                batch.refused[i] = (
+                    f"item id {batch.item_ids[i]!r} is held by line {as_text(held)!r} (ids "
+                    "are unique across lines while the image is retained): give each line's "
+                    "items ids of their own, e.g. prefixed by the line"
+                )
+            else:
+                batch.refused[i] = (
+                    f"line {batch.lines[i]!r} is new and {self.max_lines} lines are known "
+                    f"already (max_lines, {self.keys.lines}): raise max_lines, or remove a "
+                    "line no longer in use from that set"
+                )
 
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
         await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)

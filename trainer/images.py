@@ -142,7 +142,7 @@ def decode_image(data: bytes, shape: tuple[int, int, int], limits: Limits) -> np
         if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
             raise InputError("an NPY file part must hold one image")
         return decode_array(arr, shape, limits)
-    plain = _plain_png(data, limits)
+    plain = _plain_png(data, shape, limits)
     if plain is not None:
         return _to_chw(plain, shape, limits)
     from PIL import Image, UnidentifiedImageError
@@ -150,13 +150,11 @@ def decode_image(data: bytes, shape: tuple[int, int, int], limits: Limits) -> np
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                if im.format not in ("PNG", "JPEG"):
-                    raise InputError(f"unsupported image format {im.format}; send PNG or JPEG")
+            # Only these two parsers ever see a caller's bytes.
+            with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
                 w, h = im.size
                 # The header's size is known before any pixel is decoded.
-                if w * h > limits.max_pixels:
-                    raise InputError(f"image of {w}x{h} exceeds {limits.max_pixels} pixels", 413)
+                check_declared(h, w, shape, limits)
                 if getattr(im, "n_frames", 1) > 1:
                     raise InputError("animated images are not supported; send one frame")
                 im.load()
@@ -193,7 +191,17 @@ def source_size(payload: bytes | np.ndarray, limits: Limits) -> tuple[int, int] 
         return None
 
 
-def _plain_png(data: bytes, limits: Limits) -> np.ndarray | None:
+def check_declared(h: int, w: int, shape: tuple[int, int, int], limits: Limits) -> None:
+    """Refuse an image by the size its header declares, before a pixel is decoded: larger
+    than ``max_pixels``, or (without ``resize``) not the model's size."""
+    if w * h > limits.max_pixels:
+        raise InputError(f"image of {w}x{h} exceeds {limits.max_pixels} pixels", 413)
+    if not limits.resize and (h, w) != shape[1:]:
+        raise InputError(f"image is {h}x{w} (by its header); the model takes "
+                         f"{shape[1]}x{shape[2]}")  # fmt: skip
+
+
+def _plain_png(data: bytes, shape: tuple[int, int, int], limits: Limits) -> np.ndarray | None:
     """A plain PNG (``PLAIN_PNG_MODES``; chunks IHDR, IDAT..., IEND and nothing else, every
     checksum right) as an (H, W[, C]) uint8 array, or None: anything else, damage included,
     takes ``Image.open``, which gives the same pixels or the error. The pixels come from the
@@ -208,6 +216,8 @@ def _plain_png(data: bytes, limits: Limits) -> np.ndarray | None:
     mode = PLAIN_PNG_MODES.get((depth, colour))
     if size != 13 or mode is None or method or filtering or interlace or not w or not h:
         return None
+    if zlib.crc32(data[12:29]) == int.from_bytes(data[29:33], "big"):  # a sound header
+        check_declared(h, w, shape, limits)
     if w * h > min(limits.max_pixels, PLAIN_PNG_MAX_PIXELS):
         return None
     view, pos, chunks = memoryview(data), 8, []

@@ -363,6 +363,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="requests per second per API key, 429 beyond (0: no limit)",
     )
     a.add_argument("--rate-burst", type=int, default=200, help="requests a key may send at once")
+    a.add_argument(
+        "--max-streams-per-key",
+        type=int,
+        default=8,
+        help="live streams (/v1/stream) one key may hold open at once",
+    )
+    a.add_argument(
+        "--max-streams", type=int, default=256, help="live streams this API process serves at once"
+    )
     a.add_argument("--login-failure-burst", type=int, default=30,
                    help="failed authentications a client address may make before it is "
                         "limited to --login-failures-per-s")  # fmt: skip
@@ -790,6 +799,8 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             rate_limit_per_s=args.rate_limit,
             rate_burst=args.rate_burst,
             login_failure_burst=args.login_failure_burst,
+            max_streams_per_key=args.max_streams_per_key,
+            max_streams=args.max_streams,
             login_failures_per_s=args.login_failures_per_s,
             alert_retention_s=args.alert_retention_s,
             **extra,

@@ -3,15 +3,17 @@ alerts as server-sent events."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import ValidationError
 
 from api.alerts import AlertFilter
 from api.deps import Operator, ServicesDep, Viewer
-from api.errors import Unprocessable
+from api.errors import TooManyRequests, Unavailable, Unprocessable
 from api.schemas import (
     Alert,
     AlertAction,
@@ -22,9 +24,11 @@ from api.schemas import (
     LabelRequest,
     RegionLabelRequest,
 )
+from scorer.auth import ANONYMOUS
 from scorer.schemas import ID_PATTERN, LINE_PATTERN
 from scorer.streams import as_text
 
+logger = logging.getLogger("vlaewatch.api")
 router = APIRouter(prefix="/v1", tags=["alerts"])
 ItemPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["cam1-000123"])]
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -112,27 +116,50 @@ async def label_alert(
     return await services.alerts.label_alert(item_id, body.label, who.name, body.note)
 
 
-@router.get("/stream", response_class=EventSourceResponse, responses=ERRORS)
+async def _stream_slot(request: Request, services: ServicesDep, who: Viewer) -> str:
+    """A live-stream slot of the caller, taken before the response starts (429: the key's
+    share is used, 503: the process's); the stream gives it back when it ends."""
+    caller = who.name if who is not ANONYMOUS else (request.client.host if request.client
+                                                    else "unknown")  # fmt: skip
+    refused = services.streams.refusal(caller)
+    if refused is not None:
+        status, reason = refused
+        if status == 429:
+            raise TooManyRequests(reason, "5")
+        raise Unavailable(reason)
+    return caller
+
+
+@router.get("/stream", response_class=EventSourceResponse,
+            responses={**ERRORS, 503: {"model": ErrorBody}})  # fmt: skip
 async def stream(
     services: ServicesDep,
-    _: Viewer,
+    caller: Annotated[str, Depends(_stream_slot)],
     line: Annotated[str | None, Query(pattern=LINE_PATTERN)] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """New alerts as they are raised (event ``alert``, data an ``Alert``), from every API
-    process consuming the stream; keep-alive comments keep proxies from closing it."""
-    pubsub = services.client.pubsub()
-    await pubsub.subscribe(services.alerts.channel)
+    process consuming the stream; keep-alive comments keep proxies from closing it. A key
+    holds at most ``max_streams_per_key`` of them at once."""
     try:
-        yield ServerSentEvent(comment="subscribed")
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-            if message is None or message.get("type") != "message":
-                continue
-            alert = Alert.model_validate_json(message["data"])
-            if line is not None and alert.line != line:
-                continue
-            yield ServerSentEvent(raw_data=alert.model_dump_json(), event="alert",
-                                  id=as_text(alert.item_id))  # fmt: skip
+        pubsub = services.client.pubsub()
+        await pubsub.subscribe(services.alerts.channel)
+        try:
+            yield ServerSentEvent(comment="subscribed")
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    alert = Alert.model_validate_json(message["data"])
+                except ValidationError as exc:  # one bad message must not end every stream
+                    logger.warning("live stream: skipped a message that is no alert: %s", exc)
+                    continue
+                if line is not None and alert.line != line:
+                    continue
+                yield ServerSentEvent(raw_data=alert.model_dump_json(), event="alert",
+                                      id=as_text(alert.item_id))  # fmt: skip
+        finally:
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
     finally:
-        await pubsub.unsubscribe()
-        await pubsub.aclose()
+        services.streams.release(caller)

@@ -3,6 +3,7 @@ are unaffected, and the key is admitted again once its bucket refills."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -35,7 +36,8 @@ def test_token_bucket_admits_bursts_then_the_rate() -> None:
 
 def test_a_key_over_its_rate_gets_429_and_others_do_not(redis_server: Any, tmp_path: Path) -> None:
     api = ApiProcess(redis_server.url, None, tmp_path, key_prefix=f"rl{uuid.uuid4().hex[:6]}",
-                     rate_limit=2, rate_burst=5, login_failure_burst=3)  # fmt: skip
+                     rate_limit=2, rate_burst=5, login_failure_burst=3, max_streams_per_key=2,
+                     max_streams=3)  # fmt: skip
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
             codes = [http.get("/v1/thresholds", headers=OP).status_code for _ in range(8)]
@@ -60,5 +62,27 @@ def test_a_key_over_its_rate_gets_429_and_others_do_not(redis_server: Any, tmp_p
             assert r.status_code == 429 and "failed authentications" in r.json()["detail"]
             time.sleep(int(r.headers["retry-after"]))
             assert http.get("/v1/thresholds", headers=VIEW).status_code == 200
+
+            # Live streams each hold a Redis connection: at most 2 per key, 3 in all here.
+            # Before, any number.
+            time.sleep(3)  # the keys' request buckets refill
+            with contextlib.ExitStack() as held:
+
+                def open_stream(headers: dict[str, str]) -> httpx.Response:
+                    return held.enter_context(http.stream("GET", "/v1/stream", headers=headers))
+
+                assert [open_stream(OP).status_code for _ in range(2)] == [200, 200]
+                over = open_stream(OP)
+                assert over.status_code == 429 and "2 live streams" in over.read().decode()
+                assert open_stream(VIEW).status_code == 200
+                full = open_stream(VIEW)
+                assert full.status_code == 503 and "3 live streams" in full.read().decode()
+            # Closed, they are given back (once the server sees the connections go).
+            deadline, status = time.monotonic() + 10, 0
+            while status != 200 and time.monotonic() < deadline:
+                with http.stream("GET", "/v1/stream", headers=VIEW) as again:
+                    status = again.status_code
+                time.sleep(0.2)
+            assert status == 200
     finally:
         api.stop()

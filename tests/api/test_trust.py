@@ -4,6 +4,8 @@ running scorer and API on real Redis; each test failed on the code before its fi
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +17,7 @@ import redis
 
 from scorer.schemas import FRAMES_GROUP
 from tests.api.test_api import OP, VIEW, _alerts, _consumed, _publish, _score, _set_manual
-from tests.scorer.test_service import _png, _wait_for
+from tests.scorer.test_service import _npy, _png, _wait_for
 from trainer.checkpoint import read_card
 
 pytestmark = pytest.mark.reliability
@@ -226,3 +228,72 @@ def test_the_score_stream_keeps_what_a_stopped_api_has_not_read(
     finally:
         deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
         client.delete(f"{prefix}:scores")
+
+
+def test_a_nan_timestamp_is_refused_and_live_streams_go_on(
+    api_url: str, client: redis.Redis, digits: Any, version: str
+) -> None:
+    # Before: a frame's ts of NaN was scored, its alert carried null, and every live stream
+    # failed on it and closed.
+    line = _line()
+    _set_manual(api_url, line, 0.0)
+    got: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        with httpx.stream("GET", f"{api_url}/v1/stream", params={"line": line},
+                          headers=VIEW, timeout=60) as r:  # fmt: skip
+            for text in r.iter_lines():
+                if text.startswith("data:"):
+                    got.append(json.loads(text[5:]))
+                    return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(1.0)  # subscribed
+    png = _png(digits.test.images[0, 0])
+    nan_frame = client.xadd("vlaewatch:frames", {"image": png, "line": line, "ts": "nan",
+                                                 "item_id": f"{line}-nan"})  # fmt: skip
+    # A score entry with one, from another writer: dead-lettered by the consumer.
+    nan_score = client.xadd("vlaewatch:scores", {
+        "item_id": f"{line}-nan-score", "line": line, "ts_ingested": "nan", "ts_scored": "1.0",
+        "score": "5.0", "recon": "4.0", "kl": "1.0", "model_version": version})  # fmt: skip
+    client.xadd("vlaewatch:frames", {"image": png, "line": line, "item_id": f"{line}-good"})
+    listener.join(60)
+    assert [a["item_id"] for a in got] == [f"{line}-good"]
+
+    def letter(eid: bytes) -> list[dict[bytes, bytes]]:
+        return [f for _, f in client.xrange("vlaewatch:deadletter") if f[b"frame_id"] == eid]
+
+    for eid in (nan_frame, nan_score):
+        (found,) = _wait_for(lambda eid=eid: letter(eid))
+        assert b"finite number" in found[b"reason"], found
+    assert httpx.get(f"{api_url}/v1/alerts/{line}-nan", headers=VIEW).status_code == 404
+
+
+def test_new_lines_past_the_cap_are_refused(
+    redis_server: Any, scorer_url: str, checkpoint: Path, digits: Any, client: redis.Redis
+) -> None:
+    # Every line costs metrics series and index entries for good. Before: any number.
+    from scorer.config import DeploymentConfig, ScorerConfig
+    from scorer.service import deploy
+
+    port = int(scorer_url.rsplit(":", 1)[1])
+    prefix = f"lines{uuid.uuid4().hex[:6]}"
+    base = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
+                        reclaim_idle_ms=2000)  # fmt: skip
+    image = digits.test.images[:1, 0]
+    try:
+        deploy(base.model_copy(update={"key_prefix": prefix, "max_lines": 2}),
+               DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+        for line in ("a", "b", "a"):
+            _score(scorer_url, image, line, [f"{line}-{uuid.uuid4().hex[:8]}"])
+        r = httpx.post(f"{scorer_url}/v1/score", content=_npy(image), params={"line": "c"},
+                       headers={"content-type": "application/x-npy"}, timeout=60)  # fmt: skip
+        (result,) = r.json()["results"]
+        assert not result["ok"] and result["status"] == 409, result
+        assert "2 lines are known already (max_lines" in result["error"]
+        assert client.smembers(f"{prefix}:lines") == {b"a", b"b"}
+        assert client.xlen(f"{prefix}:scores") == 3
+    finally:
+        deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
+        client.delete(f"{prefix}:scores", f"{prefix}:lines")

@@ -98,3 +98,53 @@ def test_a_poison_frame_is_dead_lettered_and_its_read_scored(
     letters = _wait_for(dead, timeout=30)
     assert letters[0][b"source"] == b"frames" and b"no pixels" in letters[0][b"reason"]
     _wait_for(lambda: client.xpending("vlaewatch:frames", FRAMES_GROUP)["pending"] == 0)
+
+
+def test_a_body_over_the_limit_is_refused_while_it_streams(
+    scorer_url: str, redis_server: Any, checkpoint: Any, digits: Any
+) -> None:
+    # A chunked upload declares no length. Before, the scorer checked only Content-Length:
+    # a multipart body was read whole (every part up to 8 MB, 1,024 parts), and an NPY body
+    # whole before its size was checked.
+    from scorer.config import DeploymentConfig, ScorerConfig
+    from scorer.service import deploy
+
+    port = int(scorer_url.rsplit(":", 1)[1])
+    base = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
+                        reclaim_idle_ms=2000)  # fmt: skip
+    part = _png(digits.test.images[0, 0])
+
+    def chunked(data: bytes) -> Any:
+        for i in range(0, len(data), 65536):
+            yield data[i : i + 65536]
+
+    boundary = "vlaewatch-test-boundary"
+    files = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{i}.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + part
+            + b"\x00" * 200_000
+            + b"\r\n"
+            for i in range(10)
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    multipart = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    try:
+        deploy(base.model_copy(update={"max_request_bytes": 1_000_000}),
+               DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+        for body, headers in ((files, multipart),
+                              (_npy(np.zeros((1500, 28, 28), np.uint8)), NPY)):  # fmt: skip
+            assert len(body) > 1_000_000
+            r = httpx.post(f"{scorer_url}/v1/score", content=chunked(body), headers=headers,
+                           timeout=60)  # fmt: skip
+            assert r.status_code == 413, (r.status_code, r.text[:300])
+            assert r.json()["detail"] == "request larger than 1000000 bytes"
+        # Under the limit, the same way in: scored.
+        small = _npy(digits.test.images[:4, 0])
+        r = httpx.post(f"{scorer_url}/v1/score", content=chunked(small), headers=NPY,
+                       timeout=60)  # fmt: skip
+        assert r.status_code == 200 and r.json()["n_scored"] == 4, r.text
+    finally:
+        deploy(base, DeploymentConfig(num_cpus=0.25), port=port)

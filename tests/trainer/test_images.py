@@ -82,10 +82,28 @@ def test_animated_and_oversized_files() -> None:
     with pytest.raises(InputError) as err:
         decode_image(b"x" * 100, GRAY, Limits(max_image_bytes=10))
     assert err.value.status == 413
-    gif = io.BytesIO()
-    frames[0].save(gif, format="GIF")
-    with pytest.raises(InputError, match="GIF"):
-        decode_image(gif.getvalue(), GRAY, LIMITS)
+    # Only the PNG and JPEG parsers ever see a caller's bytes: before, every format PIL knows
+    # was tried (and its parser ran) before the format was refused.
+    for fmt in ("GIF", "BMP", "TIFF"):
+        other = io.BytesIO()
+        frames[0].save(other, format=fmt)
+        with pytest.raises(InputError, match="not a PNG or JPEG"):
+            decode_image(other.getvalue(), GRAY, LIMITS)
+
+
+def test_an_image_of_the_wrong_size_is_refused_by_its_header() -> None:
+    # A PNG whose header declares 2000 x 2000 and whose pixel data is cut off: refused for
+    # its size without decoding (before, it was decoded first, and failed on the cut).
+    for mode in ("L", "P"):  # the fast path's kind of PNG, and Image.open's
+        buf = io.BytesIO()
+        Image.new(mode, (2000, 2000)).save(buf, format="PNG")
+        cut = buf.getvalue()[:200]
+        with pytest.raises(InputError, match="2000x2000 \\(by its header\\)"):
+            decode_image(cut, GRAY, LIMITS)
+    # With resize, a size other than the model's is decoded and resized.
+    buf = io.BytesIO()
+    Image.new("L", (56, 56)).save(buf, format="PNG")
+    assert decode_image(buf.getvalue(), GRAY, Limits(resize=True)).shape == GRAY
 
 
 def test_arrays_nan_range_dtype() -> None:
@@ -129,7 +147,7 @@ def _through_image_open(data: bytes, shape: tuple[int, int, int],
                         monkeypatch: pytest.MonkeyPatch) -> Outcome:  # fmt: skip
     """What ``decode_image`` gives without the plain-PNG path."""
     with monkeypatch.context() as m:
-        m.setattr(decode, "_plain_png", lambda data, limits: None)
+        m.setattr(decode, "_plain_png", lambda data, shape, limits: None)
         return _outcome(data, shape)
 
 
@@ -159,7 +177,8 @@ def test_plain_pngs_take_the_fast_path_and_decode_as_image_open_does(
     rng = np.random.default_rng(1)
     grey = [*_digits_pngs(digits), _png(rng.integers(0, 256, (28, 28), np.uint8))]
     rgb = [_png(rng.integers(0, 256, (28, 28, 3), np.uint8)) for _ in range(10)]
-    assert all(decode._plain_png(d, LIMITS) is not None for d in grey + rgb)
+    assert all(decode._plain_png(d, GRAY, LIMITS) is not None for d in grey)
+    assert all(decode._plain_png(d, (3, 28, 28), LIMITS) is not None for d in rgb)
     # Grey and RGB frames for a grey and an RGB model: the same pixels, or the same refusal.
     for data, shape in [(d, s) for d in grey + rgb for s in (GRAY, (3, 28, 28))]:
         fast = _outcome(data, shape)
@@ -182,12 +201,14 @@ def test_other_pngs_are_left_to_image_open() -> None:
         "a text chunk": _png(arr, pnginfo=text),
         "bytes after IEND": plain + b"\x00",
         "a wrong checksum": plain[:-1] + bytes([plain[-1] ^ 1]),
-        "more pixels than the limits allow": _png(np.zeros((64, 64), np.uint8)),
     }
     limits = Limits(max_pixels=32 * 32)
     for name, data in others.items():
-        assert decode._plain_png(data, limits) is None, name
-    assert decode._plain_png(plain, limits) is not None
+        assert decode._plain_png(data, GRAY, limits) is None, name
+    assert decode._plain_png(plain, GRAY, limits) is not None
+    with pytest.raises(InputError, match="exceeds") as err:  # refused by its header
+        decode._plain_png(_png(np.zeros((64, 64), np.uint8)), GRAY, limits)
+    assert err.value.status == 413
     # Image.open's way, as before: a text chunk is no matter, a palette is colour.
     assert np.array_equal(decode_image(others["a text chunk"], GRAY, LIMITS)[0], arr)
     with pytest.raises(InputError, match="3 channel"):
