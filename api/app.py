@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.alerts import AlertStore
 from api.annotations import Annotator
 from api.config import ApiConfig
-from api.consumer import ModelCache, ScoreConsumer
+from api.consumer import ConsumerThread, GroupLag, ModelCache
 from api.deps import Services
 from api.errors import install_handlers
 from api.metrics import Metrics
@@ -43,9 +43,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         alert_store = AlertStore(client, cfg.key_prefix, cfg.alert_retention_s)
         models = ModelCache(client, keys)
         annotator = Annotator(cfg.grafana_url, cfg.grafana_token)
-        consumer = ScoreConsumer(
-            client, cfg, threshold_store, alert_store, models, metrics, annotator
-        )
+        consumer = ConsumerThread(cfg, metrics, annotator)
         # The API's calls to the scorer (previews, views) carry its 'service' key, if any.
         service = next((k for k, p in cfg.api_keys.items() if p.role == "service"), None)
         http = httpx.AsyncClient(timeout=cfg.preview_timeout_s,
@@ -54,6 +52,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             cfg=cfg, client=client, keys=keys, thresholds=threshold_store,
             pixel_thresholds=ThresholdStore(client, cfg.key_prefix, "pixel"), alerts=alert_store,
             models=models, consumer=consumer,
+            lag=GroupLag(client, keys, cfg.scores_group),
             previews=PreviewClient(http, cfg.scorer_url, client, keys, cfg.preview_cache_s),
             metrics=metrics, http=http, annotator=annotator,
             limiter=RateLimiter(cfg.rate_limit_per_s, cfg.rate_burst),
@@ -61,14 +60,12 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             failed_logins=RateLimiter(cfg.login_failures_per_s, cfg.login_failure_burst),
             streams=StreamSlots(cfg.max_streams_per_key, cfg.max_streams),
         )  # fmt: skip
-        task = asyncio.create_task(consumer.run()) if cfg.consume else None
+        if cfg.consume:
+            consumer.start()
         try:
             yield
         finally:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await asyncio.to_thread(consumer.stop)
             await http.aclose()
             await client.aclose()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from scorer.schemas import (
 )
 from scorer.streams import (
     as_text,
+    connect,
     dead_letter,
     ensure_group,
     entry_ms,
@@ -318,22 +320,108 @@ class ScoreConsumer:
             logger.info("initial default threshold %.4g (fpr %.3g on %s)", value, alpha,
                         model.version)  # fmt: skip
 
-    async def lost(self) -> int:
-        """Score entries trimmed before every group acknowledged them (the scorer counts)."""
-        value: Any = await self.client.hget(self.keys.lost, "scores")
-        return int(value or 0)
 
-    async def lag(self) -> tuple[int | None, int | None, float | None]:
-        """(pending, undelivered entries, age in s of the oldest undelivered) of the group."""
+class ConsumerThread:
+    """The score consumer on a thread of its own, with its own event loop and Redis
+    connections: no request handler, however heavy its read, holds up the alerts, and the
+    consumer holds up no request. Health reads its state (``running``, ``unstored``,
+    ``problem``) across the thread: plain values, read whole."""
+
+    def __init__(self, cfg: ApiConfig, metrics: Metrics, annotator: Annotator) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.annotator = annotator
+        self.consumer: ScoreConsumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="score-consumer", daemon=True)
+
+    def start(self) -> ConsumerThread:
+        self._thread.start()
+        self._ready.wait(30)
+        return self
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        cfg = self.cfg
+        client = connect(cfg.redis_url)
+        keys = StreamKeys(cfg.key_prefix)
+        self.consumer = ScoreConsumer(
+            client, cfg, ThresholdStore(client, cfg.key_prefix),
+            AlertStore(client, cfg.key_prefix, cfg.alert_retention_s), ModelCache(client, keys),
+            self.metrics, self.annotator,
+        )  # fmt: skip
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        self._ready.set()
+        try:
+            await self.consumer.run()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            await client.aclose()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Cancel the consumer (a batch it was handling stays pending, reclaimed later)."""
+        if self._loop is not None and self._task is not None:
+            self._loop.call_soon_threadsafe(self._task.cancel)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.consumer is not None and self.consumer.running
+
+    @property
+    def unstored(self) -> dict[str, tuple[str, float]]:
+        return self.consumer.unstored if self.consumer is not None else {}
+
+    def problem(self) -> str | None:
+        return self.consumer.problem() if self.consumer is not None else None
+
+
+async def items_lost(client: aioredis.Redis, keys: StreamKeys) -> int:
+    """Score entries trimmed before every group acknowledged them (the scorer counts)."""
+    value: Any = await client.hget(keys.lost, "scores")
+    return int(value or 0)
+
+
+class GroupLag:
+    """(pending, undelivered entries, age in s of the oldest undelivered) of the consumer
+    group, as health and metrics report it: read at most once a second per process, and
+    undelivered entries counted up to 10,000 ("10000": that many or more), so public
+    routes stay cheap however often they are called."""
+
+    def __init__(self, client: aioredis.Redis, keys: StreamKeys, group: str) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self._value: tuple[int | None, int | None, float | None] = (None, None, None)
+        self._at = -1.0
+
+    async def read(self) -> tuple[int | None, int | None, float | None]:
+        if time.monotonic() - self._at < 1.0:
+            return self._value
+        self._value, self._at = await self._read(), time.monotonic()
+        return self._value
+
+    async def _read(self) -> tuple[int | None, int | None, float | None]:
         try:
             groups: Any = await self.client.xinfo_groups(self.keys.scores)
         except ResponseError:
             return None, None, None
-        group = next((g for g in groups if as_text(g["name"]) == self.cfg.scores_group), None)
+        group = next((g for g in groups if as_text(g["name"]) == self.group), None)
         if group is None:
             return None, None, None
         last = as_text(group["last-delivered-id"])
-        behind: Any = await self.client.xrange(self.keys.scores, f"({last}", "+", count=10_001)
-        age = time.time() - entry_ms(as_text(behind[0][0])) if behind else 0.0
         lag = group.get("lag")
-        return int(group["pending"]), int(lag) if lag is not None else len(behind), age
+        if lag is not None:  # Redis 7 keeps the count
+            first: Any = await self.client.xrange(self.keys.scores, f"({last}", "+", count=1)
+            behind = int(lag)
+        else:
+            first = await self.client.xrange(self.keys.scores, f"({last}", "+", count=10_000)
+            behind = len(first)
+        age = time.time() - entry_ms(as_text(first[0][0])) if first else 0.0
+        return int(group["pending"]), behind, age

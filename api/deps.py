@@ -13,7 +13,7 @@ from fastapi import Depends, Request
 from api.alerts import AlertStore
 from api.annotations import Annotator
 from api.config import ApiConfig
-from api.consumer import ModelCache, ScoreConsumer
+from api.consumer import ConsumerThread, GroupLag, ModelCache
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.metrics import Metrics
 from api.previews import PreviewClient
@@ -35,7 +35,8 @@ class Services:
     pixel_thresholds: ThresholdStore
     alerts: AlertStore
     models: ModelCache
-    consumer: ScoreConsumer
+    consumer: ConsumerThread  # on its own thread and event loop
+    lag: GroupLag
     previews: PreviewClient
     metrics: Metrics
     http: httpx.AsyncClient
@@ -101,6 +102,19 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         return principal
 
     return dependency
+
+
+def public_rate_limit(services: Services, request: Request) -> None:
+    """The routes anyone may call (health, public metrics) share the request limit, per
+    client address."""
+    address = _address(request)
+    wait = services.limiter.take(f"address {address}")
+    if wait is not None:
+        raise TooManyRequests(
+            f"rate limit: {services.limiter.rate:g} requests/s for {address}; retry in "
+            f"{wait:.2f} s",
+            RateLimiter.retry_after_header(wait),
+        )
 
 
 def _address(request: Request) -> str:

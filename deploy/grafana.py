@@ -40,9 +40,18 @@ def _missing(exc: GrafanaClientError) -> bool:
     return exc.status_code == 404
 
 
-def _same(wanted: dict[str, Any], found: dict[str, Any]) -> bool:
-    """``found`` agrees with every field we set (Grafana adds ids, versions, timestamps)."""
-    return all(found.get(k) == v for k, v in wanted.items())
+def agrees(wanted: Any, found: Any) -> bool:
+    """``found`` agrees with every field we set, at every depth: Grafana adds ids, versions,
+    timestamps and defaults (a rule's query models get ``intervalMs`` and ``maxDataPoints``,
+    a datasource ``basicAuth``...), and none of those is a change of ours."""
+    if isinstance(wanted, dict):
+        return isinstance(found, dict) and all(
+            k in found and agrees(v, found[k]) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (isinstance(found, list) and len(found) == len(wanted)
+                and all(agrees(w, f) for w, f in zip(wanted, found, strict=True)))  # fmt: skip
+    return bool(wanted == found)
 
 
 def provision(
@@ -61,7 +70,7 @@ def provision(
         api.datasource.create_datasource(datasource)
         report.created.append(f"datasource {DATASOURCE_UID}")
     else:
-        if _same(datasource, found):
+        if agrees(datasource, found):
             report.unchanged.append(f"datasource {DATASOURCE_UID}")
         else:
             api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource)
@@ -84,7 +93,7 @@ def provision(
             if not _missing(exc):
                 raise
             found = None
-        if found is not None and _same(wanted, found):
+        if found is not None and agrees(wanted, found):
             report.unchanged.append(f"dashboard {board.uid}")
             continue
         api.dashboard.update_dashboard(
@@ -103,7 +112,7 @@ def provision(
     if not existing:
         api.alertingprovisioning.create_contactpoint(point)
         report.created.append(f"contact point {CONTACT_POINT}")
-    elif _same(point, existing[0]):
+    elif agrees(point, existing[0]):
         report.unchanged.append(f"contact point {CONTACT_POINT}")
     else:
         api.alertingprovisioning.update_contactpoint(CONTACT_POINT, point)
@@ -119,7 +128,7 @@ def provision(
             api.alertingprovisioning.create_alertrule(wanted)
             report.created.append(f"alert rule {rule.uid}")
             continue
-        if _same(wanted, found):
+        if agrees(wanted, found):
             report.unchanged.append(f"alert rule {rule.uid}")
         else:
             api.alertingprovisioning.update_alertrule(rule.uid, wanted)

@@ -14,7 +14,8 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from api.deps import ServicesDep, authenticate
+from api.consumer import items_lost
+from api.deps import ServicesDep, authenticate, public_rate_limit
 from api.schemas import ApiHealth, ErrorBody
 
 router = APIRouter(tags=["system"])
@@ -48,15 +49,17 @@ async def console() -> HTMLResponse:
 
 
 @router.get("/v1/health", response_model=ApiHealth)
-async def health(services: ServicesDep) -> ApiHealth:
-    """Readable without a key: Redis reachable, consumer running, its backlog."""
+async def health(request: Request, services: ServicesDep) -> ApiHealth:
+    """Readable without a key (and cheap: the backlog is read at most once a second):
+    Redis reachable, consumer running, its backlog."""
+    public_rate_limit(services, request)
     consumer = services.consumer
     try:
         await services.client.ping()
-        pending, lag, _ = await consumer.lag()
+        pending, lag, _ = await services.lag.read()
         newest = await services.models.get()
         lines = await services.models.lines()
-        lost = await consumer.lost()
+        lost = await items_lost(services.client, services.keys)
     except (RedisError, OSError) as exc:
         return ApiHealth(status="degraded", redis=False, consumer=services.cfg.consumer,
                          consuming=consumer.running, pending=None, lag=None, model_version=None,
@@ -82,15 +85,17 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus metrics; needs a key unless ``public_metrics`` is configured."""
     if not services.cfg.public_metrics:
         authenticate(services, request)
+    else:
+        public_rate_limit(services, request)
     m = services.metrics
     try:
-        pending, lag, age = await services.consumer.lag()
+        pending, lag, age = await services.lag.read()
         for gauge, value in ((m.pending, pending), (m.lag, lag), (m.lag_seconds, age)):
             if value is not None:
                 gauge.set(value)
         for line, th in (await services.thresholds.current()).items():
             m.threshold.labels(line).set(th.value)
-        m.lost.value = await services.consumer.lost()
+        m.lost.value = await items_lost(services.client, services.keys)
     except (RedisError, OSError):
         pass  # the counters still say what this process did
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

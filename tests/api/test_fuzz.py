@@ -1,7 +1,9 @@
-"""The HTTP API fuzzed with schemathesis against its own OpenAPI schema, for every role (no key,
-viewer, operator): no 5xx, every response as documented, every error a JSON body with a
-reason. The API under fuzz is its own process on its own key prefix, so generated writes
-(thresholds, labels) never touch the other tests' data."""
+"""The HTTP API and the scorer fuzzed with schemathesis against their own OpenAPI schemas, for
+every role (no key, viewer, operator; the scorer's ingest and service too): no 5xx, every
+response as documented, every error a JSON body with a reason, and the outcome each role
+must get (401 without a key, 403 without the role, neither with it). The API under fuzz is
+its own process on its own key prefix, so generated writes (thresholds, labels) never touch
+the other tests' data."""
 
 from __future__ import annotations
 
@@ -27,6 +29,10 @@ from tests.conftest import API_KEYS, ApiProcess
 pytestmark = pytest.mark.reliability
 
 ROLES = {"none": None, "viewer": API_KEYS["viewer"], "operator": API_KEYS["operator"]}
+# Who may call what, as the README documents it: the API's GETs are a viewer's (operators
+# hold viewer too), its POSTs an operator's; health and (public) metrics anyone's.
+PUBLIC = {"/v1/health", "/metrics"}
+GRANTS = {"viewer": {"GET"}, "operator": {"GET", "POST"}}
 # Server-sent events never end: tested by the API tests with a reader that stops.
 STREAMING = "/v1/stream"
 EXAMPLES = 15  # per operation, mode and role
@@ -70,6 +76,15 @@ def _send(http: httpx.Client, kwargs: dict[str, Any]) -> httpx.Response:
     return http.request(**kwargs)
 
 
+def _role_outcome(status: int, role: str, allowed: bool, label: str) -> None:
+    """Whatever the request, the key decides first: no key 401, a key without the role 403,
+    a key with it never either (the request's own faults come after)."""
+    if allowed:
+        assert status not in (401, 403), (label, role, status)
+    else:
+        assert status == (401 if role == "none" else 403), (label, role, status)
+
+
 @pytest.mark.parametrize("role", list(ROLES))
 def test_every_endpoint_no_5xx_and_every_error_with_a_reason(fuzz_api: str, role: str) -> None:
     """Valid and invalid requests (schemathesis' positive and negative modes) to every
@@ -93,6 +108,9 @@ def test_every_endpoint_no_5xx_and_every_error_with_a_reason(fuzz_api: str, role
                 kwargs = case.as_transport_kwargs(base_url=fuzz_api, headers=headers)
                 response = _send(http, kwargs)
                 case.validate_response(response, checks=CHECKS, headers=headers)
+                # fuzz() runs right here, in this iteration: op is this one's.
+                allowed = op.path in PUBLIC or op.method.upper() in GRANTS.get(role, set())  # noqa: B023
+                _role_outcome(response.status_code, role, allowed, op.label)  # noqa: B023
 
             try:
                 fuzz()
@@ -102,3 +120,55 @@ def test_every_endpoint_no_5xx_and_every_error_with_a_reason(fuzz_api: str, role
                 continue
             tried += 1
     assert tried >= len(operations) - 1
+
+
+SCORER_ROLES = ("none", "ingest", "service", "viewer", "operator")
+# The scorer's routes: the line clients score; the API (service), viewers and operators read
+# images; health is anyone's.
+SCORER_GRANTS = {"/v1/score": {"ingest"}, "/v1/preview": {"service", "viewer", "operator"},
+                 "/v1/explore": {"service", "viewer", "operator"}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def keyed_scorer(scorer_url: str, redis_server: Any, checkpoint: Any) -> Iterator[str]:
+    """The session scorer given the key ring (digests), then its open mode again."""
+    from scorer.auth import digests, parse_api_keys
+    from scorer.config import DeploymentConfig, ScorerConfig
+    from scorer.service import deploy
+
+    port = int(scorer_url.rsplit(":", 1)[1])
+    base = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
+                        reclaim_idle_ms=2000)  # fmt: skip
+    ring = parse_api_keys(",".join(f"{k}:{role}" for role, k in API_KEYS.items()))
+    deploy(base.model_copy(update={"api_key_digests": digests(ring)}),
+           DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+    yield scorer_url
+    deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
+
+
+@pytest.mark.parametrize("role", SCORER_ROLES)
+def test_the_scorer_too_for_every_role(keyed_scorer: str, role: str) -> None:
+    """The scorer's schema fuzzed the same way, with the outcome each role must get."""
+    key = API_KEYS.get(role)
+    headers = {"X-API-Key": key} if key else {}
+    schema = schemathesis.openapi.from_url(f"{keyed_scorer}/openapi.json")
+    operations = [r.ok() for r in schema.get_all_operations()]
+    assert {op.path for op in operations} >= set(SCORER_GRANTS) | {"/v1/health"}
+    http = httpx.Client(timeout=60)
+    for op in operations:
+        allowed = op.path not in SCORER_GRANTS or role in SCORER_GRANTS[op.path]
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+            @given(case=op.as_strategy(mode))
+            @settings(max_examples=EXAMPLES // 3, deadline=None, database=None,
+                      suppress_health_check=list(HealthCheck))  # fmt: skip
+            def fuzz(case: Any) -> None:
+                kwargs = case.as_transport_kwargs(base_url=keyed_scorer, headers=headers)
+                response = _send(http, kwargs)
+                case.validate_response(response, checks=CHECKS, headers=headers)
+                _role_outcome(response.status_code, role, allowed, op.label)  # noqa: B023
+
+            try:
+                fuzz()
+            except Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE, op.label

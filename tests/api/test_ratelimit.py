@@ -35,11 +35,17 @@ def test_token_bucket_admits_bursts_then_the_rate() -> None:
 
 
 def test_a_key_over_its_rate_gets_429_and_others_do_not(redis_server: Any, tmp_path: Path) -> None:
+    # Keys from VLAEWATCH_API_KEYS_FILE join those of VLAEWATCH_API_KEYS.
+    keys_file = tmp_path / "api-keys"
+    keys_file.write_text("# one key per line\nfile-viewer-key-0123456789:viewer:filed\n")
     api = ApiProcess(redis_server.url, None, tmp_path, key_prefix=f"rl{uuid.uuid4().hex[:6]}",
+                     env={"VLAEWATCH_API_KEYS_FILE": str(keys_file)},
                      rate_limit=2, rate_burst=5, login_failure_burst=3, max_streams_per_key=2,
                      max_streams=3)  # fmt: skip
     try:
         with httpx.Client(base_url=api.url, timeout=10) as http:
+            filed = http.get("/v1/me", headers={"X-API-Key": "file-viewer-key-0123456789"})
+            assert filed.json() == {"name": "filed", "role": "viewer"}, filed.text
             codes = [http.get("/v1/thresholds", headers=OP).status_code for _ in range(8)]
             assert codes[:5] == [200] * 5 and 429 in codes[5:], codes
             r = http.get("/v1/thresholds", headers=OP)

@@ -61,10 +61,26 @@ def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
             pipe.execute()
             time.sleep(0.01)
 
+    victim = httpx.get(f"{first.url}/v1/health").json()["consumer"]
+
+    def held() -> set[bytes]:
+        rows = client.xpending_range(stream, "api", "-", "+", 1000, consumername=victim)
+        return {r["message_id"] for r in rows}
+
     publisher = threading.Thread(target=publish)
     publisher.start()
     second = ApiProcess(redis_server.url, None, tmp_path, **flags)  # side by side with first
-    time.sleep(0.3)
+    # Kill it while it holds entries: frozen (SIGSTOP) it cannot ack between the look and
+    # the kill; without any, thawed and tried again. Before, the test never checked, and
+    # the victim may have acked everything, leaving the reclaim path to the faked consumer.
+    for _ in range(500):
+        first.proc.send_signal(signal.SIGSTOP)
+        holding = held()
+        if holding:
+            break
+        first.proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    assert holding, "the victim never held a pending entry"
     first.stop(signal.SIGKILL)  # no drain, no acks of what it held
     publisher.join()
     # The first 100 items again, as a retrying scorer would send them.
@@ -91,5 +107,12 @@ def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
         expected = {f"{line}-{i}" for i in range(total) if (i + 100) % 200 > 99.5}
         assert len(alerts) == len(set(alerts))  # no item alerted twice
         assert set(alerts) == expected  # none lost, including the dead consumer's 50
+        # Exactly what the victim held was taken over: nothing of it is pending any more,
+        # and those of its items above the threshold have their alert.
+        assert not held()
+        owned = {eid: f for eid, f in client.xrange(stream) if eid in holding}
+        assert set(owned) == holding
+        above = {f[b"item_id"].decode() for f in owned.values() if float(f[b"score"]) > 99.5}
+        assert above <= set(alerts)
     finally:
         second.stop()

@@ -196,9 +196,9 @@ def test_the_score_stream_keeps_what_a_stopped_api_has_not_read(
             _score(scorer_url, images, line, [f"{line}-{sent + i}" for i in range(100)])
             sent += 100
 
-    def api() -> ApiProcess:
+    def api() -> ApiProcess:  # no default threshold from data; alerts kept 60 s
         return ApiProcess(redis_server.url, scorer_url, tmp_path, key_prefix=prefix,
-                          reclaim_idle_ms=1000)  # fmt: skip
+                          reclaim_idle_ms=1000, initial_fpr=0, alert_retention_s=60)  # fmt: skip
 
     def alerted() -> int:
         return int(client.zcard(f"{prefix}:alerts:line:{line}"))
@@ -213,6 +213,12 @@ def test_the_score_stream_keeps_what_a_stopped_api_has_not_read(
         second = api()
         _wait_for(lambda: alerted() == 600, timeout=60)
         assert httpx.get(f"{second.url}/v1/health").json()["items_lost"] == 0
+        # --initial-fpr 0: the first scores set no default threshold; alerts (their hash and
+        # events) expire after --alert-retention-s.
+        current = httpx.get(f"{second.url}/v1/thresholds", headers=VIEW).json()
+        assert "default" not in current and line in current, current
+        for key in (f"{prefix}:alert:{line}-0", f"{prefix}:alert_events:{line}-0"):
+            assert 50 <= client.ttl(key) <= 60, key
         second.stop()
 
         # Over the hard bound the oldest unread entries go, and exactly those are counted.
@@ -251,6 +257,9 @@ def test_a_nan_timestamp_is_refused_and_live_streams_go_on(
     listener.start()
     time.sleep(1.0)  # subscribed
     png = _png(digits.test.images[0, 0])
+    other = _line()  # ?line= keeps other lines' alerts out of the stream
+    _set_manual(api_url, other, 0.0)
+    client.xadd("vlaewatch:frames", {"image": png, "line": other, "item_id": f"{other}-x"})
     nan_frame = client.xadd("vlaewatch:frames", {"image": png, "line": line, "ts": "nan",
                                                  "item_id": f"{line}-nan"})  # fmt: skip
     # A score entry with one, from another writer: dead-lettered by the consumer.
@@ -297,3 +306,22 @@ def test_new_lines_past_the_cap_are_refused(
     finally:
         deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
         client.delete(f"{prefix}:scores", f"{prefix}:lines")
+
+
+def test_alert_states_move_forward_only(api_url: str, client: redis.Redis, version: str) -> None:
+    line = _line()
+    _set_manual(api_url, line, 0.0)
+    (a, b), last = _publish(client, line, [5.0, 6.0], version)
+    _consumed(client, last)
+
+    def act(item: str, action: str) -> httpx.Response:
+        return httpx.post(f"{api_url}/v1/alerts/{item}/{action}", headers=OP, json={"note": ""})
+
+    # open -> acknowledged -> resolved, or open -> resolved; never back, never twice.
+    assert act(a, "acknowledge").status_code == 200
+    assert act(a, "acknowledge").status_code == 409
+    assert act(a, "resolve").status_code == 200
+    assert act(b, "resolve").status_code == 200  # a false alarm needs no acknowledging
+    for item, action in ((a, "resolve"), (b, "acknowledge"), (b, "resolve")):
+        r = act(item, action)
+        assert r.status_code == 409 and "is resolved" in r.json()["detail"], r.text

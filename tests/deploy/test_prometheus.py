@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from deploy.dashboards import all_queries
+from deploy.dashboards import RULES, AlertRule, all_queries
 from scorer.redis_server import free_port
 from tests.conftest import API_KEYS
 
@@ -109,3 +109,23 @@ def test_every_dashboard_and_rule_query_returns_data(
     # The rate panels see this line's traffic, not just some series.
     got = _query(prometheus, "sum by (line) (rate(vlaewatch_items_scored_total[5m]))")
     assert line in {s["metric"].get("line") for s in got}
+
+    # The rules that end in `or vector(0)` always return data, so the check above proves
+    # nothing of their selectors. Without the fallback each must match the live series and
+    # not fire (the scorer is up, items flow); with its selector pointed at nothing it fires.
+    for rule in (r for r in RULES if r.query.expr.endswith(" or vector(0)")):
+        selector = rule.query.expr.removesuffix(" or vector(0)")
+        live = _query(prometheus, selector)
+        assert live, f"{rule.uid}: its selector matches no series: {selector}"
+        assert not _fires(rule, float(live[0]["value"][1])), (rule.uid, live)
+        nothing = selector.replace('application="scorer"', 'application="absent"').replace(
+            "vlaewatch_items_scored_total[", 'vlaewatch_items_scored_total{line="absent"}['
+        )
+        assert nothing != selector, rule.uid
+        assert _fires(rule, float(_query(prometheus, f"{nothing} or vector(0)")[0]["value"][1]))
+    # The training panel's fallback, likewise: the actor series and label it selects exist.
+    assert _query(prometheus, 'sum(ray_actors{State="ALIVE"})')
+
+
+def _fires(rule: AlertRule, value: float) -> bool:
+    return value > rule.threshold if rule.condition == "gt" else value < rule.threshold

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import httpx
 import pytest
 import redis
 
+from scorer.schemas import FRAMES_GROUP
 from tests.api.test_faults import _scored, _send_frames
-from tests.scorer.test_service import _npy, _wait_for
+from tests.scorer.test_service import _npy, _png, _wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -44,8 +46,32 @@ def test_replica_sigkilled_is_replaced_and_frames_sent_meanwhile_are_scored(
     version = httpx.get(f"{scorer_url}/v1/health").json()["model_version"]
     (pid,) = _replica_pids()
 
-    sent = _send_frames(redis_server.url, images[:60], line, "before")
-    os.kill(pid, signal.SIGKILL)  # mid-stream: some of those frames are read, not yet acked
+    # Kill it while it holds frames it read and has not acked: frozen (SIGSTOP) it cannot ack
+    # between the look and the kill; holding none, it is thawed and sent more. Before, the
+    # test never checked, and the reclaim path may never have run.
+    sent: list[str] = []
+    holding: dict[str, set[bytes]] = {}
+    for attempt in range(30):
+        pipe = client.pipeline(transaction=False)
+        for i, im in enumerate(images[:60]):
+            item = f"{line}-before{attempt}-{i}"
+            pipe.xadd("vlaewatch:frames", {"image": _png(im), "line": line, "item_id": item})
+            sent.append(item)
+        pipe.execute()
+        time.sleep(0.01 * (attempt % 5))
+        os.kill(pid, signal.SIGSTOP)
+        owners = client.xpending("vlaewatch:frames", FRAMES_GROUP)["consumers"]
+        for owner in [o["name"] for o in owners if o["pending"]]:
+            rows = client.xpending_range("vlaewatch:frames", FRAMES_GROUP, "-", "+", 10_000,
+                                         consumername=owner)  # fmt: skip
+            holding[owner] = {r["message_id"] for r in rows}
+        if holding:
+            break
+        os.kill(pid, signal.SIGCONT)
+    assert holding, "the replica never held an unacked frame"
+    held = {eid: f for eid, f in client.xrange("vlaewatch:frames")
+            if any(eid in ids for ids in holding.values())}  # fmt: skip
+    os.kill(pid, signal.SIGKILL)
     sent += _send_frames(redis_server.url, images[60:], line, "outage")
 
     _wait_for(lambda: _replica_pids() - {pid}, timeout=90)
@@ -54,6 +80,11 @@ def test_replica_sigkilled_is_replaced_and_frames_sent_meanwhile_are_scored(
     # its replacement once idle for reclaim_idle_ms).
     _wait_for(lambda: set(sent) <= set(_scored(client, line)), timeout=90)
     assert _replica_pids() & {pid} == set()
+    # Exactly what the dead replica held was taken over: scored, and pending nowhere.
+    assert {f[b"item_id"].decode() for f in held.values()} <= set(_scored(client, line))
+    for owner in holding:
+        assert not client.xpending_range("vlaewatch:frames", FRAMES_GROUP, "-", "+", 10,
+                                         consumername=owner)  # fmt: skip
     health = httpx.get(f"{scorer_url}/v1/health").json()
     assert health["model_version"] == version and health["consuming_frames"]
     r = httpx.post(f"{scorer_url}/v1/score", content=_npy(images[:4]),
@@ -89,3 +120,26 @@ def test_swapped_checkpoints_are_refused_and_the_running_version_keeps_serving(
                        headers={"content-type": "application/x-npy"}, timeout=30)  # fmt: skip
         assert r.status_code == 200, r.text
         assert {x["model_version"] for x in r.json()["results"]} == {version}
+
+    # A declarative update (a RayService's user_config) does not go through deploy(): the
+    # replica itself refuses the swapped checkpoint, keeps serving its version, and says why.
+    from ray import serve
+
+    from scorer.app import Scorer
+
+    bad = tmp_path / "model.safetensors"
+    app = Scorer.options(  # type: ignore[attr-defined]
+        user_config=base.model_copy(update={"checkpoint": str(bad)}).model_dump(),
+        **DeploymentConfig(num_cpus=0.25).options(),
+    ).bind()
+    try:
+        serve.run(app, name="scorer", route_prefix="/")
+        health = httpx.get(f"{scorer_url}/v1/health").json()
+        assert health["model_version"] == version, health
+        assert "content hash mismatch" in (health["load_error"] or ""), health
+        r = httpx.post(f"{scorer_url}/v1/score", content=_npy(digits.test.images[:3, 0]),
+                       headers={"content-type": "application/x-npy"}, timeout=30)  # fmt: skip
+        assert {x["model_version"] for x in r.json()["results"]} == {version}
+    finally:
+        deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
+    assert httpx.get(f"{scorer_url}/v1/health").json()["load_error"] is None

@@ -141,6 +141,9 @@ def test_a_body_over_the_limit_is_refused_while_it_streams(
                            timeout=60)  # fmt: skip
             assert r.status_code == 413, (r.status_code, r.text[:300])
             assert r.json()["detail"] == "request larger than 1000000 bytes"
+        # The same body sent whole (with its Content-Length) is refused too.
+        r = httpx.post(f"{scorer_url}/v1/score", content=files, headers=multipart, timeout=60)
+        assert r.status_code == 413 and "larger than 1000000" in r.json()["detail"]
         # Under the limit, the same way in: scored.
         small = _npy(digits.test.images[:4, 0])
         r = httpx.post(f"{scorer_url}/v1/score", content=chunked(small), headers=NPY,

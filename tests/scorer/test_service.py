@@ -176,6 +176,9 @@ def test_whole_request_errors_are_4xx_with_reasons(scorer_url: str, digits: Any)
     r = httpx.post(url, content=_npy(np.zeros((2, 20, 20), np.uint8)),
                    headers={"content-type": "application/x-npy"})  # fmt: skip
     assert r.status_code == 200 and all("28x28" in x["error"] for x in r.json()["results"])
+    # A batch N x H x W x C (here C = 1, the model's channels) is N images.
+    r = httpx.post(url, content=_npy(digits.test.images[:3, 0][..., None]), headers=npy)
+    assert r.status_code == 200 and r.json()["n_scored"] == 3, r.text
 
 
 def test_frames_stream_is_consumed_scored_and_acked(
@@ -297,19 +300,28 @@ def test_model_swap_mid_stream_loses_no_request(
     images = digits.test.images[:16, 0]
     seen: list[str] = []
     failures: list[str] = []
+    sent, answered = [0, 0, 0], [0, 0, 0]
     stop = threading.Event()
 
-    def traffic() -> None:
+    def traffic(k: int) -> None:
+        # Every request counts: an exception (a reset, a timeout) is a failure too, and a
+        # thread that died early would leave its counts short.
         with httpx.Client(timeout=60) as http:
             while not stop.is_set():
-                r = http.post(f"{scorer_url}/v1/score", content=_npy(images),
-                              headers={"content-type": "application/x-npy"})  # fmt: skip
+                sent[k] += 1
+                try:
+                    r = http.post(f"{scorer_url}/v1/score", content=_npy(images),
+                                  headers={"content-type": "application/x-npy"})  # fmt: skip
+                except Exception as exc:
+                    failures.append(repr(exc))
+                    continue
                 if r.status_code != 200 or r.json()["n_scored"] != len(images):
                     failures.append(f"{r.status_code} {r.text[:200]}")
-                else:
-                    seen.extend(x["model_version"] for x in r.json()["results"])
+                    continue
+                answered[k] += 1
+                seen.extend(x["model_version"] for x in r.json()["results"])
 
-    threads = [threading.Thread(target=traffic) for _ in range(3)]
+    threads = [threading.Thread(target=traffic, args=(k,)) for k in range(3)]
     for t in threads:
         t.start()
     try:
@@ -322,7 +334,8 @@ def test_model_swap_mid_stream_loses_no_request(
         stop.set()
         for t in threads:
             t.join()
-    assert not failures
+    assert not failures, failures[:5]
+    assert all(n > 0 for n in sent) and answered == sent, (sent, answered)
     assert v1 in seen and v2 in seen
 
     # A corrupted checkpoint is refused; the running version keeps serving.
