@@ -254,6 +254,7 @@ def _caller(*roles: Role) -> Callable[[Request], Principal]:
 
 
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a body that cannot be read (not JSON)"},
     401: {"description": "no API key, or an unknown one"},
     403: {"description": "the key's role may not do this, or a cross-site browser request"},
 }

@@ -11,12 +11,12 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def cited(readme: Path = README) -> list[str]:
-    """Each ``tests/...py`` the "## Reliability" section names, in order, once."""
+    """Each ``tests/...py`` a row of the "## Reliability" table names, in order, once."""
     text = readme.read_text()
     start = text.index("\n## Reliability")
     end = text.find("\n## ", start + 1)
-    section = text[start : end if end != -1 else len(text)]
-    return list(dict.fromkeys(re.findall(r"tests/[\w/]+\.py", section)))
+    rows = [ln for ln in text[start:end].splitlines() if ln.startswith("|")]
+    return list(dict.fromkeys(re.findall(r"tests/[\w/]+\.py", "\n".join(rows))))
 
 
 if __name__ == "__main__":

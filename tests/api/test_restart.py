@@ -59,7 +59,7 @@ def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
             for i in range(start, start + 50):
                 pipe.xadd(stream, _record(line, i))  # type: ignore[arg-type]
             pipe.execute()
-            time.sleep(0.01)
+            time.sleep(0.02)
 
     victim = httpx.get(f"{first.url}/v1/health").json()["consumer"]
 
@@ -67,13 +67,13 @@ def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
         rows = client.xpending_range(stream, "api", "-", "+", 1000, consumername=victim)
         return {r["message_id"] for r in rows}
 
+    second = ApiProcess(redis_server.url, None, tmp_path, **flags)  # side by side with first
     publisher = threading.Thread(target=publish)
     publisher.start()
-    second = ApiProcess(redis_server.url, None, tmp_path, **flags)  # side by side with first
     # Kill it while it holds entries: frozen (SIGSTOP) it cannot ack between the look and
     # the kill; without any, thawed and tried again. Before, the test never checked, and
     # the victim may have acked everything, leaving the reclaim path to the faked consumer.
-    for _ in range(500):
+    for _ in range(1000):
         first.proc.send_signal(signal.SIGSTOP)
         holding = held()
         if holding:

@@ -121,19 +121,15 @@ def test_swapped_checkpoints_are_refused_and_the_running_version_keeps_serving(
         assert r.status_code == 200, r.text
         assert {x["model_version"] for x in r.json()["results"]} == {version}
 
-    # A declarative update (a RayService's user_config) does not go through deploy(): the
-    # replica itself refuses the swapped checkpoint, keeps serving its version, and says why.
+    # A declarative update (a RayService's user_config) does not go through deploy(): Serve
+    # calls the running replica's reconfigure in place. The replica itself refuses the
+    # swapped checkpoint, keeps serving its version, and says why.
     from ray import serve
 
-    from scorer.app import Scorer
-
-    bad = tmp_path / "model.safetensors"
-    app = Scorer.options(  # type: ignore[attr-defined]
-        user_config=base.model_copy(update={"checkpoint": str(bad)}).model_dump(),
-        **DeploymentConfig(num_cpus=0.25).options(),
-    ).bind()
+    handle = serve.get_deployment_handle("Scorer", app_name="scorer")
+    bad = base.model_copy(update={"checkpoint": str(tmp_path / "model.safetensors")})
     try:
-        serve.run(app, name="scorer", route_prefix="/")
+        handle.reconfigure.remote(bad.model_dump()).result(timeout_s=60)
         health = httpx.get(f"{scorer_url}/v1/health").json()
         assert health["model_version"] == version, health
         assert "content hash mismatch" in (health["load_error"] or ""), health
@@ -141,5 +137,5 @@ def test_swapped_checkpoints_are_refused_and_the_running_version_keeps_serving(
                        headers={"content-type": "application/x-npy"}, timeout=30)  # fmt: skip
         assert {x["model_version"] for x in r.json()["results"]} == {version}
     finally:
-        deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
+        handle.reconfigure.remote(base.model_dump()).result(timeout_s=60)
     assert httpx.get(f"{scorer_url}/v1/health").json()["load_error"] is None
