@@ -46,6 +46,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server.stop()
 
 
+@pytest.fixture
+def client(redis_server: Any) -> Any:
+    """A plain client of the session's Redis, to look at what the services wrote."""
+    import redis
+
+    return redis.Redis.from_url(redis_server.url)
+
+
 def _train_small(digits: Any, out: Any, normal: str, epochs: int = 3) -> Any:
     from trainer.data import split_normal
     from trainer.model import VLAEConfig
@@ -67,6 +75,14 @@ def _train_small(digits: Any, out: Any, normal: str, epochs: int = 3) -> Any:
 def checkpoint(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A VLAE trained on digit 0 (in-process: quick), shared by the service tests."""
     return _train_small(digits, tmp_path_factory.mktemp("ckpt") / "zero", "0")
+
+
+@pytest.fixture
+def version(checkpoint: Any) -> str:
+    """The model version of ``checkpoint`` (what the session scorer serves)."""
+    from trainer.checkpoint import read_card
+
+    return str(read_card(checkpoint)["model_version"])
 
 
 @pytest.fixture(scope="session")

@@ -21,20 +21,9 @@ from PIL import Image
 from scorer.schemas import Region, ScoreRecord
 from scorer.streams import decode_map
 from tests.conftest import API_KEYS
-from trainer.checkpoint import read_card
 
 OP = {"X-API-Key": API_KEYS["operator"]}
 VIEW = {"X-API-Key": API_KEYS["viewer"]}
-
-
-@pytest.fixture
-def client(redis_server: Any) -> redis.Redis:
-    return redis.Redis.from_url(redis_server.url)
-
-
-@pytest.fixture
-def version(checkpoint: Path) -> str:
-    return str(read_card(checkpoint)["model_version"])
 
 
 def _line() -> str:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +15,6 @@ import redis
 
 from scorer.schemas import ScoreRecord
 from tests.api.test_api import VIEW, _consumed
-from trainer.checkpoint import read_card
 
 pytestmark = pytest.mark.reliability
 
@@ -30,10 +27,8 @@ def _backlog(client: redis.Redis, group: str = "api") -> int:
 
 
 def test_hammered_dashboards_do_not_hold_up_the_alerts(
-    api_url: str, redis_server: Any, checkpoint: Path
+    api_url: str, client: redis.Redis, version: str
 ) -> None:
-    client = redis.Redis.from_url(redis_server.url)
-    version = str(read_card(checkpoint)["model_version"])
     line = f"iso{uuid.uuid4().hex[:6]}"
     now = time.time()
 

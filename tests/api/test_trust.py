@@ -18,19 +18,8 @@ import redis
 from scorer.schemas import FRAMES_GROUP
 from tests.api.test_api import OP, VIEW, _alerts, _consumed, _publish, _score, _set_manual
 from tests.scorer.test_service import _npy, _png, _wait_for
-from trainer.checkpoint import read_card
 
 pytestmark = pytest.mark.reliability
-
-
-@pytest.fixture
-def client(redis_server: Any) -> redis.Redis:
-    return redis.Redis.from_url(redis_server.url)
-
-
-@pytest.fixture
-def version(checkpoint: Path) -> str:
-    return str(read_card(checkpoint)["model_version"])
 
 
 def _line() -> str:

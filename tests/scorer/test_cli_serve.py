@@ -28,7 +28,10 @@ def test_serve_answers_the_readme_curl_and_stops_cleanly(
     port = free_port()
     ray_tmp = tempfile.mkdtemp(prefix="vwray", dir="/tmp")
     home = tmp_path / "home"
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "VLAEWATCH_HOME": str(home), "RAY_ADDRESS": ""}
+    # With a key ring, as a deployment has one: the line's client sends its ingest key.
+    ingest = "ingest-key-of-line-1-0123"
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "VLAEWATCH_HOME": str(home), "RAY_ADDRESS": "",
+           "VLAEWATCH_API_KEYS": f"{ingest}:ingest:line-1", "INGEST_KEY": ingest}  # fmt: skip
     env.pop("REDIS_URL", None)
     proc = subprocess.Popen(
         [str(BIN), "serve", "--checkpoint", str(checkpoint), "--port", str(port),
@@ -54,10 +57,13 @@ def test_serve_answers_the_readme_curl_and_stops_cleanly(
         assert command, "README lacks the curl example"
         line = command.group(0).replace("8000", str(port))
         out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True,
-                             check=True, timeout=60)  # fmt: skip
+                             check=True, timeout=60, env=env)  # fmt: skip
         body = json.loads(out.stdout)
         assert body["n_scored"] == 1 and body["n_failed"] == 1
         assert body["results"][0]["line"] == "cam1"
+        # Without the key, nothing is scored.
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/score", files=[("files", b"x")])
+        assert r.status_code == 401
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

@@ -66,11 +66,6 @@ def _wait_for(fn: Any, timeout: float = 30.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-@pytest.fixture
-def client(redis_server: Any) -> redis.Redis:
-    return redis.Redis.from_url(redis_server.url)
-
-
 def test_served_scores_equal_evaluate_and_stream_one_entry_each(
     scorer_url: str, client: redis.Redis, digits: Any, checkpoint: Path
 ) -> None:
