@@ -26,7 +26,7 @@ from api.schemas import (
     RegionLabel,
     Verdict,
 )
-from scorer.schemas import regions_json
+from scorer.schemas import StreamKeys, regions_json
 from scorer.streams import as_text
 
 # Returns 1 when created, 0 when the item already has an alert of this line (a redelivered
@@ -119,27 +119,26 @@ class AlertFilter:
 
 
 class AlertStore:
-    def __init__(self, client: aioredis.Redis, prefix: str, retention_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, keys: StreamKeys, retention_s: int) -> None:
         self.client = client
-        self.prefix = prefix
+        self.keys = keys
         self.retention_s = retention_s
-        self.index = f"{prefix}:alerts:by_time"
-        self.lines_key = f"{prefix}:alerts:lines"
-        self.channel = f"{prefix}:alerts:live"
-        self.labels_key = f"{prefix}:labels"
-        self.region_labels_key = f"{prefix}:region_labels"
+        self.index = keys.alerts_by_time
+        self.lines_key = keys.alert_lines
+        self.channel = keys.alerts_live
+        self.labels_key = keys.labels
+        self.region_labels_key = keys.region_labels
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
 
     def _key(self, item_id: str) -> str:
-        return f"{self.prefix}:alert:{item_id}"
+        return self.keys.alert(item_id)
 
     def _events_key(self, item_id: str) -> str:
-        # A family of its own: under ``alert:`` an id ``X:events`` would name X's event list.
-        return f"{self.prefix}:alert_events:{item_id}"
+        return self.keys.alert_events(item_id)
 
     def _line_index(self, line: str) -> str:
-        return f"{self.prefix}:alerts:line:{line}"
+        return self.keys.alerts_of_line(line)
 
     # --- creation (the consumer) ---------------------------------------------------------
 

@@ -40,7 +40,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         client = connect(cfg.redis_url)
         keys = StreamKeys(cfg.key_prefix)
         threshold_store = ThresholdStore(client, cfg.key_prefix)
-        alert_store = AlertStore(client, cfg.key_prefix, cfg.alert_retention_s)
+        alert_store = AlertStore(client, keys, cfg.alert_retention_s)
         models = ModelCache(client, keys)
         annotator = Annotator(cfg.grafana_url, cfg.grafana_token)
         consumer = ConsumerThread(cfg, metrics, annotator)

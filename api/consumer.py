@@ -293,7 +293,7 @@ class ScoreConsumer:
         """The first score of a model version marks a swap on the dashboards, once across all
         API processes (SET NX)."""
         self.versions_seen.add(version)
-        key = f"{self.keys.prefix}:annotated:model:{version}"
+        key = self.keys.model_annotated(version)
         if await self.client.set(key, "1", nx=True):
             await self.annotator.note(f"model {version} scoring", ["model"])
 
@@ -351,7 +351,7 @@ class ConsumerThread:
         keys = StreamKeys(cfg.key_prefix)
         self.consumer = ScoreConsumer(
             client, cfg, ThresholdStore(client, cfg.key_prefix),
-            AlertStore(client, cfg.key_prefix, cfg.alert_retention_s), ModelCache(client, keys),
+            AlertStore(client, keys, cfg.alert_retention_s), ModelCache(client, keys),
             self.metrics, self.annotator,
         )  # fmt: skip
         self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()

@@ -51,7 +51,7 @@ class ExploreClient:
         version = newest.version if newest else "none"
         body = req.model_dump(mode="json")
         digest = hashlib.sha256(json.dumps([body, version], sort_keys=True).encode()).hexdigest()
-        key = f"{services.keys.prefix}:explore:{digest[:32]}"
+        key = services.keys.explore_cache(digest[:32])
         cache_s = min(cache_s, services.cfg.preview_cache_s)
         if cache_s > 0:
             raw: Any = await services.client.hgetall(key)

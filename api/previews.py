@@ -38,7 +38,7 @@ class PreviewClient:
         self.cache_s = cache_s
 
     def _cache_key(self, item_id: str, scale: int) -> str:
-        return f"{self.keys.prefix}:preview:{item_id}:{scale}"
+        return self.keys.preview_cache(item_id, scale)
 
     async def get(self, item_id: str, kind: str, scale: int) -> Preview:
         """One kind of preview PNG; every kind of the item is cached by the same call."""

@@ -35,13 +35,13 @@ class ThresholdStore:
     def __init__(self, client: aioredis.Redis, prefix: str, target: Target = "image") -> None:
         self.client = client
         self.target: Target = target
-        keys = StreamKeys(prefix)
+        self.keys = keys = StreamKeys(prefix)
         self.base = keys.thresholds if target == "image" else keys.pixel_thresholds
         self.current_key = self.base
         self._set = client.register_script(_SET)
 
     def _history_key(self, line: str) -> str:
-        return f"{self.base}:history:{line}"
+        return self.keys.threshold_history(self.base, line)
 
     async def current(self) -> dict[str, Threshold]:
         """Every line's current threshold (``default`` included when set)."""

@@ -41,7 +41,10 @@ def valid_line(text: str) -> bool:
 
 @dataclass(frozen=True)
 class StreamKeys:
-    """Key names under a configurable prefix, so several deployments can share one Redis."""
+    """Every Redis key of the layout, under a configurable prefix (so several deployments can
+    share one Redis), defined here and nowhere else. Each family that ends in an id or a line
+    has a name of its own (``alert:``, ``alert_events:``...): an id may hold ``:``, so no
+    family may be another's name plus a suffix."""
 
     prefix: str = "vlaewatch"
 
@@ -97,6 +100,61 @@ class StreamKeys:
     def pixel_thresholds(self) -> str:
         """Current pixel (region) thresholds, as ``thresholds``; the scorer reads them."""
         return f"{self.prefix}:pixel_thresholds"
+
+    def threshold_history(self, current: str, line: str) -> str:
+        """A line's versions (a list) of the thresholds under ``current`` (one of the two)."""
+        return f"{current}:history:{line}"
+
+    # --- the API's: alerts, labels, caches ---------------------------------------------------
+
+    def alert(self, item_id: str) -> str:
+        """An item's alert (a hash, with the alert retention as TTL)."""
+        return f"{self.prefix}:alert:{item_id}"
+
+    def alert_events(self, item_id: str) -> str:
+        """An alert's events (a list: created, acknowledged, labelled...)."""
+        return f"{self.prefix}:alert_events:{item_id}"
+
+    @property
+    def alerts_by_time(self) -> str:
+        """Every alert's item id by scored time (a sorted set, trimmed to retention)."""
+        return f"{self.prefix}:alerts:by_time"
+
+    def alerts_of_line(self, line: str) -> str:
+        """A line's alerts by scored time, as ``alerts_by_time``."""
+        return f"{self.prefix}:alerts:line:{line}"
+
+    @property
+    def alert_lines(self) -> str:
+        """The lines that have alerts (a set)."""
+        return f"{self.prefix}:alerts:lines"
+
+    @property
+    def alerts_live(self) -> str:
+        """The pub/sub channel of new alerts (live streams)."""
+        return f"{self.prefix}:alerts:live"
+
+    @property
+    def labels(self) -> str:
+        """Operators' item labels (a hash item id -> JSON)."""
+        return f"{self.prefix}:labels"
+
+    @property
+    def region_labels(self) -> str:
+        """Operators' region verdicts (a hash ``<item id>#<region>`` -> JSON)."""
+        return f"{self.prefix}:region_labels"
+
+    def model_annotated(self, version: str) -> str:
+        """Set once the first score of a model version was annotated in Grafana."""
+        return f"{self.prefix}:annotated:model:{version}"
+
+    def explore_cache(self, digest: str) -> str:
+        """A cached explorer view (a hash png, data; TTL)."""
+        return f"{self.prefix}:explore:{digest}"
+
+    def preview_cache(self, item_id: str, scale: int) -> str:
+        """An item's cached previews at one scale (a hash kind -> PNG; TTL)."""
+        return f"{self.prefix}:preview:{scale}:{item_id}"
 
 
 FRAMES_GROUP = "scorers"
