@@ -60,6 +60,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             failed_logins=RateLimiter(cfg.login_failures_per_s, cfg.login_failure_burst),
             streams=StreamSlots(cfg.max_streams_per_key, cfg.max_streams),
         )  # fmt: skip
+        app.state.draining = asyncio.Event()  # set by ApiServer when shutdown starts
         if cfg.consume:
             consumer.start()
         try:
@@ -121,10 +122,25 @@ class _Timing:
             )
 
 
+class ApiServer(uvicorn.Server):
+    """uvicorn that tells live streams to end as soon as its shutdown starts: a stream still
+    open (a console left open, a dashboard) then ends cleanly, where uvicorn would wait out
+    its graceful timeout and cancel it with a traceback."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        draining = getattr(self.app.state, "draining", None)
+        if draining is not None:
+            draining.set()
+        await super().shutdown(sockets=sockets)
+
+
 def run(cfg: ApiConfig, host: str, port: int, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM (uvicorn handles both and drains the lifespan)."""
-    config = uvicorn.Config(
-        create_app(cfg), host=host, port=port, log_level=log_level, proxy_headers=False,
-        timeout_graceful_shutdown=5,
-    )  # fmt: skip
-    uvicorn.Server(config).run()
+    app = create_app(cfg)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                            proxy_headers=False, timeout_graceful_shutdown=5)  # fmt: skip
+    ApiServer(config, app).run()

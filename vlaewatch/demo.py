@@ -27,11 +27,12 @@ class ApiThread:
     """uvicorn serving the API app in a daemon thread (signals stay with the main thread)."""
 
     def __init__(self, cfg: ApiConfig, host: str, port: int) -> None:
-        from api.app import create_app
+        from api.app import ApiServer, create_app
 
-        config = uvicorn.Config(create_app(cfg), host=host, port=port, log_level="warning",
+        app = create_app(cfg)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 timeout_graceful_shutdown=2)  # fmt: skip
-        self.server = uvicorn.Server(config)
+        self.server = ApiServer(config, app)
         self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
         self.url = f"http://{host}:{port}"
 

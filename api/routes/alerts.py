@@ -3,6 +3,7 @@ alerts as server-sent events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -133,6 +134,7 @@ async def _stream_slot(request: Request, services: ServicesDep, who: Viewer) -> 
 @router.get("/stream", response_class=EventSourceResponse,
             responses={**ERRORS, 503: {"model": ErrorBody}})  # fmt: skip
 async def stream(
+    request: Request,
     services: ServicesDep,
     caller: Annotated[str, Depends(_stream_slot)],
     line: Annotated[str | None, Query(pattern=LINE_PATTERN)] = None,
@@ -145,8 +147,10 @@ async def stream(
         await pubsub.subscribe(services.alerts.channel)
         try:
             yield ServerSentEvent(comment="subscribed")
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+            # Until the client goes, or the server shuts down (then the stream ends cleanly).
+            draining: asyncio.Event = request.app.state.draining
+            while not draining.is_set():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is None or message.get("type") != "message":
                     continue
                 try:

@@ -96,6 +96,8 @@ def test_demo_streams_two_inspection_lines_and_shows_where(
     finally:
         err = _stop(proc, err_file)
     assert "[6/6] summary" in err and "epoch 100/100" in err and "localisation_hit_rate" in err
+    # Stopped with the console still open (its live stream): no traceback of the API's.
+    assert "Exception in ASGI application" not in err and "graceful shutdown exceeded" not in err
     assert (home / "demo-parts" / "fabric" / "masks").is_dir()  # the parts, as PNGs
     _nothing_left(ray_tmp, str(home / "redis"))
 
