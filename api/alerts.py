@@ -230,16 +230,6 @@ class AlertStore:
         next_cursor = f"{last[0]!r}|{last[1]}" if last is not None else None
         return AlertPage(items=out, next_cursor=next_cursor, scanned=scanned)
 
-    async def count_since(self, since: float) -> dict[str, int]:
-        """Alerts per line scored at or after ``since``."""
-        lines: Any = await self.client.smembers(self.lines_key)
-        pipe = self.client.pipeline(transaction=False)
-        names = sorted(as_text(x) for x in lines)
-        for line in names:
-            pipe.zcount(self._line_index(line), repr(since), "+inf")
-        counts = await pipe.execute()
-        return {line: int(c) for line, c in zip(names, counts, strict=True) if c}
-
     async def times_since(self, since: float) -> list[tuple[str, float]]:
         """(line, scored time) of alerts scored at or after ``since``, for summaries."""
         lines: Any = await self.client.smembers(self.lines_key)

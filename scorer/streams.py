@@ -370,20 +370,8 @@ class PixelThresholds:
 
 
 async def read_item(client: aioredis.Redis, key: str) -> ItemBlob | None:
-    """An item's stored image, or None once it has left retention. Items stored by scorers
-    before the ``ItemBlob`` string (a hash of fields, pixels only) are read too, until their
-    retention ends."""
-    try:
-        value: Any = await client.get(key)
-    except ResponseError as exc:
-        if "WRONGTYPE" not in str(exc):
-            raise
-        old: Any = await client.hgetall(key)
-        if b"image" not in old:
-            return None
-        return ItemBlob("pixels", tuple(int(d) for d in old[b"shape"].split(b",")),
-                        as_text(old[b"line"]), as_text(old[b"model_version"]),
-                        float(old[b"score"]), old[b"image"])  # fmt: skip
+    """An item's stored image, or None once it has left retention."""
+    value: Any = await client.get(key)
     return None if value is None else ItemBlob.parse(value)
 
 

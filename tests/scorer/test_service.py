@@ -276,11 +276,6 @@ def test_stored_images_keep_the_smaller_of_file_and_pixels_and_read_back_exactly
         assert blob.payload == (files[name] if kind == "file" else pixels.tobytes()), name
         assert 3500 < client.ttl(key) <= 3600
         assert np.array_equal(_original(scorer_url, f"{name}-{tag}"), pixels), name
-    legacy = f"vlaewatch:item:legacy-{tag}"
-    client.hset(legacy, mapping={"image": noise.tobytes(), "shape": "1,28,28", "line": "cam9",
-                                 "model_version": "v0", "score": "1.5"})  # fmt: skip
-    client.expire(legacy, 60)
-    assert np.array_equal(_original(scorer_url, f"legacy-{tag}"), noise)
 
 
 def test_model_swap_mid_stream_loses_no_request(
