@@ -89,14 +89,7 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(why)
         principal = authenticate(services, request)
         # Per key; in open mode (no keys) per client address.
-        caller = principal.name if principal is not ANONYMOUS else _address(request)
-        wait = services.limiter.take(caller)
-        if wait is not None:
-            raise TooManyRequests(
-                f"rate limit: {services.limiter.rate:g} requests/s (bursts of "
-                f"{services.limiter.burst}) for {caller}; retry in {wait:.2f} s",
-                RateLimiter.retry_after_header(wait),
-            )
+        _spend(services, principal.name if principal is not ANONYMOUS else _address(request))
         if not principal.may(role):
             raise Forbidden(f"{principal.name} is a {principal.role}; this needs {role}")
         return principal
@@ -107,12 +100,16 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
 def public_rate_limit(services: Services, request: Request) -> None:
     """The routes anyone may call (health, public metrics) share the request limit, per
     client address."""
-    address = _address(request)
-    wait = services.limiter.take(f"address {address}")
+    _spend(services, f"address {_address(request)}")
+
+
+def _spend(services: Services, caller: str) -> None:
+    """One request of ``caller``'s rate; 429 with ``Retry-After`` past it."""
+    wait = services.limiter.take(caller)
     if wait is not None:
         raise TooManyRequests(
-            f"rate limit: {services.limiter.rate:g} requests/s for {address}; retry in "
-            f"{wait:.2f} s",
+            f"rate limit: {services.limiter.rate:g} requests/s (bursts of "
+            f"{services.limiter.burst}) for {caller}; retry in {wait:.2f} s",
             RateLimiter.retry_after_header(wait),
         )
 
