@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PKGS   := trainer scorer api deploy vlaewatch bench
+PKGS   := contract vlae trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
 	bench-soak bench-ab bench-inspection docs-shots
@@ -37,6 +37,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(PKGS)
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

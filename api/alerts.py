@@ -26,8 +26,9 @@ from api.schemas import (
     RegionLabel,
     Verdict,
 )
-from scorer.schemas import StreamKeys, regions_json
-from scorer.streams import as_text
+from contract.keys import StreamKeys
+from contract.records import regions_json
+from contract.streams import as_text
 
 # Returns 1 when created, 0 when the item already has an alert of this line (a redelivered
 # entry), -1 when its id already alerted on another line (the caller dead-letters the entry).

@@ -26,9 +26,9 @@ from api.ratelimit import RateLimiter, StreamSlots
 from api.routes import alerts, explore, items, stats, system, thresholds
 from api.schemas import ErrorBody
 from api.thresholds import ThresholdStore
-from scorer.auth import KeyRing
-from scorer.schemas import StreamKeys
-from scorer.streams import connect
+from contract.auth import KeyRing
+from contract.keys import StreamKeys
+from contract.streams import connect
 
 
 def create_app(cfg: ApiConfig) -> FastAPI:

@@ -1,5 +1,5 @@
 """The API's configuration, built once by the command line from ``vlaewatch.settings`` and
-passed to ``create_app`` (its keys and roles: ``scorer.auth``)."""
+passed to ``create_app`` (its keys and roles: ``contract.auth``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scorer.auth import Principal
+from contract.auth import Principal
 
 SCORES_GROUP = "api"
 

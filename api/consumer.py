@@ -28,15 +28,9 @@ from api.config import ApiConfig
 from api.metrics import Metrics
 from api.schemas import Alert, FalseAlarmRateOut
 from api.thresholds import ThresholdStore, effective
-from scorer.schemas import (
-    DEFAULT_LINE,
-    DeadLetterRecord,
-    ModelRecord,
-    RecordError,
-    ScoreRecord,
-    StreamKeys,
-)
-from scorer.streams import (
+from contract.keys import DEFAULT_LINE, RecordError, StreamKeys
+from contract.records import DeadLetterRecord, ModelRecord, ScoreRecord
+from contract.streams import (
     as_text,
     connect,
     dead_letter,

@@ -20,8 +20,8 @@ from api.previews import PreviewClient
 from api.ratelimit import RateLimiter, StreamSlots
 from api.schemas import Target
 from api.thresholds import ThresholdStore
-from scorer.auth import ANONYMOUS, KeyRing, Principal, Role, cross_site, presented_key
-from scorer.schemas import StreamKeys
+from contract.auth import ANONYMOUS, KeyRing, Principal, Role, cross_site, presented_key
+from contract.keys import StreamKeys
 
 
 @dataclass

@@ -19,8 +19,8 @@ from api.alerts import AlertFilter
 from api.deps import Services
 from api.errors import Conflict, NotFound, Unavailable, Unprocessable, Upstream
 from api.stats import recent_scores
-from scorer.schemas import MAX_MAP_ITEMS, ExploreResponse, LatentMapRequest, MapItem
-from scorer.streams import as_text
+from contract.http import MAX_MAP_ITEMS, ExploreResponse, LatentMapRequest, MapItem
+from contract.streams import as_text
 
 MAP_CACHE_S = 15  # the latent map shows recent items: a short cache
 ITEM_CACHE_S = 60  # views of items: no longer than items are likely to stay in retention

@@ -11,8 +11,9 @@ import httpx
 import redis.asyncio as aioredis
 
 from api.errors import Conflict, NotFound, Unavailable, Upstream
-from scorer.schemas import PreviewRequest, PreviewResponse, StreamKeys
-from scorer.streams import as_text
+from contract.http import PreviewRequest, PreviewResponse
+from contract.keys import StreamKeys
+from contract.streams import as_text
 
 
 @dataclass(frozen=True)

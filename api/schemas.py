@@ -6,15 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scorer.auth import Role
-from scorer.schemas import (
-    DEFAULT_LINE,
-    ID_PATTERN,
-    LINE_PATTERN,
-    DefectArea,
-    PixelThreshold,
-    Regions,
-)
+from contract.auth import Role
+from contract.keys import DEFAULT_LINE, ID_PATTERN, LINE_PATTERN
+from contract.records import DefectArea, PixelThreshold, Regions
 
 AlertState = Literal["open", "acknowledged", "resolved"]
 Label = Literal["anomaly", "false_alarm", "normal"]

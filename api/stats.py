@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import redis.asyncio as aioredis
 
-from scorer.schemas import StreamKeys
+from contract.keys import StreamKeys
 
 WINDOW_COLUMNS = ["item_id", "line", "score", "ts_scored", "model_version"]
 _FIELD_KEYS = {c: c.encode() for c in WINDOW_COLUMNS}

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from api.errors import NotFound, Unprocessable
 from api.schemas import FalseAlarmRateOut, Method, Target, Threshold
-from scorer.schemas import DEFAULT_LINE, StreamKeys
-from scorer.streams import as_text
+from contract.keys import DEFAULT_LINE, StreamKeys
+from contract.streams import as_text
 
 # Append a version and make it current in one step; ARGV[3] == "1" sets only if the line
 # has no threshold yet (the automatic initial default, raced by several API processes).

@@ -220,11 +220,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from bench.soak import service_processes
     from bench.throughput import _with_api, line_mix
+    from contract.redis_server import EmbeddedRedis, free_port
     from scorer.config import DeploymentConfig, ScorerConfig
-    from scorer.redis_server import EmbeddedRedis, free_port
     from scorer.service import APP_NAME, deploy, shutdown
-    from trainer import cluster
     from trainer.data import load_digits
+    from vlaewatch import cluster
 
     a, b = given["a"], given["b"]
     digits = load_digits()

@@ -65,9 +65,9 @@ def default_checkpoint(digits: Any, arch: str, out: Path) -> Path:
     """The benches' default model, trained here: the product's (``arch`` conv, the `vlaewatch
     train` default, or the deck's mlp) for 10 epochs on the bundled digits' 0s."""
     from trainer.data import split_normal
-    from trainer.model import ConvVLAEConfig, VLAEConfig
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, TrainConfig, fit
+    from vlae.model import ConvVLAEConfig, VLAEConfig
 
     return train_model(
         split_normal(digits, ["0"]), VLAEConfig() if arch == "mlp" else ConvVLAEConfig(),

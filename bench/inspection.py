@@ -28,14 +28,16 @@ import numpy as np
 import torch
 
 from bench.common import RESULTS, command_line, write_report
-from trainer.checkpoint import load_checkpoint
-from trainer.data import LabelledImages, Source, split_normal, to_float
+from trainer.data import LabelledImages, Source, split_normal
 from trainer.defaults import choose_model, choose_training
-from trainer.evaluate import auroc_by_class, pixel_auroc_by_class, score_images
+from trainer.evaluate import auroc_by_class, pixel_auroc_by_class
 from trainer.inspection import CATEGORIES, make_split
-from trainer.model import ConvVLAEConfig
 from trainer.pipeline import DatasetInfo, train_model
 from trainer.train import LoopContext, TrainConfig, fit
+from vlae.checkpoint import load_checkpoint
+from vlae.images import to_float
+from vlae.model import ConvVLAEConfig
+from vlae.score import score_images
 
 GOOD = ["good"]  # the normal class of every category
 GOALS = {"mean_image_auroc": 0.97, "min_image_auroc": 0.90, "mean_pixel_auroc": 0.97}

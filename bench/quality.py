@@ -26,12 +26,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from bench.common import RESULTS, command_line, write_report
-from trainer.checkpoint import load_checkpoint
-from trainer.data import Source, load_torchvision, split_normal, to_float
-from trainer.evaluate import Scores, score_images
-from trainer.model import ConvVLAEConfig, VLAEConfig
+from trainer.data import Source, load_torchvision, split_normal
 from trainer.pipeline import DatasetInfo, train_model
 from trainer.train import LoopContext, TrainConfig, fit
+from vlae.checkpoint import load_checkpoint
+from vlae.images import to_float
+from vlae.model import ConvVLAEConfig, VLAEConfig
+from vlae.score import Scores, score_images
 
 PUBLISHED = [
     ("One-class Deep SVDD", 0.948, "Ruff et al. 2018, Table 1"),

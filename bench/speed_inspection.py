@@ -63,11 +63,11 @@ def _tile(images: np.ndarray, n: int) -> np.ndarray:
 
 def measure(spec: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Raw and HTTP images/s of the default model of one ``category:side``."""
+    from contract.redis_server import EmbeddedRedis, free_port
     from scorer.config import DeploymentConfig, ScorerConfig
-    from scorer.redis_server import EmbeddedRedis, free_port
     from scorer.service import deploy, shutdown
-    from trainer import cluster
-    from trainer.checkpoint import load_checkpoint
+    from vlae.checkpoint import load_checkpoint
+    from vlaewatch import cluster
 
     category, side = spec.split(":")
     path, test = _model(category, int(side), args.train_epochs, tmp / spec.replace(":", "-"))
@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    from trainer.allocator import keep_batch_memory
-    from trainer.checkpoint import load_checkpoint
     from trainer.data import load_digits
+    from vlae.allocator import keep_batch_memory
+    from vlae.checkpoint import load_checkpoint
 
     keep_batch_memory()  # as the replica does
     t0 = time.monotonic()

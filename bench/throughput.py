@@ -62,14 +62,14 @@ def raw_model(loaded: Any, images: np.ndarray, batches: list[int], seconds: floa
 
 
 def _score_count(model: Any, images: np.ndarray, batch_size: int) -> int:
-    from trainer.evaluate import score_images
+    from vlae.score import score_images
 
     return len(score_images(model, images, batch_size=batch_size).score)
 
 
 def deck_loop(loaded: Any, images: np.ndarray, seconds: float) -> float:
     """The seed deck's way: ``anomaly_score`` one image at a time."""
-    from trainer.data import to_float
+    from vlae.images import to_float
 
     x = torch.from_numpy(to_float(images[:256]))
     model = loaded.model.eval()
@@ -87,7 +87,7 @@ def pyod_vae(train: np.ndarray, images: np.ndarray, seconds: float) -> float:
     """PyOD's VAE ``decision_function`` on the same images (fitted briefly on normal ones)."""
     from pyod.models.vae import VAE
 
-    from trainer.data import to_float
+    from vlae.images import to_float
 
     clf = VAE(epoch_num=2, verbose=0, device="cpu")
     clf.fit(to_float(train).reshape(len(train), -1))
@@ -390,7 +390,7 @@ def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
     import httpx
     import redis
 
-    from scorer.redis_server import free_port
+    from contract.redis_server import free_port
 
     # The API's group starts at the stream's end: the frames steps' entries are not its work.
     client = redis.Redis.from_url(redis_url)
@@ -630,13 +630,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
+    from contract.redis_server import EmbeddedRedis, free_port
     from scorer.config import DeploymentConfig, ScorerConfig
-    from scorer.redis_server import EmbeddedRedis, free_port
     from scorer.service import deploy, shutdown
-    from trainer import cluster
-    from trainer.allocator import keep_batch_memory
-    from trainer.checkpoint import load_checkpoint
     from trainer.data import load_digits, split_normal
+    from vlae.allocator import keep_batch_memory
+    from vlae.checkpoint import load_checkpoint
+    from vlaewatch import cluster
 
     # The raw model and the plain training loop run in this process under the allocator
     # settings the replica and the Ray Train workers use (trainer/allocator.py).

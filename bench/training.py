@@ -17,9 +17,9 @@ from typing import Any
 
 from trainer.data import NormalSplit
 from trainer.launch import RayLaunch, fit_with_ray, new_run_name
-from trainer.model import ConvVLAEConfig
 from trainer.pipeline import train_arrays
 from trainer.train import FitResult, LoopContext, TrainConfig, fit
+from vlae.model import ConvVLAEConfig
 
 
 def _epoch_s(result: FitResult) -> float:

@@ -27,8 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.datastructures import UploadFile
 
-from scorer import explore
-from scorer.auth import (
+from contract.auth import (
     ANONYMOUS,
     KeyRing,
     Principal,
@@ -38,47 +37,39 @@ from scorer.auth import (
     load_api_keys,
     presented_key,
 )
-from scorer.config import ScorerConfig
-from scorer.previews import render
-from scorer.schemas import (
-    DEFAULT_LINE,
-    FRAMES_GROUP,
-    DeadLetterRecord,
+from contract.http import (
     ExploreRequest,
     ExploreResponse,
-    FrameRecord,
     Health,
     ItemError,
     ItemPreview,
-    ModelRecord,
     PreviewRequest,
     PreviewResponse,
-    RecordError,
     ScoreResponse,
+)
+from contract.keys import (
+    DEFAULT_LINE,
+    FRAMES_GROUP,
+    RecordError,
     StreamKeys,
     valid_item_id,
     valid_line,
 )
-from scorer.streams import (
-    PixelThresholds,
-    ScoredBatch,
-    ScoreSink,
-    as_text,
-    connect,
-    ensure_group,
-    entry_ms,
-    read_group,
-)
-from trainer.allocator import keep_batch_memory
-from trainer.checkpoint import (
+from contract.records import DeadLetterRecord, FrameRecord, ModelRecord
+from contract.streams import as_text, connect, ensure_group, entry_ms, read_group
+from scorer import explore
+from scorer.config import ScorerConfig
+from scorer.previews import render
+from scorer.publish import PixelThresholds, ScoredBatch, ScoreSink
+from vlae.allocator import keep_batch_memory
+from vlae.checkpoint import (
     CheckpointError,
     LoadedModel,
     UnmappedLineError,
     load_checkpoint,
     resolve_checkpoint,
 )
-from trainer.evaluate import score_images
-from trainer.images import (
+from vlae.images import (
     InputError,
     Limits,
     decode_array,
@@ -87,7 +78,8 @@ from trainer.images import (
     source_size,
     split_batch,
 )
-from trainer.regions import find_regions
+from vlae.regions import find_regions
+from vlae.score import score_images
 
 logger = logging.getLogger("ray.serve")
 

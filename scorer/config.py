@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from scorer.auth import Role
-from scorer.schemas import valid_line
-from trainer.images import Limits
+from contract.auth import Role
+from contract.keys import valid_line
+from vlae.images import Limits
 
 
 class ScorerConfig(BaseModel):
@@ -37,7 +37,7 @@ class ScorerConfig(BaseModel):
     key_prefix: str = "vlaewatch"
     api_key_digests: dict[str, tuple[Role, str]] = Field(
         default_factory=dict,
-        description="the key ring as SHA-256 hex digest -> (role, name) (``scorer.auth``): "
+        description="the key ring as SHA-256 hex digest -> (role, name) (``contract.auth``): "
         "this config is shown by the Ray dashboard, so it never holds a key",
     )
     api_keys_file: str | None = Field(

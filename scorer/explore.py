@@ -1,4 +1,4 @@
-"""The scorer's explorer: views of the served model's latent space (``trainer.views``) for
+"""The scorer's explorer: views of the served model's latent space (``vlae.views``) for
 stored items, rendered by the replica that holds the model (``POST /v1/explore``).
 
 An item is encoded under the condition of its line (a conditional model), or its best one
@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from scorer.schemas import (
+from contract.http import (
     CompressRequest,
     ExploreResponse,
     InterpolateRequest,
@@ -22,9 +22,9 @@ from scorer.schemas import (
     SampleRequest,
     TraverseRequest,
 )
-from scorer.streams import StoredItem
-from trainer import views
-from trainer.checkpoint import LoadedModel, UnmappedLineError
+from scorer.publish import StoredItem
+from vlae import views
+from vlae.checkpoint import LoadedModel, UnmappedLineError
 
 ItemLoader = Callable[[str], Awaitable[StoredItem | None]]
 AnyRequest = (

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainer.checkpoint import LoadedModel
-from trainer.data import to_float
-from trainer.evaluate import best_conditions
-from trainer.figures import hwc, to_png
-from trainer.model import _VLAEBase
-from trainer.regions import find_regions
+from vlae.checkpoint import LoadedModel
+from vlae.figures import hwc, to_png
+from vlae.images import to_float
+from vlae.model import _VLAEBase
+from vlae.regions import find_regions
+from vlae.score import best_conditions
 
 LOCAL_MAP_FULL_SCALE = 8.0  # anomaly-map value shown white (spreads of the normal maximum)
 OUTLINE = np.array([0, 255, 255], dtype=np.uint8)  # cyan: apart from the red-yellow map

@@ -33,7 +33,7 @@ def deploy(
     from ray import serve
 
     from scorer.app import Scorer
-    from trainer.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
+    from vlae.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
 
     try:
         loopback = ipaddress.ip_address(host).is_loopback

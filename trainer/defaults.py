@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainer.model import ConvVLAEConfig, MapNorm, ModelConfig, SpatialVLAEConfig, VLAEConfig
 from trainer.train import TrainConfig
+from vlae.model import ConvVLAEConfig, MapNorm, ModelConfig, SpatialVLAEConfig, VLAEConfig
 
 Arch = Literal["auto", "mlp", "conv", "spatial"]
 # Share of pixels within 10 % of black or white above which images count as near-binary.

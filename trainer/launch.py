@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from trainer.model import ModelConfig, config_from_dict, config_to_dict
 from trainer.train import FitResult, LoopContext, TrainArrays, TrainConfig, fit
+from vlae.model import ModelConfig, config_from_dict, config_to_dict
 
 STATE_FILE = "state.pt"
 
@@ -123,8 +123,6 @@ def fit_with_ray(
     )
     from ray.train.torch import TorchTrainer
 
-    from trainer.cluster import cluster_gpus
-
     # Read by Ray Train from the driver's environment and passed to its controller; a value
     # the user set stays.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(launch.poll_interval_s))
@@ -171,3 +169,10 @@ def fit_with_ray(
     with result.checkpoint.as_directory() as d:
         state = _load_state(d)
     return FitResult(state_dicts=state["models"], history=list(state["history"]))
+
+
+def cluster_gpus() -> float:
+    """GPUs the connected cluster has (0 on CPU-only clusters)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))

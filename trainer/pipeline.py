@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainer.checkpoint import BEST_CONDITION, WEIGHT_FILES, CalibrationLatents, save_checkpoint
-from trainer.data import NormalSplit, fingerprint, to_float
-from trainer.evaluate import pixel_maps, score_images
-from trainer.explore import calibration_latents
-from trainer.model import SCORE_KIND_TEXT, ModelConfig, build_model
+from trainer.data import NormalSplit, fingerprint
 from trainer.train import FitResult, TrainArrays, TrainConfig
+from vlae.checkpoint import BEST_CONDITION, WEIGHT_FILES, CalibrationLatents, save_checkpoint
+from vlae.explore import calibration_latents
+from vlae.images import to_float
+from vlae.model import SCORE_KIND_TEXT, ModelConfig, build_model
+from vlae.score import pixel_maps, score_images
 
 Fitter = Callable[[ModelConfig, TrainConfig, TrainArrays], FitResult]
 LIKELIHOOD_TEXT = {

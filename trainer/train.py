@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainer.allocator import keep_batch_memory
 from trainer.corrupt import corrupt
-from trainer.model import ModelConfig, _VLAEBase, add_noise, build_model, kl_divergence
+from vlae.allocator import keep_batch_memory
+from vlae.model import ModelConfig, _VLAEBase, add_noise, build_model, kl_divergence
 
 LRSchedule = Literal["none", "plateau", "cosine"]
 Noise = Literal["gaussian", "structured"]

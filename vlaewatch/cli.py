@@ -506,8 +506,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             ctx = LoopContext(log=_err)
             fitter = lambda m, c, d: fit(m, c, d, ctx)  # noqa: E731
         else:
-            from trainer import cluster
-            from trainer.launch import RayLaunch, fit_with_ray, new_run_name
+            from trainer.launch import RayLaunch, cluster_gpus, fit_with_ray, new_run_name
+            from vlaewatch import cluster
 
             launch = RayLaunch(
                 storage_path=args.storage_path or settings.runs_path,
@@ -526,13 +526,13 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 "kind": "ray-train",
                 "run_name": launch.run_name,
                 "workers": launch.num_workers,
-                "gpu": cluster.cluster_gpus() > 0,
+                "gpu": cluster_gpus() > 0,
             }
             fitter = lambda m, c, d: fit_with_ray(m, c, d, launch)  # noqa: E731
         path = train_model(split, model_cfg, cfg, dataset, fitter, launcher, out=out, store=store,
                            line_conditions=args.line_condition,
                            data_profile=data_profile.to_dict())  # fmt: skip
-    from trainer.checkpoint import read_card
+    from vlae.checkpoint import read_card
 
     card = read_card(path)
     return {
@@ -545,8 +545,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
     from trainer.evaluate import evaluate
+    from vlae.checkpoint import load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(args.checkpoint or settings.store_path, args.version)
     loaded = load_checkpoint(path)
@@ -585,7 +585,7 @@ def _dataset_of(args: argparse.Namespace, settings: Settings, card: dict[str, An
 
 
 def _explore(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from vlae.checkpoint import load_checkpoint, resolve_checkpoint
     from vlaewatch import explore
 
     if not 1 <= args.scale <= 16:
@@ -661,12 +661,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import signal
     import threading
 
-    from scorer.auth import digests, load_api_keys
+    from contract.auth import digests, load_api_keys
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
-    from trainer import cluster
-    from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+    from vlae.checkpoint import load_checkpoint, resolve_checkpoint
+    from vlaewatch import cluster
 
     source = args.checkpoint or settings.store_path
     # Fail here, with a clear message, rather than inside a replica.
@@ -746,7 +746,7 @@ def _replica_redis(url: str, explicit: str | None, settings: Settings) -> dict[s
 def _redis_url(stack: contextlib.ExitStack, explicit: str | None, settings: Settings) -> str:
     """REDIS_URL when given; else the bundled server another vlaewatch process runs on this
     home, else a new one (owned by this process)."""
-    from scorer.redis_server import EmbeddedRedis, running_url
+    from contract.redis_server import EmbeddedRedis, running_url
 
     url = explicit or settings.redis_url
     if url:
@@ -764,7 +764,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     from api.app import run
     from api.config import ApiConfig
-    from scorer.auth import load_api_keys
+    from contract.auth import load_api_keys
 
     if args.alert_retention_s < 60:
         raise UsageError(f"--alert-retention-s must be at least 60, got {args.alert_retention_s}")
@@ -816,13 +816,12 @@ def _demo(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     import time
 
     from api.config import ApiConfig
-    from scorer.auth import Principal, digests, load_api_keys
+    from contract.auth import Principal, digests, load_api_keys
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
-    from trainer import cluster
-    from trainer.checkpoint import read_card
-    from vlaewatch import demo
+    from vlae.checkpoint import read_card
+    from vlaewatch import cluster, demo
 
     inspection = args.dataset == "inspection"
     if len(args.lines) < 2:
@@ -1086,7 +1085,7 @@ def _info(settings: Settings) -> dict[str, Any]:
 
     import torch
 
-    from trainer.checkpoint import list_versions
+    from vlae.checkpoint import list_versions
     from vlaewatch import __version__
 
     return {
@@ -1110,11 +1109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script."""
     from grafana_client.client import GrafanaException
 
-    from scorer.auth import KeyConfigError
-    from scorer.redis_server import RedisStartError
+    from contract.auth import KeyConfigError
+    from contract.redis_server import RedisStartError
     from scorer.service import DeployError
-    from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
+    from vlae.checkpoint import CheckpointError
     from vlaewatch.demo import DemoError
 
     args = _build_parser().parse_args(argv)

@@ -148,7 +148,7 @@ def stream_lines(
     """POST each line's images, shuffled, ``batch`` at a time, at ``rate`` images/s in all,
     the lines taking turns; ``maps`` asks for each item's anomaly map too; ``headers``
     carries an ``ingest`` key when the scorer has keys."""
-    from scorer.streams import decode_map
+    from scorer.publish import decode_map
 
     out = Streamed()
     total, sent = sum(len(p.images) for p in parts), 0

@@ -15,18 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from trainer import explore
-from trainer.checkpoint import CheckpointError, LoadedModel, list_versions, load_checkpoint
 from trainer.data import DataError, LabelledImages, read_image
-from trainer.views import (
-    Items,
-    compress,
-    conditions_of,
-    interpolate,
-    map_view,
-    sample,
-    traverse,
-)
+from vlae import explore
+from vlae.checkpoint import CheckpointError, LoadedModel, list_versions, load_checkpoint
+from vlae.views import Items, compress, conditions_of, interpolate, map_view, sample, traverse
 
 __all__ = ["compress", "interpolate", "latent_map", "rate_distortion", "resolve_items",
            "sample", "traverse"]  # fmt: skip
@@ -83,7 +75,7 @@ def latent_map(
 ) -> tuple[bytes, dict[str, Any]]:  # fmt: skip
     """Normal calibration latents with ``n_test`` test items overlaid (normal / anomalous by
     their true class), those above the conformal threshold at ``fpr`` flagged."""
-    from trainer.evaluate import score_images
+    from vlae.score import score_images
 
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(test), size=min(n_test, len(test)), replace=False))

@@ -25,9 +25,9 @@ from api.schemas import (
     LabelRequest,
     RegionLabelRequest,
 )
-from scorer.auth import ANONYMOUS
-from scorer.schemas import ID_PATTERN, LINE_PATTERN
-from scorer.streams import as_text
+from contract.auth import ANONYMOUS
+from contract.keys import ID_PATTERN, LINE_PATTERN
+from contract.streams import as_text
 
 logger = logging.getLogger("vlaewatch.api")
 router = APIRouter(prefix="/v1", tags=["alerts"])

@@ -12,9 +12,7 @@ from api.deps import ServicesDep, Viewer
 from api.errors import Unprocessable
 from api.explore import ITEM_CACHE_S, MAP_CACHE_S, ExploreClient, View, map_request
 from api.schemas import ErrorBody, ExploreView
-from scorer.schemas import (
-    ID_PATTERN,
-    LINE_PATTERN,
+from contract.http import (
     MAX_EXPLORE_STEPS,
     MAX_MAP_ITEMS,
     CompressRequest,
@@ -23,6 +21,7 @@ from scorer.schemas import (
     SampleRequest,
     TraverseRequest,
 )
+from contract.keys import ID_PATTERN, LINE_PATTERN
 
 router = APIRouter(tags=["explore"])
 ItemPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["cam1-000123"])]

@@ -11,8 +11,8 @@ from fastapi.responses import Response
 from api.deps import Operator, ServicesDep, Viewer
 from api.errors import NotFound
 from api.schemas import ErrorBody, ItemLabel, LabelRequest
-from scorer.schemas import ID_PATTERN
-from scorer.streams import read_item
+from contract.keys import ID_PATTERN
+from contract.streams import read_item
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 ItemPath = Annotated[str, Path(pattern=ID_PATTERN, examples=["cam1-000123"])]

@@ -13,7 +13,7 @@ from api.deps import ServicesDep, Viewer
 from api.errors import Unprocessable
 from api.schemas import ErrorBody, Me, ScoreHistogram, StatsResponse, StatsRow
 from api.stats import recent_scores, summarize
-from scorer.schemas import LINE_PATTERN
+from contract.keys import LINE_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["stats"])
 

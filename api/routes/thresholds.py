@@ -38,7 +38,7 @@ from api.schemas import (
 )
 from api.stats import recent_scores
 from api.thresholds import effective
-from scorer.schemas import DEFAULT_LINE, LINE_PATTERN
+from contract.keys import DEFAULT_LINE, LINE_PATTERN
 
 router = APIRouter(prefix="/v1/thresholds", tags=["thresholds"])
 LinePath = Annotated[str, Path(pattern=LINE_PATTERN, examples=["cam1"])]

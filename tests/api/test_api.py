@@ -18,8 +18,8 @@ import pytest
 import redis
 from PIL import Image
 
-from scorer.schemas import Region, ScoreRecord
-from scorer.streams import decode_map
+from contract.records import Region, ScoreRecord
+from scorer.publish import decode_map
 from tests.conftest import API_KEYS
 
 OP = {"X-API-Key": API_KEYS["operator"]}

@@ -147,7 +147,7 @@ SCORER_GRANTS = {"/v1/score": {"ingest"}, "/v1/preview": {"service", "viewer", "
 @pytest.fixture(scope="module")
 def keyed_scorer(scorer_url: str, redis_server: Any, checkpoint: Any) -> Iterator[str]:
     """The session scorer given the key ring (digests), then its open mode again."""
-    from scorer.auth import digests, parse_api_keys
+    from contract.auth import digests, parse_api_keys
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from scorer.schemas import ScoreRecord
+from contract.records import ScoreRecord
 from tests.api.test_api import VIEW, _consumed
 
 pytestmark = pytest.mark.reliability

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from scorer.schemas import ScoreRecord
+from contract.records import ScoreRecord
 from tests.conftest import API_KEYS, ApiProcess
 
 OP = {"X-API-Key": API_KEYS["operator"]}

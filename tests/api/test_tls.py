@@ -23,7 +23,7 @@ import pytest
 import redis
 import trustme
 
-from scorer.redis_server import EmbeddedRedis, free_port
+from contract.redis_server import EmbeddedRedis, free_port
 from tests.api.test_api import OP, VIEW, _alerts, _consumed, _score, _set_manual
 from tests.conftest import API_KEYS, ApiProcess
 

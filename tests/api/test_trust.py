@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from scorer.schemas import FRAMES_GROUP
+from contract.keys import FRAMES_GROUP
 from tests.api.test_api import OP, VIEW, _alerts, _consumed, _publish, _score, _set_manual
 from tests.scorer.test_service import _npy, _png, _wait_for
 

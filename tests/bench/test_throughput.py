@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from bench.throughput import RewriteWatch, kept_up, latency_readings, sustained_rate
-from scorer.redis_server import EmbeddedRedis
+from contract.redis_server import EmbeddedRedis
 
 
 def _step(rate: int, scored: float, backlog: int, before: int = 0) -> dict[str, Any]:

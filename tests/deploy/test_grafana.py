@@ -20,10 +20,10 @@ import redis
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 
+from contract.records import ScoreRecord
+from contract.redis_server import free_port
 from deploy.dashboards import DASHBOARDS, DATASOURCE_UID, RULES
 from deploy.grafana import agrees
-from scorer.redis_server import free_port
-from scorer.schemas import ScoreRecord
 from tests.conftest import API_KEYS, ApiProcess
 from vlaewatch.cli import main
 

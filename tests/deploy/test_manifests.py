@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from scorer.auth import KeyConfigError, parse_api_keys
+from contract.auth import KeyConfigError, parse_api_keys
 from scorer.config import ScorerConfig
 from vlaewatch.cli import _build_parser
 from vlaewatch.settings import Settings

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from contract.redis_server import free_port
 from deploy.dashboards import RULES, AlertRule, all_queries
-from scorer.redis_server import free_port
 from tests.conftest import API_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]

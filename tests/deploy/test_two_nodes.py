@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from scorer.redis_server import free_port
+from contract.redis_server import free_port
 
 BIN = Path(sys.executable).parent
 

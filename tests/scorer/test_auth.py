@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from scorer.auth import digests, parse_api_keys
+from contract.auth import digests, parse_api_keys
 from scorer.config import DeploymentConfig, ScorerConfig
 from scorer.service import DeployError, deploy
 from tests.conftest import API_KEYS

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from scorer.redis_server import free_port
+from contract.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "vlaewatch"

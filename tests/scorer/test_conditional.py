@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import LINE_CONDITIONS
-from trainer.checkpoint import read_card
+from vlae.checkpoint import read_card
 
 PREFIX = "vlaewatch-cond"
 

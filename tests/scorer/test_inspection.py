@@ -28,15 +28,16 @@ from sklearn.metrics import roc_auc_score
 
 from api.calibrate import conformal_threshold, false_alarm_rate
 from api.schemas import Threshold
-from scorer.schemas import FRAMES_GROUP, StreamKeys
-from scorer.streams import decode_map, line_model_version
-from trainer.checkpoint import load_checkpoint, read_card
+from contract.keys import FRAMES_GROUP, StreamKeys
+from contract.streams import line_model_version
+from scorer.publish import decode_map
 from trainer.data import LabelledImages, Source, split_normal
 from trainer.defaults import choose_model, choose_training
-from trainer.evaluate import score_images
 from trainer.inspection import good, make_split
 from trainer.pipeline import DatasetInfo, train_model
 from trainer.train import LoopContext, fit
+from vlae.checkpoint import load_checkpoint, read_card
+from vlae.score import score_images
 
 # (category, image side, epochs): small enough for the test session, long enough for floors.
 MODELS = {"fabric": ("fabric", 64, 100), "washer": ("washer", 64, 100), "pill128": ("pill", 128, 2)}

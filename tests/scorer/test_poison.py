@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from scorer.schemas import FRAMES_GROUP
+from contract.keys import FRAMES_GROUP
 from tests.api.test_faults import _scored
 from tests.scorer.test_service import _npy, _png, _wait_for
 

@@ -17,11 +17,13 @@ import pytest
 import redis
 from PIL import Image
 
+from contract.keys import FRAMES_GROUP
+from contract.records import ItemBlob, ScoreRecord
 from scorer.config import DeploymentConfig, ScorerConfig
-from scorer.schemas import FRAMES_GROUP, ItemBlob, ScoreRecord
 from scorer.service import DeployError, deploy
-from trainer.checkpoint import load_checkpoint, read_card
-from trainer.evaluate import evaluate, score_images
+from trainer.evaluate import evaluate
+from vlae.checkpoint import load_checkpoint, read_card
+from vlae.score import score_images
 
 SCORE_FIELDS = {"item_id", "line", "ts_ingested", "ts_scored", "score", "recon", "kl",
                 "complexity", "model_version"}  # fmt: skip
@@ -108,7 +110,7 @@ def test_served_scores_equal_evaluate_and_stream_one_entry_each(
 def test_maps_on_request_sum_to_the_whole_image_score(scorer_url: str, digits: Any) -> None:
     """``?maps=true`` adds each item's map (base64 NPY); a whole-image score is its sum. Items
     of a request without it carry none, even batched beside one with it."""
-    from scorer.streams import decode_map
+    from scorer.publish import decode_map
 
     images = digits.test.images[:8, 0]
     tag = uuid.uuid4().hex[:8]

@@ -91,7 +91,7 @@ def test_flat_image_folder_is_all_normal(tmp_path: Path) -> None:
 
 
 def test_folder_images_are_read_as_the_scorer_reads_them(tmp_path: Path) -> None:
-    from trainer.images import Limits, decode_image
+    from vlae.images import Limits, decode_image
 
     rng = np.random.default_rng(0)
     for i in range(4):

@@ -9,7 +9,7 @@ import torch
 from trainer.corrupt import corrupt
 from trainer.defaults import choose_model, choose_training
 from trainer.inspection import good
-from trainer.model import ConvVLAEConfig, SpatialVLAEConfig
+from vlae.model import ConvVLAEConfig, SpatialVLAEConfig
 
 
 def test_digits_keep_the_model_measured_best_on_them(digits) -> None:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from trainer.launch import STATE_FILE, RayLaunch, fit_with_ray, new_run_name
-from trainer.model import VLAEConfig
 from trainer.train import FitResult, TrainArrays, TrainConfig
+from vlae.model import VLAEConfig
 
 pytestmark = pytest.mark.reliability
 

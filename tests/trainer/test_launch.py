@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 
 from trainer.launch import RayLaunch, fit_with_ray, new_run_name
-from trainer.model import VLAEConfig, build_model
 from trainer.train import TrainArrays, TrainConfig
+from vlae.model import VLAEConfig, build_model
 
 SMALL = VLAEConfig(latent_dim=8, hidden=(64, 32))
 

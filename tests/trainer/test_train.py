@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import torch
 
-from trainer.checkpoint import (
+from trainer.data import split_normal
+from trainer.pipeline import DatasetInfo, train_arrays, train_model
+from trainer.train import LoopContext, TrainArrays, TrainConfig, fit
+from vlae.checkpoint import (
     CheckpointError,
     list_versions,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
-from trainer.data import split_normal
-from trainer.model import ConvVLAEConfig, SpatialVLAEConfig, VLAEConfig, build_model
-from trainer.pipeline import DatasetInfo, train_arrays, train_model
-from trainer.train import LoopContext, TrainArrays, TrainConfig, fit
+from vlae.model import ConvVLAEConfig, SpatialVLAEConfig, VLAEConfig, build_model
 
 SMALL = VLAEConfig(latent_dim=8, hidden=(64, 32))
 

@@ -5,7 +5,7 @@ import torch
 from torch.distributions import Normal
 from torch.distributions import kl_divergence as torch_kl
 
-from trainer.model import (
+from vlae.model import (
     MAP_TERMS,
     VLAE,
     ConditionalVLAE,

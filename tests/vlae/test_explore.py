@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from trainer import explore
-from trainer.checkpoint import (
+from vlae import explore
+from vlae.checkpoint import (
     CARD,
     LATENTS,
     CheckpointError,
@@ -24,7 +24,7 @@ from trainer.checkpoint import (
     read_card,
     verify_checkpoint,
 )
-from trainer.data import to_float
+from vlae.images import to_float
 from vlaewatch.cli import main
 
 GAP = 1
@@ -238,9 +238,9 @@ def test_every_explore_command_writes_a_png_of_the_expected_size(
 
 def _train(digits: Any, out: Path, normal: list[str], latent_dim: int, epochs: int) -> str:
     from trainer.data import split_normal
-    from trainer.model import VLAEConfig
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, TrainConfig, fit
+    from vlae.model import VLAEConfig
 
     path = train_model(
         split_normal(digits, normal), VLAEConfig(latent_dim=latent_dim),
@@ -255,12 +255,12 @@ def test_every_view_works_on_a_model_with_a_grid_of_latent_cells(tmp_path: Path)
     # A SpatialVLAE's latent means are a grid (channels x h x w); the explorer takes them as
     # flat vectors and decodes them back on the grid. Before, neighbours and the latent map
     # failed on it ("the array at index 1 has 6 dimension(s)"), and samples did not decode.
-    from trainer import views
     from trainer.data import LabelledImages, Source, split_normal
     from trainer.defaults import choose_model, choose_training
     from trainer.inspection import good, make_split
     from trainer.pipeline import DatasetInfo, train_model
     from trainer.train import LoopContext, fit
+    from vlae import views
 
     train, test = make_split("pill", n_train=60, n_test_good=4, n_test_per_defect=1, size=32)
     src = Source("pill", LabelledImages(train, np.full(len(train), "good", dtype=object)),

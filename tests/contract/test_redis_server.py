@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from scorer.redis_server import EmbeddedRedis, RedisStartError
+from contract.redis_server import EmbeddedRedis, RedisStartError
 
 
 def test_streams_survive_a_restart_from_the_append_only_file(tmp_path: Path) -> None:

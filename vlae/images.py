@@ -258,3 +258,8 @@ def _pil_to_array(im: object) -> np.ndarray:
     if im.mode in ("LA", "RGBA"):
         raise InputError("images with an alpha channel are not supported")
     return np.asarray(im, dtype=np.uint8)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1], the models' input range."""
+    return images.astype(np.float32) / 255.0

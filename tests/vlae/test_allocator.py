@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from trainer.allocator import glibc_mallopt
+from vlae.allocator import glibc_mallopt
 
 _BATCHES = textwrap.dedent(
     """
     import ctypes, resource, sys
-    from trainer.allocator import keep_batch_memory
+    from vlae.allocator import keep_batch_memory
 
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype = ctypes.c_void_p

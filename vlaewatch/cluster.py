@@ -56,13 +56,6 @@ def connect(
     }
 
 
-def cluster_gpus() -> float:
-    """GPUs the connected cluster has (0 on CPU-only clusters)."""
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
 def shutdown() -> None:
     """Disconnect (and stop the local cluster this process started)."""
     if "ray" in sys.modules:

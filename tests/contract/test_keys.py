@@ -8,7 +8,7 @@ import itertools
 import re
 from pathlib import Path
 
-from scorer.schemas import StreamKeys
+from contract.keys import StreamKeys
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("api", "scorer", "trainer", "vlaewatch", "deploy")

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from trainer.explore import LatentMap
+from vlae.explore import LatentMap
 
 GAP_GREY = 64
 REFERENCE_RGB = (175, 175, 175)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.inference import (
+from vlae.checkpoint import load_checkpoint, save_checkpoint
+from vlae.inference import (
     IMPLS,
     TunedConvTranspose2d,
     foldable,
@@ -19,7 +19,7 @@ from trainer.inference import (
     tune_decoder,
     tune_layer,
 )
-from trainer.model import ConvVLAE, ConvVLAEConfig, build_model
+from vlae.model import ConvVLAE, ConvVLAEConfig, build_model
 
 
 @pytest.mark.parametrize(

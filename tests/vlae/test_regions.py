@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.regions import MAX_REGIONS, find_regions
+from vlae.regions import MAX_REGIONS, find_regions
 
 
 def test_regions_are_connected_components_largest_first() -> None:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import images as decode
-from trainer.images import InputError, Limits, decode_array, decode_image, load_npy, split_batch
+from vlae import images as decode
+from vlae.images import InputError, Limits, decode_array, decode_image, load_npy, split_batch
 
 GRAY = (1, 28, 28)
 LIMITS = Limits()

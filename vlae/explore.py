@@ -16,10 +16,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from trainer.checkpoint import CalibrationLatents
-from trainer.data import to_float
-from trainer.evaluate import best_conditions
-from trainer.model import SpatialVLAEConfig, _VLAEBase
+from vlae.checkpoint import CalibrationLatents
+from vlae.images import to_float
+from vlae.model import SpatialVLAEConfig, _VLAEBase
+from vlae.score import best_conditions
 
 MapMethod = Literal["auto", "tsne", "pca"]
 CodeDtype = Literal["float32", "float16"]

@@ -32,8 +32,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.inference import tune_decoder
-from trainer.model import (
+from vlae.inference import tune_decoder
+from vlae.model import (
     MAP_TERMS,
     ConvVLAE,
     ModelConfig,

@@ -1,5 +1,5 @@
-"""Explorer views: a latent-space computation (``trainer.explore``) rendered as a PNG
-(``trainer.figures``) with its numbers, shared by ``vlaewatch explore`` and the scorer's
+"""Explorer views: a latent-space computation (``vlae.explore``) rendered as a PNG
+(``vlae.figures``) with its numbers, shared by ``vlaewatch explore`` and the scorer's
 ``/v1/explore``. Items arrive as uint8 images with the condition each is encoded under.
 
 A request that does not fit the model (an unknown condition, a dimension out of range) raises
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from trainer import explore
-from trainer.checkpoint import CalibrationLatents, CheckpointError, LoadedModel
-from trainer.figures import grid_png, latent_map_png
+from vlae import explore
+from vlae.checkpoint import CalibrationLatents, CheckpointError, LoadedModel
+from vlae.figures import grid_png, latent_map_png
 
 
 class MissingLatentsError(CheckpointError):
