@@ -61,7 +61,6 @@ from scorer import explore
 from scorer.config import ScorerConfig
 from scorer.previews import render
 from scorer.publish import PixelThresholds, ScoredBatch, ScoreSink
-from vlae.allocator import keep_batch_memory
 from vlae.checkpoint import (
     CheckpointError,
     LoadedModel,
@@ -259,7 +258,6 @@ class Scorer:
     Redis client, and a frames consumer task."""
 
     def __init__(self) -> None:
-        keep_batch_memory()  # forwards from reused memory, not fresh pages (trainer/allocator.py)
         self._cfg: ScorerConfig | None = None
         self._loaded: LoadedModel | None = None
         self._line_models: dict[str, LoadedModel] = {}

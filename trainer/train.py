@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from trainer.corrupt import corrupt
-from vlae.allocator import keep_batch_memory
 from vlae.model import ModelConfig, _VLAEBase, add_noise, build_model, kl_divergence
 
 LRSchedule = Literal["none", "plateau", "cosine"]
@@ -147,7 +146,6 @@ def fit(
 ) -> FitResult:
     """Fit the scoring model (and the denoiser) on normal images; return weights and history."""
     ctx = ctx or LoopContext()
-    keep_batch_memory()  # the same allocator in-process and in a Ray worker (trainer/allocator.py)
     device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed + ctx.rank)
 

@@ -32,10 +32,8 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlae.inference import tune_decoder
 from vlae.model import (
     MAP_TERMS,
-    ConvVLAE,
     ModelConfig,
     _VLAEBase,
     build_model,
@@ -252,10 +250,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
                     f"anomaly-map statistics lack terms of {', '.join(MAP_TERMS)}): retrain it"
                 ) from exc
             raise CheckpointError(f"cannot load {name} weights from {directory}: {exc}") from exc
-        m = m.to(device).eval()
-        if isinstance(m, ConvVLAE):  # on CPU, the fastest way for each transposed conv
-            tune_decoder(m.decoder, m.feat_shape)
-        return m
+        return m.to(device).eval()
 
     denoiser = _load("denoiser") if card.get("has_denoiser") else None
     calibration = pd.read_csv(directory / CALIBRATION)
