@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := contract vlae trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
-	bench-soak bench-ab bench-inspection docs-shots
+	bench-soak bench-ab bench-inspection bench-fastpaths docs-shots
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ docs-shots: install system-deps
 	VLAEWATCH_DOC_SHOTS=1 $(BIN)/python -m pytest -q tests/e2e/test_console.py \
 	  tests/e2e/test_console_explore.py
 
-# Exactly the tests the README's Reliability table cites (tests/reliability.py reads them).
+# Exactly the tests docs/reliability.md's table cites (tests/reliability.py reads them).
 test-reliability: install system-deps
 	$(BIN)/python -m pytest -q $$($(BIN)/python -m tests.reliability)
 
@@ -65,7 +65,7 @@ bench-quality: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
 	$(BIN)/python -m bench.quality --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
 
-# Local defects on generated textures and objects (trainer/inspection.py): image and pixel
+# Local defects on generated textures and objects (trainer/inspection/): image and pixel
 # AUROC per category and defect, beside the previous default and PyOD's VAE;
 # writes bench/results/inspection.{json,md}.
 INSPECTION_ARGS ?=
@@ -79,12 +79,17 @@ bench-speed: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1 psutil==7.2.2
 	$(BIN)/python -m bench.throughput $(SPEED_ARGS)
 
-# The default model for generated parts (trainer/inspection.py) at inspection sizes: raw
+# The default model for generated parts (trainer/inspection/) at inspection sizes: raw
 # model and POST /v1/score images/s, beside the digits default's raw model;
 # writes bench/results/speed_inspection.{json,md}.
 SPEED_INSPECTION_ARGS ?=
 bench-speed-inspection: install
 	$(BIN)/python -m bench.speed_inspection $(SPEED_INSPECTION_ARGS)
+
+# Each hand-written fast path the service once had (PNG reader, transposed-conv timing, glibc
+# mallopt) against the plain path at 28x28, 64x64 and 128x128; writes bench/results/fastpaths.*.
+bench-fastpaths: install
+	$(BIN)/python -m bench.fastpaths
 
 # Two scorer settings (user_config fields as JSON) against each other in one session, switched
 # every window in ABBA order: CPU of every process and XADD -> scored latency per window;

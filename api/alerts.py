@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from api.errors import Conflict, NotFound, Unprocessable
-from api.schemas import (
+from api.schemas.alerts import (
     Alert,
     AlertEvent,
     AlertPage,

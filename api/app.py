@@ -16,8 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.alerts import AlertStore
 from api.annotations import Annotator
+from api.backlog import GroupLag
 from api.config import ApiConfig
-from api.consumer import ConsumerThread, GroupLag, ModelCache
+from api.consumer import ConsumerThread
 from api.deps import Services
 from api.errors import install_handlers
 from api.metrics import Metrics
@@ -25,6 +26,7 @@ from api.previews import PreviewClient
 from api.ratelimit import RateLimiter, StreamSlots
 from api.routes import alerts, explore, items, stats, system, thresholds
 from api.schemas import ErrorBody
+from api.served_models import ModelCache
 from api.thresholds import ThresholdStore
 from contract.auth import KeyRing
 from contract.keys import StreamKeys

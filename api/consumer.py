@@ -12,7 +12,6 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,66 +25,22 @@ from api.annotations import Annotator
 from api.calibrate import conformal_threshold, false_alarm_rate, p_values, supported_alpha
 from api.config import ApiConfig
 from api.metrics import Metrics
-from api.schemas import Alert, FalseAlarmRateOut
+from api.schemas.alerts import Alert
+from api.schemas.thresholds import FalseAlarmRateOut, Threshold
+from api.served_models import ModelCache
 from api.thresholds import ThresholdStore, effective
 from contract.keys import DEFAULT_LINE, RecordError, StreamKeys
-from contract.records import DeadLetterRecord, ModelRecord, ScoreRecord
+from contract.records import DeadLetterRecord, ScoreRecord
 from contract.streams import (
     as_text,
     connect,
     dead_letter,
     ensure_group,
-    entry_ms,
-    line_model_version,
-    load_model_record,
     read_group,
 )
 
 logger = logging.getLogger("vlaewatch.api")
 DEADLETTER_MAXLEN = 10_000
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """A model version's calibration scores, sorted, as the consumer and calibration use them."""
-
-    record: ModelRecord
-    calibration: np.ndarray  # ascending
-    map_calibration: np.ndarray  # each calibration image's map maximum, ascending
-
-    @property
-    def version(self) -> str:
-        return self.record.model_version
-
-
-class ModelCache:
-    """Model records announced by the scorer, read from Redis once per version."""
-
-    def __init__(self, client: aioredis.Redis, keys: StreamKeys) -> None:
-        self.client = client
-        self.keys = keys
-        self._by_version: dict[str, ServedModel] = {}
-
-    async def get(self, version: str | None = None) -> ServedModel | None:
-        """A version (None: the newest one served); None when no scorer announced it."""
-        if version is not None and version in self._by_version:
-            return self._by_version[version]
-        record = await load_model_record(self.client, self.keys, version)
-        if record is None:
-            return None
-        model = ServedModel(record, np.sort(record.calibration_scores()),
-                            np.sort(record.calibration_map_max()))  # fmt: skip
-        self._by_version[record.model_version] = model
-        return model
-
-    async def for_line(self, line: str) -> ServedModel | None:
-        """The version the scorer announced for ``line`` (else the newest one served)."""
-        return await self.get(await line_model_version(self.client, self.keys, line))
-
-    async def lines(self) -> dict[str, str]:
-        """Line -> version as the scorer announced them (``*``: the lines without their own)."""
-        raw: Any = await self.client.hgetall(self.keys.line_models)
-        return {as_text(k): as_text(v) for k, v in raw.items()}
 
 
 def _letter(eid: str, fields: dict[Any, Any], reason: str, status: int) -> DeadLetterRecord:
@@ -185,20 +140,7 @@ class ScoreConsumer:
         then ack exactly the entries whose effect is stored. An entry whose alert could not be
         stored (a Redis error: out of memory, a key of the wrong type) stays pending, and is
         delivered again after ``reclaim_idle_ms``."""
-        records: list[tuple[str, ScoreRecord]] = []
-        bad: list[DeadLetterRecord] = []
-        done: list[str] = []
-        for eid, fields in entries:
-            try:
-                records.append((eid, ScoreRecord.from_fields(fields)))
-            except RecordError as exc:
-                bad.append(_letter(eid, fields, f"bad score entry: {exc}", 422))
-                done.append(eid)
-        for eid, fields in exhausted or []:
-            why = self.unstored.pop(eid, ("its alert was never stored", 0.0))[0]
-            bad.append(_letter(eid, fields, f"delivered {self.cfg.max_deliveries} times and "
-                                            f"not stored: {why}", 500))  # fmt: skip
-            done.append(eid)
+        records, bad, done = self._parse(entries, exhausted or [])
         for version in {r.model_version for _, r in records} - self.versions_seen:
             await self._model_seen(version)
         current = await self.thresholds.current()
@@ -208,53 +150,92 @@ class ScoreConsumer:
         alerts: list[tuple[str, Alert]] = []
         now = time.time()
         for eid, rec in records:
-            self.metrics.items.labels(rec.line).inc()
-            self.metrics.scores.labels(rec.line).observe(rec.score)
-            if rec.defect_area is not None:
-                self.metrics.defect_area.labels(rec.line).observe(rec.defect_area)
+            self._observe(rec)
             th = effective(current, rec.line)
             if th is None or not rec.score > th.value:
                 done.append(eid)
                 continue
-            model = await self.models.get(rec.model_version)
-            p = None
-            if model is not None:
-                p = float(p_values(model.calibration, np.array([rec.score]))[0])
-            alerts.append((eid, Alert(
-                item_id=rec.item_id, line=rec.line, score=rec.score, recon=rec.recon,
-                kl=rec.kl, complexity=rec.complexity, threshold=th.value,
-                threshold_version=th.version, p_value=p,
-                model_version=rec.model_version, ts_ingested=rec.ts_ingested,
-                ts_scored=rec.ts_scored, created_at=now, state="open",
-                preview_url=f"/v1/items/{rec.item_id}/preview.png", regions=rec.regions,
-                defect_area=rec.defect_area, pixel_threshold=rec.pixel_threshold,
-            )))  # fmt: skip
+            alerts.append((eid, await self._alert(rec, th, now)))
         if alerts:
-            pipe = self.client.pipeline(transaction=False)
-            for _, alert in alerts:
-                await self.alerts.create(pipe, alert)
-            results = await pipe.execute(raise_on_error=False)
-            for (eid, alert), created in zip(alerts, results, strict=True):
-                if isinstance(created, Exception):  # nothing of it stored: retried later
-                    self._failed(eid, f"{type(created).__name__}: {created}")
-                    continue
-                done.append(eid)
-                self.unstored.pop(eid, None)
-                if created == -1:
-                    bad.append(DeadLetterRecord(
-                        item_id=alert.item_id, line=alert.line, source="scores", status=409,
-                        reason=f"item id {alert.item_id!r} already alerted on another line; "
-                        "item ids are unique across lines", ts=time.time(), frame_id=eid,
-                    ))  # fmt: skip
-                elif created == 1:
-                    self.metrics.alerts.labels(alert.line).inc()
-                    if alert.regions is not None:
-                        self.metrics.alert_regions.labels(alert.line).observe(len(alert.regions))
+            await self._store(alerts, done, bad)
         if bad:
             await dead_letter(self.client, self.keys, bad, DEADLETTER_MAXLEN)
             self.metrics.deadletters.inc(len(bad))
         if done:
             await self.client.xack(self.keys.scores, self.cfg.scores_group, *done)
+
+    def _parse(
+        self,
+        entries: list[tuple[str, dict[Any, Any]]],
+        exhausted: list[tuple[str, dict[Any, Any]]],
+    ) -> tuple[list[tuple[str, ScoreRecord]], list[DeadLetterRecord], list[str]]:
+        """The batch's score records, the dead letters of malformed and exhausted entries,
+        and the ids of those (done once their letters are written)."""
+        records: list[tuple[str, ScoreRecord]] = []
+        bad: list[DeadLetterRecord] = []
+        done: list[str] = []
+        for eid, fields in entries:
+            try:
+                records.append((eid, ScoreRecord.from_fields(fields)))
+            except RecordError as exc:
+                bad.append(_letter(eid, fields, f"bad score entry: {exc}", 422))
+                done.append(eid)
+        for eid, fields in exhausted:
+            why = self.unstored.pop(eid, ("its alert was never stored", 0.0))[0]
+            bad.append(_letter(eid, fields, f"delivered {self.cfg.max_deliveries} times and "
+                                            f"not stored: {why}", 500))  # fmt: skip
+            done.append(eid)
+        return records, bad, done
+
+    def _observe(self, rec: ScoreRecord) -> None:
+        """Every score, alerting or not, in the line's metrics."""
+        self.metrics.items.labels(rec.line).inc()
+        self.metrics.scores.labels(rec.line).observe(rec.score)
+        if rec.defect_area is not None:
+            self.metrics.defect_area.labels(rec.line).observe(rec.defect_area)
+
+    async def _alert(self, rec: ScoreRecord, th: Threshold, now: float) -> Alert:
+        """The alert of a score above ``th``, with its conformal p-value where the model's
+        calibration scores are known."""
+        model = await self.models.get(rec.model_version)
+        p = None
+        if model is not None:
+            p = float(p_values(model.calibration, np.array([rec.score]))[0])
+        return Alert(
+            item_id=rec.item_id, line=rec.line, score=rec.score, recon=rec.recon,
+            kl=rec.kl, complexity=rec.complexity, threshold=th.value,
+            threshold_version=th.version, p_value=p,
+            model_version=rec.model_version, ts_ingested=rec.ts_ingested,
+            ts_scored=rec.ts_scored, created_at=now, state="open",
+            preview_url=f"/v1/items/{rec.item_id}/preview.png", regions=rec.regions,
+            defect_area=rec.defect_area, pixel_threshold=rec.pixel_threshold,
+        )  # fmt: skip
+
+    async def _store(
+        self, alerts: list[tuple[str, Alert]], done: list[str], bad: list[DeadLetterRecord]
+    ) -> None:
+        """Create the alerts in one pipeline; an entry whose alert is stored (or already was)
+        joins ``done``, one whose item id alerted on another line also joins ``bad``."""
+        pipe = self.client.pipeline(transaction=False)
+        for _, alert in alerts:
+            await self.alerts.create(pipe, alert)
+        results = await pipe.execute(raise_on_error=False)
+        for (eid, alert), created in zip(alerts, results, strict=True):
+            if isinstance(created, Exception):  # nothing of it stored: retried later
+                self._failed(eid, f"{type(created).__name__}: {created}")
+                continue
+            done.append(eid)
+            self.unstored.pop(eid, None)
+            if created == -1:
+                bad.append(DeadLetterRecord(
+                    item_id=alert.item_id, line=alert.line, source="scores", status=409,
+                    reason=f"item id {alert.item_id!r} already alerted on another line; "
+                    "item ids are unique across lines", ts=time.time(), frame_id=eid,
+                ))  # fmt: skip
+            elif created == 1:
+                self.metrics.alerts.labels(alert.line).inc()
+                if alert.regions is not None:
+                    self.metrics.alert_regions.labels(alert.line).observe(len(alert.regions))
 
     def _failed(self, eid: str, why: str) -> None:
         """An entry whose alert was not stored: kept for the dead letter's reason should it
@@ -374,48 +355,3 @@ class ConsumerThread:
 
     def problem(self) -> str | None:
         return self.consumer.problem() if self.consumer is not None else None
-
-
-async def items_lost(client: aioredis.Redis, keys: StreamKeys) -> int:
-    """Score entries trimmed before every group acknowledged them (the scorer counts)."""
-    value: Any = await client.hget(keys.lost, "scores")
-    return int(value or 0)
-
-
-class GroupLag:
-    """(pending, undelivered entries, age in s of the oldest undelivered) of the consumer
-    group, as health and metrics report it: read at most once a second per process, and
-    undelivered entries counted up to 10,000 ("10000": that many or more), so public
-    routes stay cheap however often they are called."""
-
-    def __init__(self, client: aioredis.Redis, keys: StreamKeys, group: str) -> None:
-        self.client = client
-        self.keys = keys
-        self.group = group
-        self._value: tuple[int | None, int | None, float | None] = (None, None, None)
-        self._at = -1.0
-
-    async def read(self) -> tuple[int | None, int | None, float | None]:
-        if time.monotonic() - self._at < 1.0:
-            return self._value
-        self._value, self._at = await self._read(), time.monotonic()
-        return self._value
-
-    async def _read(self) -> tuple[int | None, int | None, float | None]:
-        try:
-            groups: Any = await self.client.xinfo_groups(self.keys.scores)
-        except ResponseError:
-            return None, None, None
-        group = next((g for g in groups if as_text(g["name"]) == self.group), None)
-        if group is None:
-            return None, None, None
-        last = as_text(group["last-delivered-id"])
-        lag = group.get("lag")
-        if lag is not None:  # Redis 7 keeps the count
-            first: Any = await self.client.xrange(self.keys.scores, f"({last}", "+", count=1)
-            behind = int(lag)
-        else:
-            first = await self.client.xrange(self.keys.scores, f"({last}", "+", count=10_000)
-            behind = len(first)
-        age = time.time() - entry_ms(as_text(first[0][0])) if first else 0.0
-        return int(group["pending"]), behind, age

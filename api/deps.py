@@ -12,15 +12,17 @@ from fastapi import Depends, Request
 
 from api.alerts import AlertStore
 from api.annotations import Annotator
+from api.backlog import GroupLag
 from api.config import ApiConfig
-from api.consumer import ConsumerThread, GroupLag, ModelCache
+from api.consumer import ConsumerThread
 from api.errors import Forbidden, TooManyRequests, Unauthorized
 from api.metrics import Metrics
 from api.previews import PreviewClient
 from api.ratelimit import RateLimiter, StreamSlots
-from api.schemas import Target
+from api.schemas.thresholds import Target
+from api.served_models import ModelCache
 from api.thresholds import ThresholdStore
-from contract.auth import ANONYMOUS, KeyRing, Principal, Role, cross_site, presented_key
+from contract.auth import ANONYMOUS, KeyRing, Principal, Refused, Role, cross_site, identify
 from contract.keys import StreamKeys
 
 
@@ -68,14 +70,11 @@ def authenticate(services: Services, request: Request) -> Principal:
             f"too many failed authentications from {address}; retry in {wait:.2f} s",
             RateLimiter.retry_after_header(wait),
         )
-    key = presented_key(request.headers)
-    principal = services.keyring.find(key) if key is not None else None
-    if principal is None:
+    try:
+        return identify(services.keyring, request.headers)
+    except Refused as exc:
         services.failed_logins.take(address)
-        raise Unauthorized(
-            "send an API key in the X-API-Key header" if key is None else "unknown API key"
-        )
-    return principal
+        raise Unauthorized(exc.reason) from None
 
 
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from api.errors import NotFound, Unprocessable
-from api.schemas import FalseAlarmRateOut, Method, Target, Threshold
+from api.schemas.thresholds import FalseAlarmRateOut, Method, Target, Threshold
 from contract.keys import DEFAULT_LINE, StreamKeys
 from contract.streams import as_text
 

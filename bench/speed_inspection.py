@@ -149,10 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
 
     from trainer.data import load_digits
-    from vlae.allocator import keep_batch_memory
     from vlae.checkpoint import load_checkpoint
 
-    keep_batch_memory()  # as the replica does
     t0 = time.monotonic()
     batches = [int(b) for b in args.batches.split(",")]
     report: dict[str, Any] = {

@@ -237,7 +237,7 @@ def _listen(api_url: str, ready: Any, stop: Any, out: Any) -> None:
     """In a process of its own (so that parsing events does not compete with the sender for
     one interpreter): read the API's live stream until ``stop``, then send back, per alert,
     (seen at, scored at, created at)."""
-    from vlaewatch.demo import AlertListener
+    from vlaewatch.cli.demo_api import AlertListener
 
     listener = AlertListener(api_url, {}).start()
     ready.set()
@@ -634,13 +634,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import deploy, shutdown
     from trainer.data import load_digits, split_normal
-    from vlae.allocator import keep_batch_memory
     from vlae.checkpoint import load_checkpoint
     from vlaewatch import cluster
 
-    # The raw model and the plain training loop run in this process under the allocator
-    # settings the replica and the Ray Train workers use (trainer/allocator.py).
-    keep_batch_memory()
     batches = [int(b) for b in args.batches.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
     digits = load_digits()

@@ -1,4 +1,4 @@
-"""One key ring for the whole service (DESIGN.md §6): API keys with roles, read by the API and
+"""One key ring for the whole service (docs/operations.md): API keys with roles, read by the API and
 by every scorer replica, and the checks both apply to each request.
 
 Roles: ``ingest`` (an inspection line's clients: score images), ``viewer`` (reads),
@@ -155,3 +155,44 @@ def cross_site(method: str, headers: Mapping[str, str]) -> str | None:
     if origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower():
         return f"cross-site request refused: Origin {origin[:80]!r} is not this service"
     return None
+
+
+class Refused(Exception):
+    """A caller turned away: ``status`` 401 (no key, or one the ring does not hold) or 403
+    (a role it lacks, or a cross-site browser request), with the reason it is told."""
+
+    def __init__(self, status: Literal[401, 403], reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def identify(ring: KeyRing, headers: Mapping[str, str]) -> Principal:
+    """The holder of the key ``headers`` present; anyone in open mode (an empty ring).
+    ``Refused`` (401) without a key, or with one the ring does not hold."""
+    if not ring:
+        return ANONYMOUS
+    key = presented_key(headers)
+    if key is None:
+        raise Refused(401, "send an API key in the X-API-Key header")
+    holder = ring.find(key)
+    if holder is None:
+        raise Refused(401, "unknown API key")
+    return holder
+
+
+def authorize(caller: Principal, *roles: Role) -> Principal:
+    """``caller``, when it holds one of ``roles`` (anyone in open mode); else ``Refused``
+    (403)."""
+    if caller is not ANONYMOUS and not caller.may(*roles):
+        raise Refused(403, f"{caller.name} is a {caller.role}; this needs {' or '.join(roles)}")
+    return caller
+
+
+def admit(ring: KeyRing, method: str, headers: Mapping[str, str], *roles: Role) -> Principal:
+    """Who may make this request, checked in order: a cross-site browser request (403, in
+    open mode too), the key (401), the role (403); each refusal raises ``Refused``."""
+    why = cross_site(method, headers)
+    if why is not None:
+        raise Refused(403, why)
+    return authorize(identify(ring, headers), *roles)

@@ -1,4 +1,4 @@
-"""The Redis key layout (DESIGN.md §4): every key, stream and group name, and the id and line
+"""The Redis key layout (docs/http.md): every key, stream and group name, and the id and line
 rules that make keys safe. One owner, so that two features cannot collide on a key."""
 
 from __future__ import annotations

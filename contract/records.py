@@ -1,4 +1,4 @@
-"""Stream entries (DESIGN.md §4): what the scorer publishes and the API consumes, and the
+"""Stream entries (docs/http.md): what the scorer publishes and the API consumes, and the
 stored item format. Defined once here; both sides parse with these."""
 
 from __future__ import annotations

@@ -7,9 +7,23 @@ service does not export.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from grafana_foundation_sdk.builders import alerting, common, expr, prometheus, timeseries
+from grafana_foundation_sdk.builders import dashboard as grafana
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.alerting import RelativeTimeRange
+from grafana_foundation_sdk.models.common import (
+    LegendDisplayMode,
+    LegendPlacement,
+    SortOrder,
+    TimeZoneBrowser,
+    TooltipDisplayMode,
+)
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 DATASOURCE_UID = "vlaewatch-prometheus"
 FOLDER_UID = "vlaewatch"
@@ -17,7 +31,6 @@ FOLDER_TITLE = "vlaewatch"
 RULE_GROUP = "vlaewatch"
 CONTACT_POINT = "vlaewatch-operators"
 RATE = "[5m]"  # the rate window of every panel and rule
-NOW = {"from": 0, "to": 0}
 SCORER = 'application="scorer"'  # the scorer's Serve application (scorer.service.APP_NAME)
 
 
@@ -37,13 +50,40 @@ class Query:
 _PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 
 
+def _prometheus() -> DataSourceRef:
+    return DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
+
+
+def _as_json(model: Any) -> dict[str, Any]:
+    """A built SDK model as plain JSON data, the form Grafana's HTTP API takes."""
+    data: dict[str, Any] = json.loads(JSONEncoder().encode(model))
+    return data
+
+
 @dataclass(frozen=True)
 class Panel:
+    """A time series panel: its queries, in the unit of their values."""
+
     title: str
     queries: tuple[Query, ...]
     unit: str = "short"
-    kind: Literal["timeseries", "stat"] = "timeseries"
     description: str = ""
+
+    def build(self, panel_id: int) -> timeseries.Panel:
+        """Half a row wide. The legend shown and the tooltip unsorted are Grafana's own
+        defaults, set because the SDK's are otherwise (hidden, ascending)."""
+        legend = (common.VizLegendOptions().display_mode(LegendDisplayMode.LIST)
+                  .placement(LegendPlacement.BOTTOM).show_legend(True))  # fmt: skip
+        tooltip = common.VizTooltipOptions().mode(TooltipDisplayMode.SINGLE).sort(SortOrder.NONE)
+        panel = (timeseries.Panel().id(panel_id).title(self.title).description(self.description)
+                 .datasource(_prometheus()).span(12).height(8).unit(self.unit).legend(legend)
+                 .tooltip(tooltip))  # fmt: skip
+        for i, q in enumerate(self.queries):
+            panel = panel.with_target(
+                prometheus.Dataquery().ref_id(chr(ord("A") + i)).expr(q.expr)
+                .legend_format(q.legend).datasource(_prometheus())
+            )  # fmt: skip
+        return panel
 
 
 @dataclass(frozen=True)
@@ -54,52 +94,22 @@ class Dashboard:
     tags: tuple[str, ...] = ("vlaewatch",)
 
     def to_json(self) -> dict[str, Any]:
-        """Grafana's dashboard JSON model (schema 39), two panels per row."""
-        panels = []
-        for i, p in enumerate(self.panels):
-            panels.append(
-                {
-                    "id": i + 1,
-                    "type": p.kind,
-                    "title": p.title,
-                    "description": p.description,
-                    "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
-                    "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-                    "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
-                    "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
-                    "targets": [
-                        {
-                            "refId": chr(ord("A") + j),
-                            "expr": q.expr,
-                            "legendFormat": q.legend,
-                            "datasource": {"type": "prometheus", "uid": DATASOURCE_UID},
-                        }
-                        for j, q in enumerate(p.queries)
-                    ],
-                }
-            )
-        return {
-            "uid": self.uid,
-            "title": self.title,
-            "tags": list(self.tags),
-            "timezone": "browser",
-            "schemaVersion": 39,
-            "refresh": "30s",
-            "time": {"from": "now-1h", "to": "now"},
-            "templating": {"list": []},
-            "annotations": {
-                "list": [
-                    {
-                        "name": "vlaewatch changes",
-                        "enable": True,
-                        "iconColor": "orange",
-                        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                        "target": {"type": "tags", "tags": ["vlaewatch"], "limit": 100},
-                    }
-                ]
-            },
-            "panels": panels,
-        }
+        """Grafana's dashboard JSON model (schema 39), two panels per row, with the changes
+        vlaewatch annotates (threshold changes, model swaps) marked."""
+        changes = (
+            grafana.AnnotationQuery()
+            .name("vlaewatch changes")
+            .enable(True)
+            .icon_color("orange")
+            .datasource(DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+            .target(grafana.AnnotationTarget().type("tags").tags(["vlaewatch"]).limit(100))
+        )
+        board = (grafana.Dashboard(self.title).uid(self.uid).tags(list(self.tags))
+                 .timezone(TimeZoneBrowser).refresh("30s").time("now-1h", "now")
+                 .annotation(changes))  # fmt: skip
+        for i, panel in enumerate(self.panels):
+            board = board.with_panel(panel.build(i + 1))
+        return _as_json(board.build())
 
 
 @dataclass(frozen=True)
@@ -118,31 +128,54 @@ class AlertRule:
     labels: dict[str, str] = field(default_factory=lambda: {"service": "vlaewatch"})
 
     def to_json(self, folder_uid: str = FOLDER_UID) -> dict[str, Any]:
-        """The provisioning API's alert rule model."""
-        return {
-            "uid": self.uid,
-            "title": self.title,
-            "folderUID": folder_uid,
-            "ruleGroup": RULE_GROUP,
-            "orgID": 1,
-            "condition": "C",
-            "for": self.for_,
-            "noDataState": self.no_data,
-            "execErrState": "Error",
-            "labels": dict(self.labels),
-            "annotations": {"summary": self.summary},
-            "data": [
-                {"refId": "A", "datasourceUid": DATASOURCE_UID,
-                 "relativeTimeRange": {"from": 600, "to": 0},
-                 "model": {"refId": "A", "expr": self.query.expr, "instant": True}},
-                {"refId": "B", "datasourceUid": "__expr__", "relativeTimeRange": NOW,
-                 "model": {"refId": "B", "type": "reduce", "expression": "A", "reducer": "last"}},
-                {"refId": "C", "datasourceUid": "__expr__", "relativeTimeRange": NOW,
-                 "model": {"refId": "C", "type": "threshold", "expression": "B",
-                           "conditions": [{"evaluator": {"type": self.condition,
-                                                         "params": [self.threshold]}}]}},
-            ],
-        }  # fmt: skip
+        """The provisioning API's alert rule model: query A over the last 10 minutes,
+        reduced to its last value (B), against the threshold (C)."""
+        now = RelativeTimeRange(from_val=0, to=0)
+        query = (
+            alerting.Query("A")
+            .datasource_uid(DATASOURCE_UID)
+            .relative_time_range(RelativeTimeRange(from_val=600, to=0))
+            .model(prometheus.Dataquery().ref_id("A").expr(self.query.expr).instant())
+        )
+        last = (
+            alerting.Query("B")
+            .datasource_uid("__expr__")
+            .relative_time_range(now)
+            .model(expr.TypeReduce().ref_id("B").expression("A").reducer("last"))
+        )
+        evaluator = expr.ExprTypeThresholdConditionsEvaluator().type(self.condition)
+        crosses = (
+            alerting.Query("C")
+            .datasource_uid("__expr__")
+            .relative_time_range(now)
+            .model(
+                expr.TypeThreshold()
+                .ref_id("C")
+                .expression("B")
+                .conditions(
+                    [
+                        expr.ExprTypeThresholdConditions().evaluator(
+                            evaluator.params([self.threshold])
+                        )
+                    ]
+                )
+            )
+        )
+        rule = (
+            alerting.Rule(self.title)
+            .uid(self.uid)
+            .folder_uid(folder_uid)
+            .rule_group(RULE_GROUP)
+            .org_id(1)
+            .condition("C")
+            .for_val(self.for_)
+            .no_data_state(self.no_data)
+            .exec_err_state("Error")
+            .labels(dict(self.labels))
+            .annotations({"summary": self.summary})
+            .queries([query, last, crosses])
+        )
+        return _as_json(rule.build())
 
 
 SERVICE = Dashboard(
@@ -287,10 +320,6 @@ def all_queries() -> list[Query]:
 
 def contact_point(webhook_url: str) -> dict[str, Any]:
     """Where the rules notify: a webhook (an operators' chat, a pager bridge)."""
-    return {
-        "uid": CONTACT_POINT,
-        "name": CONTACT_POINT,
-        "type": "webhook",
-        "settings": {"url": webhook_url},
-        "disableResolveMessage": False,
-    }
+    point = (alerting.ContactPoint().uid(CONTACT_POINT).name(CONTACT_POINT).type("webhook")
+             .settings({"url": webhook_url}).disable_resolve_message(False))  # fmt: skip
+    return _as_json(point.build())

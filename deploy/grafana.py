@@ -17,6 +17,8 @@ from deploy.dashboards import (
     FOLDER_TITLE,
     FOLDER_UID,
     RULES,
+    AlertRule,
+    Dashboard,
     contact_point,
 )
 
@@ -59,6 +61,17 @@ def provision(
 ) -> Report:
     """Create or update everything vlaewatch needs in Grafana."""
     report = Report()
+    _datasource(api, prometheus_url, report)
+    _folder(api, folder_uid, report)
+    for board in DASHBOARDS:
+        _dashboard(api, board, folder_uid, report)
+    _contact_point(api, webhook_url, report)
+    for rule in RULES:
+        _rule(api, rule, folder_uid, report)
+    return report
+
+
+def _datasource(api: GrafanaApi, prometheus_url: str, report: Report) -> None:
     datasource = {"uid": DATASOURCE_UID, "name": "vlaewatch Prometheus", "type": "prometheus",
                   "access": "proxy", "url": prometheus_url, "isDefault": False,
                   "jsonData": {"httpMethod": "POST", "timeInterval": "15s"}}  # fmt: skip
@@ -69,13 +82,15 @@ def provision(
             raise
         api.datasource.create_datasource(datasource)
         report.created.append(f"datasource {DATASOURCE_UID}")
+        return
+    if agrees(datasource, found):
+        report.unchanged.append(f"datasource {DATASOURCE_UID}")
     else:
-        if agrees(datasource, found):
-            report.unchanged.append(f"datasource {DATASOURCE_UID}")
-        else:
-            api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource)
-            report.updated.append(f"datasource {DATASOURCE_UID}")
+        api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource)
+        report.updated.append(f"datasource {DATASOURCE_UID}")
 
+
+def _folder(api: GrafanaApi, folder_uid: str, report: Report) -> None:
     try:
         api.folder.get_folder(folder_uid)
         report.unchanged.append(f"folder {folder_uid}")
@@ -85,27 +100,30 @@ def provision(
         api.folder.create_folder(FOLDER_TITLE, uid=folder_uid)
         report.created.append(f"folder {folder_uid}")
 
-    for board in DASHBOARDS:
-        wanted = board.to_json()
-        try:
-            found = api.dashboard.get_dashboard(board.uid)["dashboard"]
-        except GrafanaClientError as exc:
-            if not _missing(exc):
-                raise
-            found = None
-        if found is not None and agrees(wanted, found):
-            report.unchanged.append(f"dashboard {board.uid}")
-            continue
-        api.dashboard.update_dashboard(
-            {
-                "dashboard": wanted,
-                "folderUid": folder_uid,
-                "overwrite": True,
-                "message": "provisioned by vlaewatch",
-            }
-        )
-        (report.updated if found is not None else report.created).append(f"dashboard {board.uid}")
 
+def _dashboard(api: GrafanaApi, board: Dashboard, folder_uid: str, report: Report) -> None:
+    wanted = board.to_json()
+    try:
+        found = api.dashboard.get_dashboard(board.uid)["dashboard"]
+    except GrafanaClientError as exc:
+        if not _missing(exc):
+            raise
+        found = None
+    if found is not None and agrees(wanted, found):
+        report.unchanged.append(f"dashboard {board.uid}")
+        return
+    api.dashboard.update_dashboard(
+        {
+            "dashboard": wanted,
+            "folderUid": folder_uid,
+            "overwrite": True,
+            "message": "provisioned by vlaewatch",
+        }
+    )
+    (report.updated if found is not None else report.created).append(f"dashboard {board.uid}")
+
+
+def _contact_point(api: GrafanaApi, webhook_url: str, report: Report) -> None:
     point = contact_point(webhook_url)
     points = api.alertingprovisioning.get_contactpoints()
     existing = [c for c in points if c.get("uid") == CONTACT_POINT]
@@ -118,19 +136,19 @@ def provision(
         api.alertingprovisioning.update_contactpoint(CONTACT_POINT, point)
         report.updated.append(f"contact point {CONTACT_POINT}")
 
-    for rule in RULES:
-        wanted = rule.to_json(folder_uid)
-        try:
-            found = api.alertingprovisioning.get_alertrule(rule.uid)
-        except GrafanaClientError as exc:
-            if not _missing(exc):
-                raise
-            api.alertingprovisioning.create_alertrule(wanted)
-            report.created.append(f"alert rule {rule.uid}")
-            continue
-        if agrees(wanted, found):
-            report.unchanged.append(f"alert rule {rule.uid}")
-        else:
-            api.alertingprovisioning.update_alertrule(rule.uid, wanted)
-            report.updated.append(f"alert rule {rule.uid}")
-    return report
+
+def _rule(api: GrafanaApi, rule: AlertRule, folder_uid: str, report: Report) -> None:
+    wanted = rule.to_json(folder_uid)
+    try:
+        found = api.alertingprovisioning.get_alertrule(rule.uid)
+    except GrafanaClientError as exc:
+        if not _missing(exc):
+            raise
+        api.alertingprovisioning.create_alertrule(wanted)
+        report.created.append(f"alert rule {rule.uid}")
+        return
+    if agrees(wanted, found):
+        report.unchanged.append(f"alert rule {rule.uid}")
+    else:
+        api.alertingprovisioning.update_alertrule(rule.uid, wanted)
+        report.updated.append(f"alert rule {rule.uid}")

@@ -25,6 +25,7 @@ from contract.http import (
 from scorer.publish import StoredItem
 from vlae import views
 from vlae.checkpoint import LoadedModel, UnmappedLineError
+from vlae.condition import Condition, codes_of
 
 ItemLoader = Callable[[str], Awaitable[StoredItem | None]]
 AnyRequest = (
@@ -42,13 +43,12 @@ class ExploreError(Exception):
         self.reason = reason
 
 
-def line_condition(loaded: LoadedModel, line: str) -> int:
-    """The condition index an item of ``line`` is encoded under (-1: its best one)."""
+def line_condition(loaded: LoadedModel, line: str) -> Condition:
+    """The condition an item of ``line`` is encoded under: its line's, else its best one."""
     try:
-        c = loaded.condition_for_line(line)
+        return loaded.line_condition(line)
     except UnmappedLineError:
-        c = None
-    return -1 if c is None else c
+        return Condition.best()
 
 
 async def load_items(loaded: LoadedModel, ids: list[str], load: ItemLoader) -> views.Items:
@@ -66,7 +66,7 @@ async def load_items(loaded: LoadedModel, ids: list[str], load: ItemLoader) -> v
     return views.Items(
         names=[it.item_id for it in found],
         images=np.stack([it.image for it in found]),
-        conditions=np.array([line_condition(loaded, it.line) for it in found], np.int64),
+        conditions=codes_of([line_condition(loaded, it.line) for it in found]),
     )
 
 
@@ -89,7 +89,7 @@ async def gather(
             images=np.stack([it.image for it in kept])
             if kept
             else np.zeros((0, *loaded.card["image_shape"]), np.uint8),
-            conditions=np.array([line_condition(loaded, it.line) for it in kept], np.int64),
+            conditions=codes_of([line_condition(loaded, it.line) for it in kept]),
         )
         return items, lines, np.array(flags, bool)
     ids = named_items(req)

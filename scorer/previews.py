@@ -7,10 +7,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vlae.base import VLAEBase
 from vlae.checkpoint import LoadedModel
+from vlae.condition import BEST_CONDITION, Condition
 from vlae.figures import hwc, to_png
 from vlae.images import to_float
-from vlae.model import _VLAEBase
 from vlae.regions import find_regions
 from vlae.score import best_conditions
 
@@ -28,14 +29,14 @@ def heatmap(error: np.ndarray) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-def _condition(model: _VLAEBase, x: torch.Tensor, condition: int = -1) -> torch.Tensor | None:
+def _condition(model: VLAEBase, x: torch.Tensor, condition: Condition) -> torch.Tensor | None:
     """A conditional model's condition for the items: ``condition`` (the item's line's), or
-    their best one when that is -1; None for other models."""
+    their best one when it is ``best``; None for other models."""
     if not model.config.num_conditions:
         return None
-    if condition < 0:
+    if condition.is_best:
         return best_conditions(model, x)[0]
-    return torch.full((len(x),), condition, device=x.device)
+    return torch.full((len(x),), condition.code, device=x.device)
 
 
 def overlay(
@@ -58,13 +59,13 @@ def render(
     loaded: LoadedModel,
     image: np.ndarray,
     scale: int = 4,
-    condition: int = -1,
+    condition: Condition = BEST_CONDITION,
     pixel_threshold: float | None = None,
 ) -> dict[str, bytes]:
     """PNGs of one uint8 (C, H, W) image: original, reconstruction, denoised, error, panel,
     and overlay (the original with its map and, given its line's ``pixel_threshold``, its
     regions outlined, beside the denoised image); a conditional model reconstructs under
-    ``condition`` (-1: the item's best)."""
+    ``condition`` (by default, the item's best)."""
     device = next(loaded.model.parameters()).device
     x = torch.from_numpy(to_float(image[None])).to(device)
     c = _condition(loaded.model, x, condition)

@@ -1,21 +1,23 @@
-"""The test files the README's Reliability table cites: ``make test-reliability`` runs exactly
-these (``python -m tests.reliability`` prints them), so the table and the command cannot
-drift apart."""
+"""The test files the Reliability table of docs/reliability.md cites: ``make test-reliability``
+runs exactly these (``python -m tests.reliability`` prints them), so the table and the command
+cannot drift apart."""
 
 from __future__ import annotations
 
 import re
+from itertools import takewhile
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "docs" / "reliability.md"
+HEADER = "| fault or input |"
 
 
-def cited(readme: Path = README) -> list[str]:
-    """Each ``tests/...py`` a row of the "## Reliability" table names, in order, once."""
-    text = readme.read_text()
-    start = text.index("\n## Reliability")
-    end = text.find("\n## ", start + 1)
-    rows = [ln for ln in text[start:end].splitlines() if ln.startswith("|")]
+def cited(page: Path = PAGE) -> list[str]:
+    """Each ``tests/...py`` a row of the page's fault table names, in order, once."""
+    lines = page.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(HEADER))
+    rows = takewhile(lambda ln: ln.startswith("|"), lines[start:])
     return list(dict.fromkeys(re.findall(r"tests/[\w/]+\.py", "\n".join(rows))))
 
 

@@ -1,14 +1,12 @@
-"""The README's Reliability table cites tests that exist, and `make test-reliability` runs
-those (before, it ran the 7 files marked `reliability` while the table cited others, one of
-them missing)."""
+"""The Reliability table (docs/reliability.md) cites tests that exist, and `make
+test-reliability` runs those (before, it ran the 7 files marked `reliability` while the table
+cited others, one of them missing)."""
 
 from __future__ import annotations
 
 import re
 
-from tests.reliability import README, cited
-
-ROOT = README.parent
+from tests.reliability import ROOT, cited
 
 
 def test_the_reliability_table_cites_tests_that_exist_and_make_runs_them() -> None:

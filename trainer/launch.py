@@ -10,6 +10,7 @@ is replaced and resumes the same way (``FailureConfig``).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -17,14 +18,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer import progress
 from trainer.train import FitResult, LoopContext, TrainArrays, TrainConfig, fit
 from vlae.model import ModelConfig, config_from_dict, config_to_dict
+
+if TYPE_CHECKING:
+    from ray.train import Result, ScalingConfig
+    from ray.train.torch import TorchTrainer
 
 STATE_FILE = "state.pt"
 
@@ -89,7 +96,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
             torch.save(state_fn(), Path(d) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
-    refs = config["arrays"]
+    refs, sink = config["arrays"], config.get("progress")
     arrays = TrainArrays(
         train_x=ray.get(refs["train_x"]),
         val_x=ray.get(refs["val_x"]),
@@ -105,34 +112,46 @@ def _worker_loop(config: dict[str, Any]) -> None:
         restore=restore,
         # stderr: the driver's stdout stays machine-readable (the CLI prints JSON there).
         log=lambda line: print(f"[train] {line}", file=sys.stderr, flush=True),
+        progress=None if sink is None else functools.partial(progress.put, sink),
     )
     fit(config_from_dict(config["model"]), TrainConfig(**config["train"]), arrays, ctx)
 
 
 def fit_with_ray(
-    model_cfg: ModelConfig, cfg: TrainConfig, data: TrainArrays, launch: RayLaunch
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    data: TrainArrays,
+    launch: RayLaunch,
+    show: Callable[[dict[str, float], int], None] | None = None,
 ) -> FitResult:
-    """Run ``fit`` under a Ray Train ``TorchTrainer``; Ray must already be initialised."""
-    import ray
-    from ray.train import (
-        CheckpointConfig,
-        FailureConfig,
-        LoggingConfig,
-        RunConfig,
-        ScalingConfig,
-    )
-    from ray.train.torch import TorchTrainer
-
+    """Run ``fit`` under a Ray Train ``TorchTrainer``; Ray must already be initialised.
+    ``show`` (a ``LoopContext.progress``) gets each epoch's metrics in this process."""
     # Read by Ray Train from the driver's environment and passed to its controller; a value
     # the user set stays.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(launch.poll_interval_s))
-    use_gpu = launch.use_gpu
-    if use_gpu is None:
-        use_gpu = cluster_gpus() >= launch.num_workers
-    resources: dict[str, float] = {"CPU": launch.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = 1.0
-    trainer = TorchTrainer(
+    relay = None if show is None else progress.Relay(show).start()
+    try:
+        trainer = _trainer(model_cfg, cfg, data, launch, None if relay is None else relay.sink)
+        result = _fit_keeping_signals(trainer)
+    finally:
+        if relay is not None:
+            relay.stop()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray Train run {launch.run_name} ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = _load_state(d)
+    return FitResult(state_dicts=state["models"], history=list(state["history"]))
+
+
+def _trainer(
+    model_cfg: ModelConfig, cfg: TrainConfig, data: TrainArrays, launch: RayLaunch, sink: Any
+) -> TorchTrainer:
+    """The ``TorchTrainer`` of a run: ``_worker_loop`` on each worker, with its configs."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
         _worker_loop,
         train_loop_config={
             "model": config_to_dict(model_cfg),
@@ -141,10 +160,9 @@ def fit_with_ray(
             "arrays": {name: None if a is None else ray.put(a) for name, a in vars(data).items()},
             "threads": launch.cpus_per_worker,
             "checkpoint_every_s": launch.checkpoint_every_s,
+            "progress": sink,  # a Ray queue to the driver's progress display, or None
         },
-        scaling_config=ScalingConfig(
-            num_workers=launch.num_workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
+        scaling_config=_scaling(launch),
         run_config=RunConfig(
             name=launch.run_name,
             storage_path=str(Path(launch.storage_path).resolve()),
@@ -154,21 +172,36 @@ def fit_with_ray(
             logging_config=LoggingConfig(log_level=launch.log_level),  # type: ignore[call-arg]
         ),
     )
-    # TorchTrainer.fit installs its own SIGINT handler (abort the run) and leaves it in place:
-    # restore the caller's, so a long-running command (demo, serve) still stops on Ctrl-C.
+
+
+def _scaling(launch: RayLaunch) -> ScalingConfig:
+    """The workers: GPU workers when asked, or (``use_gpu`` None) when the cluster has a GPU
+    for each."""
+    from ray.train import ScalingConfig
+
+    use_gpu = launch.use_gpu
+    if use_gpu is None:
+        use_gpu = cluster_gpus() >= launch.num_workers
+    resources: dict[str, float] = {"CPU": launch.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1.0
+    return ScalingConfig(
+        num_workers=launch.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+    )
+
+
+def _fit_keeping_signals(trainer: TorchTrainer) -> Result:
+    """``trainer.fit()``'s result. TorchTrainer.fit installs its own SIGINT handler (abort the
+    run) and leaves it in place: the caller's come back, so a long-running command (demo,
+    serve) still stops on Ctrl-C."""
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = trainer.fit()
+        return trainer.fit()
     finally:
         if threading.current_thread() is threading.main_thread():
             for sig, handler in handlers.items():
                 if handler is not None:
                     signal.signal(sig, handler)
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train run {launch.run_name} ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
-        state = _load_state(d)
-    return FitResult(state_dicts=state["models"], history=list(state["history"]))
 
 
 def cluster_gpus() -> float:

@@ -16,10 +16,13 @@ import torch
 
 from trainer.data import NormalSplit, fingerprint
 from trainer.train import FitResult, TrainArrays, TrainConfig
-from vlae.checkpoint import BEST_CONDITION, WEIGHT_FILES, CalibrationLatents, save_checkpoint
+from vlae.base import VLAEBase
+from vlae.checkpoint import WEIGHT_FILES, CalibrationLatents, save_checkpoint
+from vlae.condition import BEST_NAME
 from vlae.explore import calibration_latents
 from vlae.images import to_float
-from vlae.model import SCORE_KIND_TEXT, ModelConfig, build_model
+from vlae.likelihood import SCORE_KIND_TEXT
+from vlae.model import ModelConfig, build_model
 from vlae.score import pixel_maps, score_images
 
 Fitter = Callable[[ModelConfig, TrainConfig, TrainArrays], FitResult]
@@ -57,6 +60,19 @@ def train_arrays(split: NormalSplit, conditional: bool) -> TrainArrays:
     )
 
 
+def _loaded(model_cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> VLAEBase:
+    model = build_model(model_cfg)
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def _condition_codes(
+    model_cfg: ModelConfig, split: NormalSplit, labels: np.ndarray
+) -> np.ndarray | None:
+    """A conditional model's condition codes of these labels (their normal class's index)."""
+    return split.condition_index(labels) if model_cfg.num_conditions else None
+
+
 def with_map_stats(
     model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
 ) -> dict[str, torch.Tensor]:
@@ -65,13 +81,9 @@ def with_map_stats(
     scores must stay exchangeable with new normal ones)."""
     if model_cfg.score_kind != "local":
         return weights
-    model = build_model(model_cfg)
-    model.load_state_dict(weights)
-    model.eval()
-    conditions = (
-        split.condition_index(split.validation.labels) if model_cfg.num_conditions else None
-    )
-    model.set_map_stats(pixel_maps(model, split.validation.images, conditions))
+    model = _loaded(model_cfg, weights)
+    codes = _condition_codes(model_cfg, split, split.validation.labels)
+    model.set_map_stats(pixel_maps(model, split.validation.images, codes))
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -80,12 +92,9 @@ def calibration_scores(
 ) -> pd.DataFrame:
     """Scores of the held-out normal images: the data thresholds are calibrated on, with
     each image's anomaly-map maximum (``map_max``: what pixel thresholds are calibrated on)."""
-    model = build_model(model_cfg)
-    model.load_state_dict(weights)
-    conditions = (
-        split.condition_index(split.calibration.labels) if model_cfg.num_conditions else None
-    )
-    frame = score_images(model, split.calibration.images, conditions, map_max=True).frame()
+    model = _loaded(model_cfg, weights)
+    codes = _condition_codes(model_cfg, split, split.calibration.labels)
+    frame = score_images(model, split.calibration.images, codes, map_max=True).frame()
     frame.insert(0, "label", split.calibration.labels.astype(str))
     return frame
 
@@ -94,12 +103,9 @@ def reference_latents(
     model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
 ) -> CalibrationLatents:
     """Latent means and images of the held-out normal images (the explorer's reference)."""
-    model = build_model(model_cfg)
-    model.load_state_dict(weights)
-    conditions = (
-        split.condition_index(split.calibration.labels) if model_cfg.num_conditions else None
-    )
-    return calibration_latents(model.eval(), split.calibration.images, conditions)
+    model = _loaded(model_cfg, weights)
+    codes = _condition_codes(model_cfg, split, split.calibration.labels)
+    return calibration_latents(model, split.calibration.images, codes)
 
 
 def check_line_conditions(
@@ -110,12 +116,12 @@ def check_line_conditions(
         return {}
     if not conditional:
         raise ValueError("a line -> condition mapping needs a conditional model (--conditional)")
-    allowed = {*normal_classes, BEST_CONDITION}
+    allowed = {*normal_classes, BEST_NAME}
     bad = {ln: c for ln, c in line_conditions.items() if str(c) not in allowed}
     if bad:
         raise ValueError(
             f"line conditions {bad}: each must be one of the normal classes {list(normal_classes)}"
-            f" or {BEST_CONDITION!r}"
+            f" or {BEST_NAME!r}"
         )
     return {str(ln): str(c) for ln, c in line_conditions.items()}
 

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from trainer.corrupt import corrupt
-from vlae.model import ModelConfig, _VLAEBase, add_noise, build_model, kl_divergence
+from vlae.base import VLAEBase
+from vlae.model import ModelConfig, add_noise, build_model
 
 LRSchedule = Literal["none", "plateau", "cosine"]
 Noise = Literal["gaussian", "structured"]
@@ -74,6 +75,9 @@ class LoopContext:
     report: Callable[[dict[str, float], Callable[[], dict[str, Any]]], None] | None = None
     restore: dict[str, Any] | None = None
     log: Callable[[str], None] = print
+    # Called on rank 0 after each epoch with its metrics and the run's epoch count: the
+    # progress display (trainer.progress), reached through Ray when the loop runs in a worker.
+    progress: Callable[[dict[str, float], int], None] | None = None
 
 
 @dataclass
@@ -88,10 +92,24 @@ class FitResult:
 class _Member:
     name: str
     model: nn.Module  # possibly DDP-wrapped
-    core: nn.Module  # the unwrapped model
+    core: VLAEBase  # the unwrapped model
     optimizer: torch.optim.Optimizer
     scheduler: Any
     denoising: bool
+
+    @property
+    def prefix(self) -> str:
+        """Of its metrics' names: none for the scoring model."""
+        return "" if self.name == "model" else f"{self.name}_"
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """This rank's share of every epoch: ``size`` images in ``steps`` batches of ``batch``."""
+
+    size: int
+    batch: int
+    steps: int
 
 
 def _scheduler(opt: torch.optim.Optimizer, kind: LRSchedule, epochs: int) -> Any:
@@ -129,13 +147,18 @@ def _noisy(x: Tensor, cfg: TrainConfig) -> Tensor:
 
 
 def _loss_terms(
-    m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig, sample: bool, train: bool = True
+    m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig, train: bool
 ) -> tuple[Tensor, Tensor]:
+    """Per-item (recon, kl) of a batch: the model's ``elbo_terms``, of a noisy input for a
+    denoising member. Training samples z and runs the wrapped model; validation does not."""
     inp = _noisy(x, cfg) if m.denoising else x
-    logits, mu, logvar = (m.model if train else m.core)(inp, c, sample=sample)
-    core = m.core
-    assert isinstance(core, _VLAEBase)
-    return core.recon_nll(logits, x), kl_divergence(mu, logvar)
+    forward = m.model if train else None
+    return m.core.elbo_terms(inp, target=x, c=c, sample=train, forward=forward)
+
+
+def _objective(recon: Tensor, kl: Tensor, cfg: TrainConfig) -> Tensor:
+    """Per item, the loss minimised: recon + beta * kl."""
+    return recon + cfg.beta * kl
 
 
 def fit(
@@ -148,7 +171,33 @@ def fit(
     ctx = ctx or LoopContext()
     device = ctx.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed + ctx.rank)
+    members = _members(model_cfg, cfg, device)
+    start_epoch, history = _restore(members, ctx, cfg.epochs)
+    for m in members:
+        m.model = ctx.wrap(m.core)
+    shard = _shard(len(data.train_x), cfg.batch_size, ctx)
+    t_start = time.monotonic()
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.monotonic()
+        train_means = _train_epoch(members, data, cfg, ctx, shard, epoch, device)
+        val = _allreduce_mean(_validate(members, data, cfg, device), ctx)
+        metrics = _epoch_metrics(members, epoch, train_means, val)
+        metrics["epoch_s"] = time.monotonic() - t0
+        done = epoch + 1 - start_epoch
+        metrics["eta_s"] = (time.monotonic() - t_start) / done * (cfg.epochs - epoch - 1)
+        history.append(metrics)
+        if ctx.rank == 0 and ctx.progress is not None:
+            ctx.progress(metrics, cfg.epochs)
+        if ctx.report is not None:
+            ctx.report(metrics, functools.partial(_state, members, epoch, history))
+    return FitResult(
+        state_dicts={m.name: _cpu_state(m.core) for m in members},
+        history=history,
+    )
 
+
+def _members(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> list[_Member]:
+    """The scoring model and, when asked, the companion denoiser, each with its optimiser."""
     members: list[_Member] = []
     specs = [("model", cfg.denoising)] + ([("denoiser", True)] if cfg.denoiser else [])
     for name, denoising in specs:
@@ -158,87 +207,88 @@ def fit(
         members.append(
             _Member(name, core, core, opt, _scheduler(opt, cfg.lr_schedule, cfg.epochs), denoising)
         )
+    return members
 
-    start_epoch, history = 0, []
-    if ctx.restore is not None:
-        for m in members:
-            m.core.load_state_dict(ctx.restore["models"][m.name])
-            m.optimizer.load_state_dict(ctx.restore["optimizers"][m.name])
-            if m.scheduler is not None:
-                m.scheduler.load_state_dict(ctx.restore["schedulers"][m.name])
-        start_epoch = int(ctx.restore["epoch"]) + 1
-        history = list(ctx.restore["history"])
-        ctx.log(f"resuming at epoch {start_epoch + 1}/{cfg.epochs}")
+
+def _restore(
+    members: list[_Member], ctx: LoopContext, epochs: int
+) -> tuple[int, list[dict[str, float]]]:
+    """Load a resumed run's loop state (``_state``) into the members; return the epoch to
+    start at and the history so far (0 and none for a new run)."""
+    if ctx.restore is None:
+        return 0, []
     for m in members:
-        m.model = ctx.wrap(m.core)
+        m.core.load_state_dict(ctx.restore["models"][m.name])
+        m.optimizer.load_state_dict(ctx.restore["optimizers"][m.name])
+        if m.scheduler is not None:
+            m.scheduler.load_state_dict(ctx.restore["schedulers"][m.name])
+    start_epoch = int(ctx.restore["epoch"]) + 1
+    ctx.log(f"resuming at epoch {start_epoch + 1}/{epochs}")
+    return start_epoch, list(ctx.restore["history"])
 
-    n = len(data.train_x)
-    # Equal shard sizes on every rank: data-parallel ranks must take the same number of steps.
+
+def _shard(n: int, batch_size: int, ctx: LoopContext) -> _Shard:
+    """Equal shard sizes on every rank: data-parallel ranks must take the same number of
+    steps. ``batch_size`` is the global batch: N workers take the steps one process would."""
     per_rank = n // ctx.world_size
     if per_rank < 1:
         raise ValueError(f"{n} training images cannot be split over {ctx.world_size} workers")
-    # batch_size is the global batch: N workers take the same steps as one process would.
-    local_batch = max(1, cfg.batch_size // ctx.world_size)
-    steps = math.ceil(per_rank / local_batch)
-    t_start = time.monotonic()
+    local_batch = max(1, batch_size // ctx.world_size)
+    return _Shard(per_rank, local_batch, math.ceil(per_rank / local_batch))
 
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.monotonic()
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(n)
-        # Sampling noise seeded per epoch and rank: a resumed run repeats the same steps.
-        torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, ctx.rank]).integers(2**62)))
-        mine = torch.from_numpy(perm[ctx.rank :: ctx.world_size][:per_rank])
-        sums = torch.zeros(3 * len(members), device=device)
-        for m in members:
-            m.model.train()
-        for step in range(steps):
-            idx = mine[step * local_batch : (step + 1) * local_batch]
-            x = random_crops(data.train_x[idx], cfg.crop).to(device, non_blocking=True)
-            c = None if data.train_c is None else data.train_c[idx].to(device)
-            for j, m in enumerate(members):
-                recon, kl = _loss_terms(m, x, c, cfg, sample=True)
-                loss = (recon + cfg.beta * kl).mean()
-                m.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                m.optimizer.step()
-                sums[3 * j : 3 * j + 3] += torch.stack(
-                    [loss.detach(), recon.mean().detach(), kl.mean().detach()]
-                )
-        train_means = _allreduce_mean(sums / steps, ctx)
 
-        val = _validate(members, data, cfg, device)
-        val = _allreduce_mean(val, ctx)
-        metrics: dict[str, float] = {"epoch": float(epoch + 1)}
+def _train_epoch(
+    members: list[_Member],
+    data: TrainArrays,
+    cfg: TrainConfig,
+    ctx: LoopContext,
+    shard: _Shard,
+    epoch: int,
+    device: torch.device,
+) -> Tensor:
+    """One epoch of this rank's batches; per member, the mean (loss, recon, kl) over ranks."""
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(data.train_x))
+    # Sampling noise seeded per epoch and rank: a resumed run repeats the same steps.
+    torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, ctx.rank]).integers(2**62)))
+    mine = torch.from_numpy(perm[ctx.rank :: ctx.world_size][: shard.size])
+    sums = torch.zeros(3 * len(members), device=device)
+    for m in members:
+        m.model.train()
+    for step in range(shard.steps):
+        idx = mine[step * shard.batch : (step + 1) * shard.batch]
+        x = random_crops(data.train_x[idx], cfg.crop).to(device, non_blocking=True)
+        c = None if data.train_c is None else data.train_c[idx].to(device)
         for j, m in enumerate(members):
-            prefix = "" if m.name == "model" else f"{m.name}_"
-            loss_, recon_, kl_ = (float(v) for v in train_means[3 * j : 3 * j + 3])
-            metrics |= {f"{prefix}loss": loss_, f"{prefix}recon": recon_, f"{prefix}kl": kl_}
-            metrics[f"{prefix}val_loss"] = float(val[j])
-            if isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                m.scheduler.step(float(val[j]))
-            elif m.scheduler is not None:
-                m.scheduler.step()
-        metrics["lr"] = float(members[0].optimizer.param_groups[0]["lr"])
-        metrics["epoch_s"] = time.monotonic() - t0
-        done = epoch + 1 - start_epoch
-        metrics["eta_s"] = (time.monotonic() - t_start) / done * (cfg.epochs - epoch - 1)
-        history.append(metrics)
-        if ctx.rank == 0:
-            filled = round(20 * (epoch + 1) / cfg.epochs)
-            ctx.log(
-                f"[{'#' * filled}{'.' * (20 - filled)}] "
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {metrics['loss']:.2f}  "
-                f"recon {metrics['recon']:.2f}  kl {metrics['kl']:.2f}  "
-                f"val_loss {metrics['val_loss']:.2f}  lr {metrics['lr']:.2g}  "
-                f"{metrics['epoch_s']:.1f}s/epoch  eta {metrics['eta_s']:.0f}s"
-            )
-        if ctx.report is not None:
-            ctx.report(metrics, functools.partial(_state, members, epoch, history))
+            sums[3 * j : 3 * j + 3] += _train_step(m, x, c, cfg)
+    return _allreduce_mean(sums / shard.steps, ctx)
 
-    return FitResult(
-        state_dicts={m.name: _cpu_state(m.core) for m in members},
-        history=history,
-    )
+
+def _train_step(m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig) -> Tensor:
+    """One optimiser step of a member; its batch's mean (loss, recon, kl), detached."""
+    recon, kl = _loss_terms(m, x, c, cfg, train=True)
+    loss = _objective(recon, kl, cfg).mean()
+    m.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    m.optimizer.step()
+    return torch.stack([loss.detach(), recon.mean().detach(), kl.mean().detach()])
+
+
+def _epoch_metrics(
+    members: list[_Member], epoch: int, train_means: Tensor, val: Tensor
+) -> dict[str, float]:
+    """The epoch's metrics per member, after stepping its learning-rate schedule."""
+    metrics: dict[str, float] = {"epoch": float(epoch + 1)}
+    for j, m in enumerate(members):
+        loss, recon, kl = (float(v) for v in train_means[3 * j : 3 * j + 3])
+        p = m.prefix
+        metrics |= {f"{p}loss": loss, f"{p}recon": recon, f"{p}kl": kl}
+        metrics[f"{p}val_loss"] = float(val[j])
+        if isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            m.scheduler.step(float(val[j]))
+        elif m.scheduler is not None:
+            m.scheduler.step()
+    metrics["lr"] = float(members[0].optimizer.param_groups[0]["lr"])
+    return metrics
 
 
 @torch.no_grad()
@@ -258,8 +308,8 @@ def _validate(
         for i in range(0, n, 512):
             x = data.val_x[i : i + 512].to(device)
             c = None if data.val_c is None else data.val_c[i : i + 512].to(device)
-            recon, kl = _loss_terms(m, x, c, cfg, sample=False, train=False)
-            total += (recon + cfg.beta * kl).sum()
+            recon, kl = _loss_terms(m, x, c, cfg, train=False)
+            total += _objective(recon, kl, cfg).sum()
         out[j] = total / n
     torch.set_rng_state(gen_state)
     return out

@@ -32,14 +32,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from vlae.model import (
-    MAP_TERMS,
-    ModelConfig,
-    _VLAEBase,
-    build_model,
-    config_from_dict,
-    config_to_dict,
-)
+from vlae.base import VLAEBase
+from vlae.condition import Condition
+from vlae.likelihood import MAP_TERMS
+from vlae.model import ModelConfig, build_model, config_from_dict, config_to_dict
 
 CARD = "model_card.json"
 CALIBRATION = "calibration.csv"
@@ -49,8 +45,6 @@ LATENTS = "calibration_latents.safetensors"
 # written before the calibration scores were covered lack the list and get LEGACY_HASHED.
 HASHED_FILES = (*WEIGHT_FILES.values(), LATENTS, CALIBRATION)
 LEGACY_HASHED = (*WEIGHT_FILES.values(), LATENTS)
-# The value of a line mapping that scores the item under its best condition.
-BEST_CONDITION = "best"
 
 
 class CheckpointError(RuntimeError):
@@ -64,7 +58,8 @@ class UnmappedLineError(ValueError):
 @dataclass(frozen=True)
 class CalibrationLatents:
     """The held-out normal images as the model sees them: latent means (z = mu) under their
-    own condition, that condition (-1 for an unconditional model) and the uint8 images."""
+    own condition, that condition's code (``BEST`` for an unconditional model) and the uint8
+    images."""
 
     mu: np.ndarray  # (N, D) float32
     conditions: np.ndarray  # (N,) int64
@@ -91,8 +86,8 @@ class LoadedModel:
     """A checkpoint in memory: the scoring model, the optional denoiser, card and calibration."""
 
     path: Path
-    model: _VLAEBase
-    denoiser: _VLAEBase | None
+    model: VLAEBase
+    denoiser: VLAEBase | None
     card: dict[str, Any]
     calibration: pd.DataFrame
     latents: CalibrationLatents | None = None  # None in checkpoints from before the explorer
@@ -120,23 +115,21 @@ class LoadedModel:
                 f"condition {name!r} is not one of the model's {self.conditions}"
             ) from None
 
-    def condition_for_line(self, line: str) -> int | None:
-        """The condition an item of ``line`` is scored under: an index, or None for its best
-        condition (an unconditional model, a conditional one without a line mapping, or a
-        line mapped to ``best``). A conditional model whose card maps lines refuses a line it
-        does not map (and no ``*`` fallback): ``UnmappedLineError``."""
-        if not self.conditions:
-            return None
-        mapping = self.line_conditions
+    def line_condition(self, line: str) -> Condition:
+        """The condition an item of ``line`` is scored under: ``best`` for an unconditional
+        model, a conditional one without a line mapping, or a line mapped to ``best``. A
+        conditional model whose card maps lines refuses a line it does not map (and no ``*``
+        fallback): ``UnmappedLineError``."""
+        mapping = self.line_conditions if self.conditions else {}
         if not mapping:
-            return None
+            return Condition.best()
         name = mapping.get(line, mapping.get("*"))
         if name is None:
             raise UnmappedLineError(
                 f"line {line!r} has no condition in model {self.version} (mapped lines: "
                 f"{', '.join(sorted(mapping))}); map it at training time (--line-condition)"
             )
-        return None if name == BEST_CONDITION else self.condition_index(name)
+        return Condition.named(name, self.conditions)
 
 
 def content_hash(
@@ -238,7 +231,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     card = verify_checkpoint(directory)
     cfg = config_from_dict(card["architecture"])
 
-    def _load(name: str) -> _VLAEBase:
+    def _load(name: str) -> VLAEBase:
         m = build_model(cfg)
         try:
             # safetensors holds tensors only: no pickle, nothing executable in the file.

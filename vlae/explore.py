@@ -16,9 +16,10 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vlae.base import VLAEBase
 from vlae.checkpoint import CalibrationLatents
 from vlae.images import to_float
-from vlae.model import SpatialVLAEConfig, _VLAEBase
+from vlae.model import SpatialVLAEConfig
 from vlae.score import best_conditions
 
 MapMethod = Literal["auto", "tsne", "pca"]
@@ -27,11 +28,11 @@ CodeDtype = Literal["float32", "float16"]
 TSNE_MAX_POINTS = 3000
 
 
-def _device(model: _VLAEBase) -> torch.device:
+def _device(model: VLAEBase) -> torch.device:
     return next(model.parameters()).device
 
 
-def latent_shape(model: _VLAEBase) -> tuple[int, ...]:
+def latent_shape(model: VLAEBase) -> tuple[int, ...]:
     """The shape of one item's latent means: (D,), or (channels, h, w) for a model with a
     grid of latent cells. The explorer handles every latent as its flat vector."""
     cfg = model.config
@@ -41,12 +42,12 @@ def latent_shape(model: _VLAEBase) -> tuple[int, ...]:
     return (int(cfg.latent_dim),)
 
 
-def latent_size(model: _VLAEBase) -> int:
+def latent_size(model: VLAEBase) -> int:
     """The length of one item's flat latent vector."""
     return math.prod(latent_shape(model))
 
 
-def _num_conditions(model: _VLAEBase) -> int:
+def _num_conditions(model: VLAEBase) -> int:
     return int(getattr(model.config, "num_conditions", 0))
 
 
@@ -55,7 +56,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def _one_hot(model: _VLAEBase, conditions: np.ndarray | None, n: int) -> torch.Tensor | None:
+def _one_hot(model: VLAEBase, conditions: np.ndarray | None, n: int) -> torch.Tensor | None:
     k = _num_conditions(model)
     if k == 0:
         return None
@@ -67,7 +68,7 @@ def _one_hot(model: _VLAEBase, conditions: np.ndarray | None, n: int) -> torch.T
 
 @torch.no_grad()
 def encode(
-    model: _VLAEBase,
+    model: VLAEBase,
     images: np.ndarray,
     conditions: np.ndarray | None = None,
     batch_size: int = 512,
@@ -102,7 +103,7 @@ def encode(
 
 
 @torch.no_grad()
-def decode(model: _VLAEBase, z: np.ndarray, conditions: np.ndarray | None = None) -> np.ndarray:
+def decode(model: VLAEBase, z: np.ndarray, conditions: np.ndarray | None = None) -> np.ndarray:
     """uint8 images (N, C, H, W) of latent points: the decoder's pixel means, rounded.
     ``conditions`` is (N,) indices, or (N, K) condition weights (interpolated one-hots)."""
     model.eval()
@@ -117,7 +118,7 @@ def decode(model: _VLAEBase, z: np.ndarray, conditions: np.ndarray | None = None
 
 
 def calibration_latents(
-    model: _VLAEBase, images: np.ndarray, conditions: np.ndarray | None, max_items: int = 4096
+    model: VLAEBase, images: np.ndarray, conditions: np.ndarray | None, max_items: int = 4096
 ) -> CalibrationLatents:
     """The normal reference the explorer needs, stored in the checkpoint at training time:
     latent means of the held-out normal images under their own condition, and the images
@@ -255,7 +256,7 @@ def nearest_normal(
 
 
 def sample_prior(
-    model: _VLAEBase, n: int, condition: int | None = None, seed: int = 0
+    model: VLAEBase, n: int, condition: int | None = None, seed: int = 0
 ) -> np.ndarray:
     """``n`` images decoded from z ~ N(0, I) (seeded); a conditional model needs a condition."""
     if _num_conditions(model) and (condition is None or condition < 0):
@@ -267,7 +268,7 @@ def sample_prior(
 
 
 def interpolate(
-    model: _VLAEBase,
+    model: VLAEBase,
     mu_a: np.ndarray,
     mu_b: np.ndarray,
     steps: int,
@@ -298,7 +299,7 @@ def active_dims(reference_mu: np.ndarray, n: int) -> list[int]:
 
 
 def traverse(
-    model: _VLAEBase,
+    model: VLAEBase,
     z0: np.ndarray,
     dims: list[int],
     steps: int,
@@ -362,7 +363,7 @@ class Compression:
 
 
 def compress(
-    model: _VLAEBase,
+    model: VLAEBase,
     images: np.ndarray,
     conditions: np.ndarray | None = None,
     code_dtype: CodeDtype = "float32",

@@ -10,13 +10,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from vlae.base import VLAEBase
+from vlae.condition import is_best
 from vlae.images import to_float
-from vlae.model import ScoreKind, _VLAEBase, combine_score, local_parts, total_variation
+from vlae.likelihood import ScoreKind, combine_score, local_parts, total_variation
 
 
 @dataclass
 class Scores:
-    """Per-item score parts and the model's score of them (``vlae.model.combine_score``).
+    """Per-item score parts and the model's score of them (``vlae.likelihood.combine_score``).
 
     ``contrast`` (conditional models scored under a given condition): how much better another
     condition explains the item, elbo(x | c) - min over c' of elbo(x | c'), >= 0. It is added
@@ -30,7 +32,7 @@ class Scores:
     complexity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     kind: ScoreKind = "elbo"
     contrast: np.ndarray | None = None
-    maps: np.ndarray | None = None  # (N, H, W) float32: ``_VLAEBase.score_map``, when asked
+    maps: np.ndarray | None = None  # (N, H, W) float32: ``VLAEBase.score_map``, when asked
     map_max: np.ndarray | None = None  # (N,): each map's maximum, when asked
 
     @property
@@ -40,13 +42,8 @@ class Scores:
 
     @property
     def score(self) -> np.ndarray:
-        extra = 0.0 if self.contrast is None else self.contrast
-        if self.kind == "elbo":
-            return self.elbo + extra
-        recon, kl, complexity = (torch.from_numpy(np.asarray(a))
-                                 for a in (self.recon + extra, self.kl,
-                                           self.complexity))  # fmt: skip
-        return combine_score(recon, kl, complexity, self.kind).numpy()
+        """The anomaly score per item: ``combine_score`` of the parts."""
+        return combine_score(self.recon, self.kl, self.complexity, self.kind, self.contrast)
 
     def frame(self) -> pd.DataFrame:
         columns = {"recon": self.recon, "kl": self.kl, "complexity": self.complexity}
@@ -59,7 +56,7 @@ class Scores:
 
 
 @torch.no_grad()
-def _all_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _all_conditions(model: VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(recon, kl) of every item under every condition, each (K, N)."""
     k = int(model.config.num_conditions)
     options = [model.anomaly_score(x, torch.full((len(x),), j, device=x.device)) for j in range(k)]
@@ -67,7 +64,7 @@ def _all_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def best_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def best_conditions(model: VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """For a conditional model scored without conditions: per item, the condition under which
     it looks most normal (lowest score), and its (recon, kl) under that condition."""
     r_all, kl_all = _all_conditions(model, x)
@@ -77,17 +74,18 @@ def best_conditions(model: _VLAEBase, x: torch.Tensor) -> tuple[torch.Tensor, ..
 
 @torch.no_grad()
 def score_images(
-    model: _VLAEBase,
+    model: VLAEBase,
     images: np.ndarray,
     conditions: np.ndarray | None = None,
     batch_size: int = 512,
     maps: bool = False,
     map_max: bool = False,
 ) -> Scores:
-    """Score uint8 (N, C, H, W) images; a conditional model without conditions (or with a
-    negative condition index for an item) takes, per item, the condition under which it looks
-    most normal (lowest score). ``maps``: also the map each score is built from; ``map_max``:
-    each map's maximum (what a pixel threshold is calibrated on), without keeping the maps."""
+    """Score uint8 (N, C, H, W) images under ``conditions``, a batch of condition codes
+    (``vlae.condition``); a conditional model without them (or an item whose code is
+    ``BEST``) takes, per item, the condition under which it looks most normal (lowest score).
+    ``maps``: also the map each score is built from; ``map_max``: each map's maximum (what a
+    pixel threshold is calibrated on), without keeping the maps."""
     model.eval()
     device = next(model.parameters()).device
     k = int(getattr(model.config, "num_conditions", 0))
@@ -103,14 +101,14 @@ def score_images(
         if k == 0 and kind == "local":
             recon_map, kl_map = model.anomaly_maps(x)  # once: the score and the map
             r, kl = local_parts(recon_map, kl_map)
-            batch_map = recon_map + kl_map
+            batch_map = combine_score(recon_map, kl_map, None, kind)
         elif k == 0:
             r, kl = model.anomaly_score(x)
         elif conditions is not None:
             c = torch.from_numpy(np.asarray(conditions[i : i + batch_size])).to(device).long()
             r_all, kl_all = _all_conditions(model, x)
             elbo_all = r_all + kl_all
-            chosen = torch.where(c < 0, elbo_all.argmin(dim=0), c)  # -1: the item's best
+            chosen = torch.where(is_best(c), elbo_all.argmin(dim=0), c)
             r, kl = r_all.gather(0, chosen[None])[0], kl_all.gather(0, chosen[None])[0]
             contrast.append(((r + kl) - elbo_all.min(dim=0).values).cpu().numpy())
         else:
@@ -136,7 +134,7 @@ def score_images(
 
 @torch.no_grad()
 def pixel_maps(
-    model: _VLAEBase, images: np.ndarray, conditions: np.ndarray | None = None, batch: int = 256
+    model: VLAEBase, images: np.ndarray, conditions: np.ndarray | None = None, batch: int = 256
 ) -> torch.Tensor:
     """The raw per-pixel map terms (N, T, H, W) of uint8 images at z = mu (what map
     standardisation is fitted on)."""

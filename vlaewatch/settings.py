@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract.keys import StreamKeys
+
 
 class Settings(BaseSettings):
     """Service settings; every field can be set as ``VLAEWATCH_<FIELD>``."""
@@ -42,7 +44,7 @@ class Settings(BaseSettings):
     )
 
     key_prefix: str = Field(
-        default="vlaewatch",
+        default=StreamKeys.prefix,
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
         description="Prefix of every Redis key, so several deployments can share one Redis.",
     )

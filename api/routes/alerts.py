@@ -15,12 +15,12 @@ from pydantic import ValidationError
 from api.alerts import AlertFilter
 from api.deps import Operator, ServicesDep, Viewer
 from api.errors import TooManyRequests, Unavailable, Unprocessable
-from api.schemas import (
+from api.schemas import ErrorBody
+from api.schemas.alerts import (
     Alert,
     AlertAction,
     AlertPage,
     AlertState,
-    ErrorBody,
     Label,
     LabelRequest,
     RegionLabelRequest,

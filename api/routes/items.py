@@ -10,7 +10,8 @@ from fastapi.responses import Response
 
 from api.deps import Operator, ServicesDep, Viewer
 from api.errors import NotFound
-from api.schemas import ErrorBody, ItemLabel, LabelRequest
+from api.schemas import ErrorBody
+from api.schemas.alerts import ItemLabel, LabelRequest
 from contract.keys import ID_PATTERN
 from contract.streams import read_item
 

@@ -11,7 +11,8 @@ from fastapi.responses import Response
 
 from api.deps import ServicesDep, Viewer
 from api.errors import Unprocessable
-from api.schemas import ErrorBody, Me, ScoreHistogram, StatsResponse, StatsRow
+from api.schemas import ErrorBody
+from api.schemas.stats import Me, ScoreHistogram, StatsResponse, StatsRow
 from api.stats import recent_scores, summarize
 from contract.keys import LINE_PATTERN
 

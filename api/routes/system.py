@@ -14,9 +14,10 @@ from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from api.consumer import items_lost
+from api.backlog import items_lost
 from api.deps import ServicesDep, authenticate, public_rate_limit
-from api.schemas import ApiHealth, ErrorBody
+from api.schemas import ErrorBody
+from api.schemas.system import ApiHealth
 
 router = APIRouter(tags=["system"])
 

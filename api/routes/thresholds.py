@@ -19,10 +19,10 @@ from api.calibrate import (
 )
 from api.deps import Operator, ServicesDep, Viewer
 from api.errors import NotFound, Unprocessable
-from api.schemas import (
+from api.schemas import ErrorBody
+from api.schemas.thresholds import (
     CalibrateRequest,
     CalibrationResult,
-    ErrorBody,
     FalseAlarmRateOut,
     FprParams,
     LabelQuality,
@@ -36,8 +36,10 @@ from api.schemas import (
     ThresholdHistory,
     ThresholdList,
 )
+from api.served_models import ServedModel
 from api.stats import recent_scores
 from api.thresholds import effective
+from contract.auth import Principal
 from contract.keys import DEFAULT_LINE, LINE_PATTERN
 
 router = APIRouter(prefix="/v1/thresholds", tags=["thresholds"])
@@ -113,7 +115,32 @@ async def calibrate(
     normal images (with an interval) and the alerts it would have raised per line over the
     recent window. ``dry_run`` changes nothing."""
     params = body.params
-    # Without a version: the model that scores the line now (scorer ``line_models``).
+    model, cal = await _calibration_scores(services, body)
+    value, confidence, quality = await _choose(services, body, cal)
+    far: FalseAlarmRate | None = false_alarm_rate(cal, value, confidence) if len(cal) else None
+    far_out = FalseAlarmRateOut(**far.__dict__) if far is not None else None
+    window_s = body.window_s or services.cfg.window_s
+    # The what-if replays recent scores; the score stream carries no map maxima to replay.
+    impact = [] if body.target == "pixel" else await _impact(services, body.line, value, window_s)
+    version = None
+    if not body.dry_run:
+        version = await _apply(services, body, who, value, model, far_out)
+    services.metrics.calibrations.labels(params.method, str(not body.dry_run).lower()).inc()
+    return CalibrationResult(
+        line=body.line, target=body.target, threshold=value, applied=not body.dry_run,
+        version=version,
+        model_version=model.version if model else None, false_alarm_rate=far_out,
+        window_s=window_s, impact=impact, label_quality=quality,
+    )  # fmt: skip
+
+
+async def _calibration_scores(
+    services: ServicesDep, body: CalibrateRequest
+) -> tuple[ServedModel | None, np.ndarray]:
+    """The model to calibrate on (without a version: the one that scores the line now, as the
+    scorer announced it) and its normal calibration scores, or map maxima for a pixel
+    threshold; methods other than manual and labels need them."""
+    params = body.params
     model = await (services.models.get(body.model_version) if body.model_version
                    else services.models.for_line(body.line))  # fmt: skip
     if model is None and not isinstance(params, ManualParams | LabelsParams):
@@ -131,42 +158,43 @@ async def calibrate(
                 f"model {model.version} has no calibration map maxima (its checkpoint was "
                 "written before pixel thresholds): retrain it, or use method 'manual'"
             )
-    quality: LabelQuality | None = None
+    return model, cal
+
+
+async def _choose(
+    services: ServicesDep, body: CalibrateRequest, cal: np.ndarray
+) -> tuple[float, float, LabelQuality | None]:
+    """The method's threshold, the confidence of its false-alarm interval, and for labels how
+    well the threshold separates them."""
+    params = body.params
     if isinstance(params, FprParams):
-        value = conformal_threshold(cal, params.alpha)
-        confidence = params.confidence
-    elif isinstance(params, SigmaParams):
-        value, confidence = sigma_threshold(cal, params.k), 0.95
-    elif isinstance(params, ManualParams):
-        value, confidence = params.threshold, 0.95
-    else:
-        value, quality = await _from_labels(services, params, body.line, pixel)
-        confidence = 0.95
-    far: FalseAlarmRate | None = false_alarm_rate(cal, value, confidence) if len(cal) else None
-    far_out = FalseAlarmRateOut(**far.__dict__) if far is not None else None
-    window_s = body.window_s or services.cfg.window_s
-    # The what-if replays recent scores; the score stream carries no map maxima to replay.
-    impact = [] if pixel else await _impact(services, body.line, value, window_s)
-    version = None
-    if not body.dry_run:
-        stored = await services.threshold_store(body.target).set(
-            body.line, value, params.method, params.model_dump(exclude={"method"}), who.name,
-            body.why, model.version if model else None, far_out,
-        )  # fmt: skip
-        assert stored is not None
-        version = stored.version
-        services.metrics.threshold_gauge(body.target).labels(body.line).set(value)
-        await services.annotator.note(
-            f"{_name(body.target)} {body.line} = {value:.4g} ({params.method}, v{version}) by "
-            f"{who.name}. {body.why}", ["threshold", body.line],
-        )  # fmt: skip
-    services.metrics.calibrations.labels(params.method, str(not body.dry_run).lower()).inc()
-    return CalibrationResult(
-        line=body.line, target=body.target, threshold=value, applied=not body.dry_run,
-        version=version,
-        model_version=model.version if model else None, false_alarm_rate=far_out,
-        window_s=window_s, impact=impact, label_quality=quality,
+        return conformal_threshold(cal, params.alpha), params.confidence, None
+    if isinstance(params, SigmaParams):
+        return sigma_threshold(cal, params.k), 0.95, None
+    if isinstance(params, ManualParams):
+        return params.threshold, 0.95, None
+    value, quality = await _from_labels(services, params, body.line, body.target == "pixel")
+    return value, 0.95, quality
+
+
+async def _apply(
+    services: ServicesDep, body: CalibrateRequest, who: Principal, value: float,
+    model: ServedModel | None, far: FalseAlarmRateOut | None,
+) -> int:  # fmt: skip
+    """Store ``value`` as the line's new threshold version, and show it on the gauge and the
+    dashboards; the new version."""
+    params = body.params
+    stored = await services.threshold_store(body.target).set(
+        body.line, value, params.method, params.model_dump(exclude={"method"}), who.name,
+        body.why, model.version if model else None, far,
     )  # fmt: skip
+    assert stored is not None
+    services.metrics.threshold_gauge(body.target).labels(body.line).set(value)
+    await services.annotator.note(
+        f"{_name(body.target)} {body.line} = {value:.4g} ({params.method}, v{stored.version}) "
+        f"by {who.name}. {body.why}", ["threshold", body.line],
+    )  # fmt: skip
+    return stored.version
 
 
 async def _from_labels(

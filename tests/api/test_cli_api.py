@@ -1,4 +1,4 @@
-"""`vlaewatch api` as documented: the README's curl examples, and its refusals."""
+"""`vlaewatch api` as documented: the curl examples of docs/http.md, and its refusals."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from vlaewatch.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_curl_examples_work(
+def test_documented_curl_examples_work(
     api_url: str, scorer_url: str, digits: Any, tmp_path: Path
 ) -> None:
     op = {"X-API-Key": API_KEYS["operator"]}
@@ -35,8 +35,8 @@ def test_readme_curl_examples_work(
                    params={"line": "cam1", "item_id": ["cam1-000123"]}, timeout=60)  # fmt: skip
     assert r.status_code == 200
 
-    readme = (ROOT / "README.md").read_text()
-    commands = re.findall(r"^curl .*http://127\.0\.0\.1:8080/v1/.*$", readme, re.M)
+    doc = (ROOT / "docs" / "http.md").read_text()
+    commands = re.findall(r"^curl .*http://127\.0\.0\.1:8080/v1/.*$", doc, re.M)
     assert len(commands) == 4, commands
     port = api_url.rsplit(":", 1)[1]
     env = {**os.environ, "VLAEWATCH_KEY": API_KEYS["operator"]}

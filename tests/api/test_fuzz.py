@@ -29,7 +29,7 @@ from tests.conftest import API_KEYS, ApiProcess
 pytestmark = pytest.mark.reliability
 
 ROLES = {"none": None, "viewer": API_KEYS["viewer"], "operator": API_KEYS["operator"]}
-# Who may call what, as the README documents it: the API's GETs are a viewer's (operators
+# Who may call what, as docs/operations.md documents it: the API's GETs are a viewer's (operators
 # hold viewer too), its POSTs an operator's; health and (public) metrics anyone's.
 PUBLIC = {"/v1/health", "/metrics"}
 GRANTS = {"viewer": {"GET"}, "operator": {"GET", "POST"}}

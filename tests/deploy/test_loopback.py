@@ -14,7 +14,7 @@ pytestmark = pytest.mark.reliability
 
 # Ray Serve 2.60 binds each replica's inter-deployment gRPC server to "[::]:0" in
 # ray/serve/_private/replica.py, with no setting to change it (mutual TLS with RAY_USE_TLS).
-# The scorer is one deployment and never calls it; README "Reliability" says how to fence it.
+# The scorer is one deployment and never calls it; docs/reliability.md says how to fence it.
 UPSTREAM_WILDCARD = ("ray::ServeReplica:",)
 
 

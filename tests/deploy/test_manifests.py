@@ -16,7 +16,7 @@ import yaml
 
 from contract.auth import KeyConfigError, parse_api_keys
 from scorer.config import ScorerConfig
-from vlaewatch.cli import _build_parser
+from vlaewatch.cli import build_parser
 from vlaewatch.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -54,7 +54,7 @@ def _walk(node: Any, key: str) -> list[Any]:
 def _cli(argv: list[str]) -> None:
     assert argv[0] == "vlaewatch", argv
     try:
-        _build_parser().parse_args(argv[1:])
+        build_parser().parse_args(argv[1:])
     except SystemExit as exc:
         raise AssertionError(f"the CLI rejects {argv}") from exc
 

@@ -1,5 +1,5 @@
-"""A Ray cluster of two nodes on one machine (head + worker, `ray start` on loopback, as the
-README's "Run on a cluster" does across machines): `vlaewatch serve --address` joins it, Serve
+"""A Ray cluster of two nodes on one machine (head + worker, `ray start` on loopback, as
+docs/operations.md does across machines): `vlaewatch serve --address` joins it, Serve
 replicas run on both nodes, and scoring works through the head."""
 
 from __future__ import annotations

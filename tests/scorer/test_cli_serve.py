@@ -1,4 +1,4 @@
-"""`vlaewatch serve` as a user runs it, and the README's curl example against it."""
+"""`vlaewatch serve` as a user runs it, and the curl example of docs/http.md against it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "vlaewatch"
 
 
-def test_serve_answers_the_readme_curl_and_stops_cleanly(
+def test_serve_answers_the_documented_curl_and_stops_cleanly(
     checkpoint: Path, digits: Any, tmp_path: Path
 ) -> None:
     port = free_port()
@@ -52,9 +52,9 @@ def test_serve_answers_the_readme_curl_and_stops_cleanly(
 
         Image.fromarray(digits.test.images[0, 0]).save(tmp_path / "digit.png")
         (tmp_path / "other.png").write_bytes(b"not a png")
-        readme = (ROOT / "README.md").read_text()
-        command = re.search(r"^curl .*/v1/score$", readme, re.M)
-        assert command, "README lacks the curl example"
+        doc = (ROOT / "docs" / "http.md").read_text()
+        command = re.search(r"^curl .*/v1/score$", doc, re.M)
+        assert command, "docs/http.md lacks the curl example"
         line = command.group(0).replace("8000", str(port))
         out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True,
                              check=True, timeout=60, env=env)  # fmt: skip

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer import inspection
 from trainer.inspection import (
     CATEGORIES,
     DEFECTS,
@@ -15,14 +14,15 @@ from trainer.inspection import (
     defective,
     good,
     make_split,
+    sets,
     write_folder,
 )
 
 
 def _clean_twin(category: str, defect: str, i: int, size: int, seed: int) -> np.ndarray:
     """The good image a defective image was painted on: same stream and index, no defect."""
-    stream = inspection._FIRST_DEFECT + DEFECTS.index(defect)
-    return inspection._sample(CATEGORIES[category], size, seed, stream, i)[0]
+    stream = sets._FIRST_DEFECT + DEFECTS.index(defect)
+    return sets._sample(CATEGORIES[category], size, seed, stream, i)[0]
 
 
 def test_categories_and_their_defects() -> None:

@@ -33,7 +33,11 @@ def test_torch_trainer_two_workers_then_resume(ray_cluster, tmp_path: Path) -> N
     assert len(checkpoints) == 2  # one each epoch, num_to_keep=2
 
     # Same name and storage: the run resumes from its newest checkpoint rather than restarting.
-    resumed = fit_with_ray(SMALL, TrainConfig(epochs=3, batch_size=16), _arrays(), launch)
+    # Rank 0's epochs reach the driver's progress display through a Ray queue.
+    shown: list[tuple[float, int]] = []
+    show = lambda metrics, epochs: shown.append((metrics["epoch"], epochs))  # noqa: E731
+    resumed = fit_with_ray(SMALL, TrainConfig(epochs=3, batch_size=16), _arrays(), launch, show)
+    assert shown == [(3.0, 3)]
     assert len(resumed.history) == 3
     assert resumed.history[:2] == first.history
     assert resumed.history[2]["epoch"] == 3.0

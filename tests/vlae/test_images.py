@@ -1,16 +1,16 @@
-"""Input validation: every kind of bad image is a clear per-item error. The frames path's
-plain-PNG decoder gives what ``Image.open`` gives, pixel for pixel and error for error."""
+"""Input validation: every kind of bad image is a clear per-item error, and no bytes at all
+make ``decode_image`` raise anything but ``InputError``."""
 
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from vlae import images as decode
 from vlae.images import InputError, Limits, decode_array, decode_image, load_npy, split_batch
 
 GRAY = (1, 28, 28)
@@ -94,7 +94,7 @@ def test_animated_and_oversized_files() -> None:
 def test_an_image_of_the_wrong_size_is_refused_by_its_header() -> None:
     # A PNG whose header declares 2000 x 2000 and whose pixel data is cut off: refused for
     # its size without decoding (before, it was decoded first, and failed on the cut).
-    for mode in ("L", "P"):  # the fast path's kind of PNG, and Image.open's
+    for mode in ("L", "P"):  # grey, and paletted
         buf = io.BytesIO()
         Image.new(mode, (2000, 2000)).save(buf, format="PNG")
         cut = buf.getvalue()[:200]
@@ -137,95 +137,73 @@ def test_resize_when_configured() -> None:
     assert out.shape == GRAY
 
 
-# --- plain PNGs: the frames path's decoder, checked against Image.open -----------------------
+# --- fuzzing: whatever a client sends, the answer is pixels or an InputError -----------------
 
 
-Outcome = np.ndarray | tuple[str, int]  # pixels, or an error's (reason, status)
+def _valid_files() -> list[bytes]:
+    """One valid file of each kind a client sends, grey and colour."""
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 256, (28, 28), np.uint8)
+    rgb = rng.integers(0, 256, (28, 28, 3), np.uint8)
+    jpegs = []
+    for arr in (grey, rgb):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG")
+        jpegs.append(buf.getvalue())
+    return [_png(grey), _png(rgb), _png(grey, optimize=True), *jpegs, _npy(grey),
+            _npy(rgb), _npy(grey.astype(np.float32) / 255)]  # fmt: skip
 
 
-def _through_image_open(data: bytes, shape: tuple[int, int, int],
-                        monkeypatch: pytest.MonkeyPatch) -> Outcome:  # fmt: skip
-    """What ``decode_image`` gives without the plain-PNG path."""
-    with monkeypatch.context() as m:
-        m.setattr(decode, "_plain_png", lambda data, shape, limits: None)
-        return _outcome(data, shape)
+VALID = _valid_files()
+SHAPES = st.sampled_from([GRAY, (3, 28, 28)])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _outcome(data: bytes, shape: tuple[int, int, int]) -> Outcome:
+def _decode_or_refuse(data: bytes, shape: tuple[int, int, int], resize: bool) -> None:
+    """``decode_image`` gives the model's pixels or an ``InputError``; anything else fails."""
     try:
-        return decode_image(data, shape, LIMITS)
-    except InputError as exc:
-        return exc.reason, exc.status
+        out = decode_image(data, shape, Limits(resize=resize))
+    except InputError as err:
+        assert err.reason and err.status in (413, 422)
+    else:
+        assert out.dtype == np.uint8 and out.shape == shape
 
 
-def _same(a: Outcome, b: Outcome) -> bool:
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-        return a.dtype == b.dtype and np.array_equal(a, b)
-    return a == b
-
-
-def _digits_pngs(digits: Any) -> list[bytes]:
-    """Camera-like frames: every zlib level, with and without PIL's optimiser (so rows come
-    with each of the five PNG filters)."""
-    return [_png(im, compress_level=i % 10, optimize=i % 7 == 0)
-            for i, im in enumerate(digits.test.images[:120, 0])]  # fmt: skip
-
-
-def test_plain_pngs_take_the_fast_path_and_decode_as_image_open_does(
-    digits: Any, monkeypatch: pytest.MonkeyPatch
+@FUZZ
+@given(prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x93NUMPY\x01\x00"]),
+       body=st.binary(max_size=512), shape=SHAPES, resize=st.booleans())  # fmt: skip
+def test_random_bytes_decode_or_are_refused(
+    prefix: bytes, body: bytes, shape: tuple[int, int, int], resize: bool
 ) -> None:
-    rng = np.random.default_rng(1)
-    grey = [*_digits_pngs(digits), _png(rng.integers(0, 256, (28, 28), np.uint8))]
-    rgb = [_png(rng.integers(0, 256, (28, 28, 3), np.uint8)) for _ in range(10)]
-    assert all(decode._plain_png(d, GRAY, LIMITS) is not None for d in grey)
-    assert all(decode._plain_png(d, (3, 28, 28), LIMITS) is not None for d in rgb)
-    # Grey and RGB frames for a grey and an RGB model: the same pixels, or the same refusal.
-    for data, shape in [(d, s) for d in grey + rgb for s in (GRAY, (3, 28, 28))]:
-        fast = _outcome(data, shape)
-        assert _same(fast, _through_image_open(data, shape, monkeypatch)), fast
+    _decode_or_refuse(prefix + body, shape, resize)
 
 
-def test_other_pngs_are_left_to_image_open() -> None:
-    from PIL import PngImagePlugin
-
-    arr = np.random.default_rng(2).integers(0, 256, (28, 28), np.uint8)
-    text = PngImagePlugin.PngInfo()
-    text.add_text("camera", "cam3")
-    plain = _png(arr)
-    paletted = io.BytesIO()
-    Image.fromarray(arr).convert("P").save(paletted, format="PNG")
-    others = {
-        "16-bit": _png(arr.astype(np.uint16) * 257),
-        "paletted": paletted.getvalue(),
-        "grey with alpha": _png(np.stack([arr, arr], axis=-1)),
-        "a text chunk": _png(arr, pnginfo=text),
-        "bytes after IEND": plain + b"\x00",
-        "a wrong checksum": plain[:-1] + bytes([plain[-1] ^ 1]),
-    }
-    limits = Limits(max_pixels=32 * 32)
-    for name, data in others.items():
-        assert decode._plain_png(data, GRAY, limits) is None, name
-    assert decode._plain_png(plain, GRAY, limits) is not None
-    with pytest.raises(InputError, match="exceeds") as err:  # refused by its header
-        decode._plain_png(_png(np.zeros((64, 64), np.uint8)), GRAY, limits)
-    assert err.value.status == 413
-    # Image.open's way, as before: a text chunk is no matter, a palette is colour.
-    assert np.array_equal(decode_image(others["a text chunk"], GRAY, LIMITS)[0], arr)
-    with pytest.raises(InputError, match="3 channel"):
-        decode_image(others["paletted"], GRAY, LIMITS)
-
-
-def test_damaged_pngs_give_what_image_open_gives(
-    digits: Any, monkeypatch: pytest.MonkeyPatch
+@FUZZ
+@given(which=st.integers(0, len(VALID) - 1), shape=SHAPES, resize=st.booleans(),
+       edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=6),
+       cut=st.none() | st.floats(0, 1), insert=st.binary(max_size=16))  # fmt: skip
+def test_damaged_files_decode_or_are_refused(
+    which: int,
+    shape: tuple[int, int, int],
+    resize: bool,
+    edits: list[tuple[float, int]],
+    cut: float | None,
+    insert: bytes,
 ) -> None:
-    # Flipped bytes and cut files: each is decoded the same or refused with the same reason.
-    rng = np.random.default_rng(3)
-    pngs = _digits_pngs(digits)
-    for _ in range(600):
-        data = bytearray(pngs[int(rng.integers(len(pngs)))])
-        for _ in range(int(rng.integers(1, 4))):
-            data[int(rng.integers(len(data)))] = int(rng.integers(256))
-        if rng.random() < 0.2:
-            data = data[: int(rng.integers(len(data)))]
-        fast = _outcome(bytes(data), GRAY)
-        assert _same(fast, _through_image_open(bytes(data), GRAY, monkeypatch)), fast
+    # Bytes overwritten (mostly near the front, where the headers are), some inserted, the
+    # end cut off: a header's sizes and lengths, a chunk's checksum, the compressed data.
+    data = bytearray(VALID[which])
+    for at, value in edits:
+        data[int(at**2 * len(data))] = value
+    data[int(edits[0][0] * len(data)) : int(edits[0][0] * len(data))] = insert
+    if cut is not None:
+        data = data[: max(1, int(cut * len(data)))]
+    _decode_or_refuse(bytes(data), shape, resize)
+
+
+def test_an_npy_header_cannot_ask_for_more_memory_than_the_file_holds() -> None:
+    data = _npy(np.zeros((28, 28), np.uint8))
+    for shape in (b"(28000000000, 28)", b"(99999999999999999999, 28)", b"(-1, 28)"):
+        with pytest.raises(InputError, match="cannot read NPY"):
+            decode_image(data.replace(b"(28, 28)", shape), GRAY, LIMITS)

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.distributions import Normal
 from torch.distributions import kl_divergence as torch_kl
 
-from vlae.model import (
+from vlae.condition import BEST, Condition
+from vlae.likelihood import (
     MAP_TERMS,
+    bernoulli_kl_map,
+    bernoulli_nll,
+    combine_score,
+    gaussian_map,
+    kl_divergence,
+    total_variation,
+)
+from vlae.model import (
     VLAE,
     ConditionalVLAE,
     ConvVLAE,
@@ -15,13 +25,9 @@ from vlae.model import (
     SpatialVLAEConfig,
     VLAEConfig,
     add_noise,
-    bernoulli_kl_map,
-    bernoulli_nll,
     build_model,
     config_from_dict,
     config_to_dict,
-    gaussian_map,
-    kl_divergence,
 )
 
 
@@ -178,3 +184,31 @@ def test_too_few_normal_maps_for_per_pixel_statistics_fall_back_to_pooled() -> N
     model.set_map_stats(model.pixel_terms(torch.rand(1, 1, 16, 16)))  # one validation image
     recon, kl = model.anomaly_score(torch.rand(3, 1, 16, 16))
     assert torch.isfinite(recon).all() and torch.isfinite(kl).all()
+
+
+def test_a_condition_is_an_index_or_best_in_every_encoding() -> None:
+    names = ("3", "8")
+    assert Condition.named("best", names) == Condition.best() == Condition.from_code(BEST)
+    assert Condition.named("8", names) == Condition.of(1) == Condition.from_code(1)
+    assert Condition.best().code == BEST and Condition.of(1).code == 1
+    assert Condition.of(1).codes(3).tolist() == [1, 1, 1]
+    assert torch.equal(Condition.of(1).one_hot(3), torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="not one of"):
+        Condition.named("5", names)
+    with pytest.raises(ValueError, match="one-hot"):
+        Condition.best().one_hot(2)
+    with pytest.raises(ValueError, match=">= 0"):
+        Condition.of(-1)
+
+
+def test_the_score_is_the_same_from_arrays_tensors_and_maps() -> None:
+    recon, kl, tv = torch.rand(4) * 100, torch.rand(4), torch.rand(4) * 50
+    for kind in ("elbo", "elbo_per_tv", "local"):
+        t = combine_score(recon, kl, tv, kind)
+        a = combine_score(recon.numpy(), kl.numpy(), tv.numpy(), kind)
+        assert np.array_equal(t.numpy(), a)
+    model = build_model(VLAEConfig(latent_dim=4, hidden=(32,))).eval()
+    x = torch.rand(3, 1, 28, 28)
+    r, k = model.anomaly_score(x)
+    score = combine_score(r, k, total_variation(x), "elbo_per_tv")
+    assert torch.allclose(model.score_map(x).sum(dim=(1, 2)), score, rtol=1e-4)
