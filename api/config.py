@@ -1,14 +1,17 @@
-"""The API's configuration, built once by the command line from ``vlaewatch.settings`` and
+"""The API's configuration, built once by the command line from ``contract.settings`` and
 passed to ``create_app`` (its keys and roles: ``contract.auth``)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contract.auth import Principal
+from contract.auth import Principal, load_api_keys
+from contract.keys import StreamKeys
+from contract.settings import SCORER_URL, Settings
 
 SCORES_GROUP = "api"
 
@@ -26,10 +29,8 @@ class ApiConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     redis_url: str
-    key_prefix: str = "vlaewatch"
-    scorer_url: str | None = Field(
-        default="http://127.0.0.1:8000", description="scorer base URL, for previews"
-    )
+    key_prefix: str = StreamKeys.prefix
+    scorer_url: str | None = Field(default=SCORER_URL, description="scorer base URL, for previews")
     api_keys: dict[str, Principal] = Field(default_factory=dict)
     public_metrics: bool = Field(default=True, description="/metrics readable without a key")
     consumer: str = Field(default_factory=default_consumer)
@@ -77,3 +78,20 @@ class ApiConfig(BaseModel):
         default=None, description="annotate threshold changes and model swaps in this Grafana"
     )
     grafana_token: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **values: Any) -> ApiConfig:
+        """A config of ``values`` (fields; they win), the rest from ``settings`` where the two
+        overlap: Redis, the key prefix, the scorer, the key ring, /metrics and Grafana."""
+        defaults: dict[str, Any] = {
+            "key_prefix": settings.key_prefix,
+            "scorer_url": settings.scorer_url,
+            "public_metrics": settings.public_metrics,
+            "grafana_url": settings.grafana_url,
+            "grafana_token": settings.grafana_token,
+        }
+        if settings.redis_url is not None:
+            defaults["redis_url"] = settings.redis_url
+        if "api_keys" not in values:
+            defaults["api_keys"] = load_api_keys(settings.api_keys, settings.api_keys_file)
+        return cls.model_validate(defaults | values)

@@ -76,8 +76,8 @@ def measure(spec: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                if b * int(side) ** 2 <= MAX_BATCH_PIXELS]  # fmt: skip
     images = _tile(test, max(batches))
     row: dict[str, Any] = {"category": category, "side": int(side),
-                           "channels": int(images.shape[1]), "model": loaded.card["variant"],
-                           "score_kind": loaded.card["score_kind"]}  # fmt: skip
+                           "channels": int(images.shape[1]), "model": loaded.card.variant,
+                           "score_kind": loaded.card.score_kind}  # fmt: skip
     row["raw_images_per_s"] = raw_model(loaded, images, batches, args.seconds)
     print(f"{spec} raw: {row['raw_images_per_s']}", file=sys.stderr)
     with EmbeddedRedis(tmp / f"redis-{category}") as redis_server:

@@ -4,6 +4,7 @@ alone, what differs is updated, and the report says which was which."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,84 +72,76 @@ def provision(
     return report
 
 
+def _found(get: Callable[[], Any]) -> Any:
+    """What ``get`` finds, or None where Grafana answers 404."""
+    try:
+        return get()
+    except GrafanaClientError as exc:
+        if not _missing(exc):
+            raise
+        return None
+
+
+def _ensure(
+    name: str,
+    wanted: Any,
+    found: Any,
+    create: Callable[[], Any],
+    update: Callable[[], Any],
+    report: Report,
+) -> None:
+    """Create ``name`` when it is missing, update it when it differs from ``wanted``."""
+    if found is None:
+        create()
+        report.created.append(name)
+    elif agrees(wanted, found):
+        report.unchanged.append(name)
+    else:
+        update()
+        report.updated.append(name)
+
+
 def _datasource(api: GrafanaApi, prometheus_url: str, report: Report) -> None:
     datasource = {"uid": DATASOURCE_UID, "name": "vlaewatch Prometheus", "type": "prometheus",
                   "access": "proxy", "url": prometheus_url, "isDefault": False,
                   "jsonData": {"httpMethod": "POST", "timeInterval": "15s"}}  # fmt: skip
-    try:
-        found = api.datasource.get_datasource_by_uid(DATASOURCE_UID)
-    except GrafanaClientError as exc:
-        if not _missing(exc):
-            raise
-        api.datasource.create_datasource(datasource)
-        report.created.append(f"datasource {DATASOURCE_UID}")
-        return
-    if agrees(datasource, found):
-        report.unchanged.append(f"datasource {DATASOURCE_UID}")
-    else:
-        api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource)
-        report.updated.append(f"datasource {DATASOURCE_UID}")
+    found = _found(lambda: api.datasource.get_datasource_by_uid(DATASOURCE_UID))
+    _ensure(f"datasource {DATASOURCE_UID}", datasource, found,
+            lambda: api.datasource.create_datasource(datasource),
+            lambda: api.datasource.update_datasource_by_uid(DATASOURCE_UID, datasource),
+            report)  # fmt: skip
 
 
 def _folder(api: GrafanaApi, folder_uid: str, report: Report) -> None:
-    try:
-        api.folder.get_folder(folder_uid)
-        report.unchanged.append(f"folder {folder_uid}")
-    except GrafanaClientError as exc:
-        if not _missing(exc):
-            raise
-        api.folder.create_folder(FOLDER_TITLE, uid=folder_uid)
-        report.created.append(f"folder {folder_uid}")
+    found = _found(lambda: api.folder.get_folder(folder_uid))
+    _ensure(f"folder {folder_uid}", {}, found,
+            lambda: api.folder.create_folder(FOLDER_TITLE, uid=folder_uid), lambda: None,
+            report)  # fmt: skip
 
 
 def _dashboard(api: GrafanaApi, board: Dashboard, folder_uid: str, report: Report) -> None:
     wanted = board.to_json()
-    try:
-        found = api.dashboard.get_dashboard(board.uid)["dashboard"]
-    except GrafanaClientError as exc:
-        if not _missing(exc):
-            raise
-        found = None
-    if found is not None and agrees(wanted, found):
-        report.unchanged.append(f"dashboard {board.uid}")
-        return
-    api.dashboard.update_dashboard(
-        {
-            "dashboard": wanted,
-            "folderUid": folder_uid,
-            "overwrite": True,
-            "message": "provisioned by vlaewatch",
-        }
-    )
-    (report.updated if found is not None else report.created).append(f"dashboard {board.uid}")
+    found = _found(lambda: api.dashboard.get_dashboard(board.uid)["dashboard"])
+    body = {"dashboard": wanted, "folderUid": folder_uid, "overwrite": True,
+            "message": "provisioned by vlaewatch"}  # fmt: skip
+    write = lambda: api.dashboard.update_dashboard(body)  # noqa: E731  (creates or updates)
+    _ensure(f"dashboard {board.uid}", wanted, found, write, write, report)
 
 
 def _contact_point(api: GrafanaApi, webhook_url: str, report: Report) -> None:
     point = contact_point(webhook_url)
     points = api.alertingprovisioning.get_contactpoints()
-    existing = [c for c in points if c.get("uid") == CONTACT_POINT]
-    if not existing:
-        api.alertingprovisioning.create_contactpoint(point)
-        report.created.append(f"contact point {CONTACT_POINT}")
-    elif agrees(point, existing[0]):
-        report.unchanged.append(f"contact point {CONTACT_POINT}")
-    else:
-        api.alertingprovisioning.update_contactpoint(CONTACT_POINT, point)
-        report.updated.append(f"contact point {CONTACT_POINT}")
+    found = next((c for c in points if c.get("uid") == CONTACT_POINT), None)
+    _ensure(f"contact point {CONTACT_POINT}", point, found,
+            lambda: api.alertingprovisioning.create_contactpoint(point),
+            lambda: api.alertingprovisioning.update_contactpoint(CONTACT_POINT, point),
+            report)  # fmt: skip
 
 
 def _rule(api: GrafanaApi, rule: AlertRule, folder_uid: str, report: Report) -> None:
     wanted = rule.to_json(folder_uid)
-    try:
-        found = api.alertingprovisioning.get_alertrule(rule.uid)
-    except GrafanaClientError as exc:
-        if not _missing(exc):
-            raise
-        api.alertingprovisioning.create_alertrule(wanted)
-        report.created.append(f"alert rule {rule.uid}")
-        return
-    if agrees(wanted, found):
-        report.unchanged.append(f"alert rule {rule.uid}")
-    else:
-        api.alertingprovisioning.update_alertrule(rule.uid, wanted)
-        report.updated.append(f"alert rule {rule.uid}")
+    found = _found(lambda: api.alertingprovisioning.get_alertrule(rule.uid))
+    _ensure(f"alert rule {rule.uid}", wanted, found,
+            lambda: api.alertingprovisioning.create_alertrule(wanted),
+            lambda: api.alertingprovisioning.update_alertrule(rule.uid, wanted),
+            report)  # fmt: skip

@@ -29,6 +29,7 @@ from contract.http import (
     ScoreResponse,
 )
 from contract.keys import DEFAULT_LINE
+from contract.settings import Settings
 from scorer import explore
 from scorer.config import ScorerConfig
 from scorer.decode import Raw, new_ids
@@ -145,9 +146,9 @@ class Scorer:
                                error="no such item: never scored, or expired from "
                                      "retention")  # fmt: skip
         loaded = self.holder.model(stored.line)
-        if list(stored.image.shape) != list(loaded.card["image_shape"]):
+        if stored.image.shape != loaded.card.image_shape:
             reason = (f"item shape {list(stored.image.shape)} differs from the model's "
-                      f"{loaded.card['image_shape']}")  # fmt: skip
+                      f"{list(loaded.card.image_shape)}")  # fmt: skip
             return ItemPreview(item_id=item_id, ok=False, status=409, error=reason)
         condition = explore.line_condition(loaded, stored.line)
         pixel = (await self.path.pixel.for_lines([stored.line]))[stored.line]
@@ -195,8 +196,8 @@ class Scorer:
         return Health(
             status="ok",
             model_version=loaded.version,
-            variant=str(loaded.card.get("variant")),
-            image_shape=list(loaded.card["image_shape"]),
+            variant=loaded.card.variant,
+            image_shape=list(loaded.card.image_shape),
             consuming_frames=self.frames.running,
             load_error=self.holder.load_error,
             conditions=loaded.conditions,
@@ -208,14 +209,9 @@ class Scorer:
 
 def build_app(args: dict[str, Any]) -> Any:
     """Serve application builder for declarative deployments (a RayService's serveConfigV2:
-    ``import_path: scorer.app:build_app``). ``args`` are ``ScorerConfig`` fields; the model
-    store defaults to ``VLAEWATCH_MODEL_STORE``, and Redis, unless given, is each replica's
-    own ``REDIS_URL`` or ``REDIS_URL_FILE``: never copied into the config the dashboard
-    shows."""
-    import os
-
-    values = dict(args)
-    values.setdefault("checkpoint", os.environ.get("VLAEWATCH_MODEL_STORE", ""))
-    values.setdefault("key_prefix", os.environ.get("VLAEWATCH_KEY_PREFIX", "vlaewatch"))
-    cfg = ScorerConfig.model_validate(values)
+    ``import_path: scorer.app:build_app``). ``args`` are ``ScorerConfig`` fields; the others
+    come from the environment's ``Settings`` (``ScorerConfig.from_settings``), and Redis,
+    unless given, is each replica's own ``REDIS_URL`` or ``REDIS_URL_FILE``: never copied
+    into the config the dashboard shows."""
+    cfg = ScorerConfig.from_settings(Settings(), **args)
     return Scorer.options(user_config=cfg.model_dump()).bind()  # type: ignore[attr-defined]

@@ -3,14 +3,15 @@ deployment is sized (replicas, autoscaling, CPUs, GPUs)."""
 
 from __future__ import annotations
 
-import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contract.auth import Role
-from contract.keys import valid_line
+from contract.auth import Role, digests, load_api_keys
+from contract.keys import StreamKeys, valid_line
+from contract.settings import Settings
 from vlae.images import Limits
 
 
@@ -29,12 +30,13 @@ class ScorerConfig(BaseModel):
     redis_url: str | None = Field(
         default=None,
         description="Redis to publish to; shown by the Ray dashboard, so without a password. "
-        "None: ``redis_url_file``, else the replica's own REDIS_URL or REDIS_URL_FILE",
+        "None: ``redis_url_file``, else the replica's own settings (REDIS_URL, else "
+        "REDIS_URL_FILE)",
     )
     redis_url_file: str | None = Field(
         default=None, description="a file holding the Redis URL that every node mounts"
     )
-    key_prefix: str = "vlaewatch"
+    key_prefix: str = StreamKeys.prefix
     api_key_digests: dict[str, tuple[Role, str]] = Field(
         default_factory=dict,
         description="the key ring as SHA-256 hex digest -> (role, name) (``contract.auth``): "
@@ -81,11 +83,11 @@ class ScorerConfig(BaseModel):
         description="threads of one forward pass; default: the replica's CPUs / 2 (it runs "
         "two batches at once), at least 1",
     )  # fmt: skip
-    max_request_bytes: int = 64 * 1024 * 1024
-    max_items: int = 1024
-    max_image_bytes: int = 8 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
-    resize: bool = False
+    max_request_bytes: int = Limits.max_request_bytes
+    max_items: int = Limits.max_items
+    max_image_bytes: int = Limits.max_image_bytes
+    max_pixels: int = Limits.max_pixels
+    resize: bool = Limits.resize
 
     @field_validator("line_models")
     @classmethod
@@ -103,34 +105,45 @@ class ScorerConfig(BaseModel):
             raise ValueError(f"api_key_digests: {len(bad)} key(s) not SHA-256 hex digests")
         return value
 
+    @classmethod
+    def from_settings(cls, settings: Settings, **values: Any) -> ScorerConfig:
+        """A config of ``values`` (fields; they win), the rest from ``settings`` where the two
+        overlap: the model store, the key prefix, the key ring (digests, and the file by
+        path). Redis, unless given, stays each replica's own (``resolved_redis_url``)."""
+        keys_file = settings.api_keys_file
+        defaults: dict[str, Any] = {
+            "checkpoint": str(settings.store_path),
+            "key_prefix": settings.key_prefix,
+            "api_keys_file": str(keys_file.resolve()) if keys_file else None,
+        }
+        if "api_key_digests" not in values:
+            defaults["api_key_digests"] = digests(load_api_keys(settings.api_keys, None))
+        return cls.model_validate(defaults | values)
+
     def resolved_redis_url(self) -> str:
         """The Redis URL as the replica reads it: the value, else the file, else the
-        replica's environment (a secret every node's pod mounts)."""
+        replica's own settings (``REDIS_URL``, else ``REDIS_URL_FILE``: a secret every node's
+        pod mounts)."""
         if self.redis_url:
             return self.redis_url
-        path = self.redis_url_file or os.environ.get("REDIS_URL_FILE")
-        if not path and os.environ.get("REDIS_URL"):
-            return os.environ["REDIS_URL"]
-        if not path:
+        try:
+            if self.redis_url_file:
+                return Path(self.redis_url_file).read_text().strip()
+            url = Settings().redis_url
+        except OSError as exc:
+            raise ValueError(f"cannot read the Redis URL: {exc}") from exc
+        if not url:
             raise ValueError("no Redis: set redis_url or redis_url_file, or REDIS_URL or "
                              "REDIS_URL_FILE in the replicas' environment")  # fmt: skip
-        try:
-            return Path(path).read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read the Redis URL file {path}: {exc}") from exc
+        return url
 
     @property
     def has_keys(self) -> bool:
         return bool(self.api_key_digests) or self.api_keys_file is not None
 
     def limits(self) -> Limits:
-        return Limits(
-            max_request_bytes=self.max_request_bytes,
-            max_items=self.max_items,
-            max_image_bytes=self.max_image_bytes,
-            max_pixels=self.max_pixels,
-            resize=self.resize,
-        )
+        """The image reader's limits: the fields of the same names."""
+        return Limits(**{f.name: getattr(self, f.name) for f in fields(Limits)})
 
 
 class DeploymentConfig(BaseModel):

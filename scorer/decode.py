@@ -94,7 +94,7 @@ def _admit(raw: Raw, seen: set[str], model_of: Callable[[str], LoadedModel]) -> 
 
 
 def _decode_one(raw: Raw, model: LoadedModel, limits: Limits) -> Item:
-    shape = tuple(model.card["image_shape"])
+    shape = model.card.image_shape
     if isinstance(raw.payload, np.ndarray):
         image = decode_array(raw.payload, shape, limits)
     else:

@@ -54,7 +54,7 @@ def line_condition(loaded: LoadedModel, line: str) -> Condition:
 async def load_items(loaded: LoadedModel, ids: list[str], load: ItemLoader) -> views.Items:
     """Stored items as images with their lines' conditions; 404 or 409 with the reason."""
     found: list[StoredItem] = []
-    shape = list(loaded.card["image_shape"])
+    shape = list(loaded.card.image_shape)
     for item_id in ids:
         item = await load(item_id)
         if item is None:
@@ -79,7 +79,7 @@ async def gather(
         kept, lines, flags = [], [], []
         for m in req.items:
             item = await load(m.item_id)
-            if item is None or list(item.image.shape) != list(loaded.card["image_shape"]):
+            if item is None or item.image.shape != loaded.card.image_shape:
                 continue
             kept.append(item)
             lines.append(item.line)
@@ -88,7 +88,7 @@ async def gather(
             names=[it.item_id for it in kept],
             images=np.stack([it.image for it in kept])
             if kept
-            else np.zeros((0, *loaded.card["image_shape"]), np.uint8),
+            else np.zeros((0, *loaded.card.image_shape), np.uint8),
             conditions=codes_of([line_condition(loaded, it.line) for it in kept]),
         )
         return items, lines, np.array(flags, bool)

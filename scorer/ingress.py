@@ -28,7 +28,7 @@ class Admission:
     """What a replica checks each request against; set from its ``user_config``."""
 
     keyring: KeyRing = field(default_factory=lambda: KeyRing({}))  # empty: open mode
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = Limits.max_request_bytes
 
 
 def _admission() -> Admission:
@@ -153,7 +153,7 @@ async def read_payloads(
     if ctype == "multipart/form-data":
         payloads, line, item_id = await _read_form(request, limits, line, item_id)
     elif ctype in NPY_TYPES:
-        shape = tuple(holder.model(line).card["image_shape"])
+        shape = holder.model(line).card.image_shape
         payloads = list(await _read_npy(request, limits, shape))
     else:
         raise HTTPException(415, "send multipart/form-data (field 'files') or application/x-npy")

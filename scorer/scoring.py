@@ -3,7 +3,6 @@ batched forward passes on the served models, then the score stream; refused and 
 to the dead letters. It holds the replica's Redis client and announces the models served."""
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -72,7 +71,7 @@ class ScorePath:
         now = time.time()
         by_version = self.holder.by_version()
         records = [
-            ModelRecord(model_version=m.version, card=json.dumps(m.card),
+            ModelRecord(model_version=m.version, card=m.card.to_json(),
                         calibration=m.calibration.to_csv(index=False), loaded_at=now)
             for m in by_version.values()
         ]  # fmt: skip

@@ -82,7 +82,7 @@ def version(checkpoint: Any) -> str:
     """The model version of ``checkpoint`` (what the session scorer serves)."""
     from vlae.checkpoint import read_card
 
-    return str(read_card(checkpoint)["model_version"])
+    return read_card(checkpoint).model_version
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def evaluate(
     with defect ``masks`` (N, H, W), pixel AUROC of the score's map too (all images, and each
     class's images beside the normal ones). ``normal``: the normal classes of ``test``
     (default: the model's)."""
-    normal = normal or [str(c) for c in loaded.card["normal_classes"]]
+    normal = normal or list(loaded.card.normal_classes)
     labels = test.labels.astype(str)
     is_anomaly = ~np.isin(labels, normal)
     scores = score_images(loaded.model, test.images, maps=masks is not None)

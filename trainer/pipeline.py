@@ -17,6 +17,7 @@ import torch
 from trainer.data import NormalSplit, fingerprint
 from trainer.train import FitResult, TrainArrays, TrainConfig
 from vlae.base import VLAEBase
+from vlae.card import CardDraft, DatasetCard
 from vlae.checkpoint import WEIGHT_FILES, CalibrationLatents, save_checkpoint
 from vlae.condition import BEST_NAME
 from vlae.explore import calibration_latents
@@ -149,7 +150,7 @@ def model_card(
     seconds: float,
     line_conditions: dict[str, str] | None = None,
     data_profile: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> CardDraft:
     """What the model is and how it was made; ``save_checkpoint`` adds architecture and version."""
     conditional = model_cfg.num_conditions > 0
     variant = {"conv": "ConvVLAE", "spatial": "SpatialVLAE"}.get(model_cfg.arch, "VLAE")
@@ -158,38 +159,38 @@ def model_card(
     if cfg.denoising:
         variant = "Denoising" + variant
     final = result.history[-1] if result.history else {}
-    return {
-        "variant": variant,
-        "image_shape": list(model_cfg.image_shape),
-        "latent_dim": model_cfg.latent_dim,
-        "beta": cfg.beta,
-        "normal_classes": list(split.normal_classes),
-        "conditions": list(split.normal_classes) if conditional else [],
-        "line_conditions": dict(line_conditions or {}),
-        "score_kind": model_cfg.score_kind,
-        "likelihood": LIKELIHOOD_TEXT[model_cfg.likelihood].format(scale=model_cfg.scale),
-        "data_profile": data_profile,
-        "score": SCORE_KIND_TEXT[model_cfg.score_kind]
+    return CardDraft(
+        variant=variant,
+        image_shape=model_cfg.image_shape,
+        latent_dim=model_cfg.latent_dim,
+        beta=cfg.beta,
+        normal_classes=list(split.normal_classes),
+        conditions=list(split.normal_classes) if conditional else [],
+        line_conditions=dict(line_conditions or {}),
+        score_kind=model_cfg.score_kind,
+        likelihood=LIKELIHOOD_TEXT[model_cfg.likelihood].format(scale=model_cfg.scale),
+        data_profile=data_profile,
+        score=SCORE_KIND_TEXT[model_cfg.score_kind]
         + (CONTRAST_TEXT if conditional and line_conditions else ""),
-        "denoiser": "DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
-        "denoising": f"trained to remove {cfg.noise} noise" if cfg.denoising else None,
-        "dataset": {
-            "name": dataset.name,
-            "data_dir": dataset.data_dir,
-            "image_folder": dataset.image_folder,
-            "train_fingerprint": fingerprint(split.train.images),
-            "train_class_counts": split.train.class_counts(),
-            "n_train": len(split.train),
-            "n_validation": len(split.validation),
-            "n_calibration": len(split.calibration),
-        },
-        "training": {**cfg.to_dict(), "launcher": launcher, "seconds": round(seconds, 2)},
-        "epochs": len(result.history),
-        "metrics": {k: v for k, v in final.items() if k not in ("epoch", "epoch_s", "eta_s")},
-        "history": result.history,
-        "versions": _versions(),
-        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
+        denoiser="DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
+        denoising=f"trained to remove {cfg.noise} noise" if cfg.denoising else None,
+        dataset=DatasetCard(
+            name=dataset.name,
+            data_dir=dataset.data_dir,
+            image_folder=dataset.image_folder,
+            train_fingerprint=fingerprint(split.train.images),
+            train_class_counts=split.train.class_counts(),
+            n_train=len(split.train),
+            n_validation=len(split.validation),
+            n_calibration=len(split.calibration),
+        ),
+        training={**cfg.to_dict(), "launcher": launcher, "seconds": round(seconds, 2)},
+        epochs=len(result.history),
+        metrics={k: v for k, v in final.items() if k not in ("epoch", "epoch_s", "eta_s")},
+        history=result.history,
+        versions=_versions(),
+        created_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+    )
 
 
 def train_model(

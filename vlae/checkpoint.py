@@ -12,8 +12,7 @@ Layout of one checkpoint::
 
 The model version is a content hash over the weight files, the calibration latents, the
 architecture and the line-to-condition mapping of a conditional model, so any change to one of
-them is a new version, and a corrupted or swapped file is detected on load. Checkpoints written
-before calibration latents existed hash as they always did and load without them.
+them is a new version, and a corrupted or swapped file is detected on load.
 """
 
 from __future__ import annotations
@@ -30,9 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from vlae.base import VLAEBase
+from vlae.card import CardDraft, ModelCard
 from vlae.condition import Condition
 from vlae.likelihood import MAP_TERMS
 from vlae.model import ModelConfig, build_model, config_from_dict, config_to_dict
@@ -41,10 +42,8 @@ CARD = "model_card.json"
 CALIBRATION = "calibration.csv"
 WEIGHT_FILES = {"model": "model.safetensors", "denoiser": "denoiser.safetensors"}
 LATENTS = "calibration_latents.safetensors"
-# Files a content hash covers, when present. The card lists them (``hashed_files``); cards
-# written before the calibration scores were covered lack the list and get LEGACY_HASHED.
+# Files a content hash covers, when present; the card lists them (``hashed_files``).
 HASHED_FILES = (*WEIGHT_FILES.values(), LATENTS, CALIBRATION)
-LEGACY_HASHED = (*WEIGHT_FILES.values(), LATENTS)
 
 
 class CheckpointError(RuntimeError):
@@ -88,23 +87,23 @@ class LoadedModel:
     path: Path
     model: VLAEBase
     denoiser: VLAEBase | None
-    card: dict[str, Any]
+    card: ModelCard
     calibration: pd.DataFrame
-    latents: CalibrationLatents | None = None  # None in checkpoints from before the explorer
+    latents: CalibrationLatents | None = None  # None when saved without them
 
     @property
     def version(self) -> str:
-        return str(self.card["model_version"])
+        return self.card.model_version
 
     @property
     def conditions(self) -> list[str]:
         """Condition names of a conditional model, in index order ([] otherwise)."""
-        return list(self.card.get("conditions", []))
+        return list(self.card.conditions)
 
     @property
     def line_conditions(self) -> dict[str, str]:
         """Line -> condition name (or ``best``) of a conditional model; ``*`` is the fallback."""
-        return dict(self.card.get("line_conditions") or {})
+        return dict(self.card.line_conditions)
 
     def condition_index(self, name: str) -> int:
         """Index of a condition name; ValueError names the choices when it is not one."""
@@ -135,8 +134,8 @@ class LoadedModel:
 def content_hash(
     directory: Path,
     architecture: dict[str, Any],
-    line_conditions: dict[str, str] | None = None,
-    files: tuple[str, ...] | list[str] = LEGACY_HASHED,
+    line_conditions: dict[str, str],
+    files: tuple[str, ...] | list[str],
 ) -> str:
     """sha256 over ``files`` where present, the architecture and a line mapping (when there
     is one), shortened to 16 hex digits."""
@@ -155,7 +154,7 @@ def save_checkpoint(
     directory: str | Path | None,
     model_cfg: ModelConfig,
     state_dicts: dict[str, dict[str, torch.Tensor]],
-    card: dict[str, Any],
+    draft: CardDraft,
     calibration: pd.DataFrame,
     store: str | Path | None = None,
     latents: CalibrationLatents | None = None,
@@ -173,18 +172,19 @@ def save_checkpoint(
         if latents is not None:
             save_file(latents.tensors(), str(tmp / LATENTS))
         architecture = config_to_dict(model_cfg)
-        card = dict(card)
-        card["architecture"] = architecture
-        card["has_denoiser"] = "denoiser" in state_dicts
-        card["has_calibration_latents"] = latents is not None
         # The calibration scores set thresholds: a swapped file must not pass either.
         calibration.to_csv(tmp / CALIBRATION, index=False)
-        card["hashed_files"] = sorted(n for n in HASHED_FILES if (tmp / n).exists())
-        card["model_version"] = content_hash(
-            tmp, architecture, card.get("line_conditions"), card["hashed_files"]
+        hashed = sorted(n for n in HASHED_FILES if (tmp / n).exists())
+        card = ModelCard(
+            **dict(draft),
+            architecture=architecture,
+            has_denoiser="denoiser" in state_dicts,
+            has_calibration_latents=latents is not None,
+            hashed_files=hashed,
+            model_version=content_hash(tmp, architecture, draft.line_conditions, hashed),
         )
-        (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
-        directory = Path(directory) if directory is not None else parent / card["model_version"]
+        (tmp / CARD).write_text(card.to_json(indent=2) + "\n")
+        directory = Path(directory) if directory is not None else parent / card.model_version
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
@@ -194,33 +194,29 @@ def save_checkpoint(
     return directory
 
 
-def read_card(directory: str | Path) -> dict[str, Any]:
+def read_card(directory: str | Path) -> ModelCard:
     """The model card of a checkpoint directory."""
     p = Path(directory) / CARD
     try:
-        card: dict[str, Any] = json.loads(p.read_text())
+        return ModelCard.model_validate_json(p.read_text())
     except FileNotFoundError as exc:
         raise CheckpointError(f"{directory} is not a checkpoint: no {CARD}") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{p} is not valid JSON: {exc}") from exc
-    return card
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'card'}: {e['msg']}" for e in exc.errors()
+        )
+        raise CheckpointError(f"{p} is not a model card: {problems}") from exc
 
 
-def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+def verify_checkpoint(directory: str | Path) -> ModelCard:
     """The model card, once the files' content hash matches its model version."""
     directory = Path(directory)
     card = read_card(directory)
-    try:
-        architecture = card["architecture"]
-        expected = card["model_version"]
-    except KeyError as exc:
-        raise CheckpointError(f"model card of {directory} lacks {exc}") from exc
-    files = card.get("hashed_files", LEGACY_HASHED)
-    actual = content_hash(directory, architecture, card.get("line_conditions"), files)
-    if actual != expected:
+    actual = content_hash(directory, card.architecture, card.line_conditions, card.hashed_files)
+    if actual != card.model_version:
         raise CheckpointError(
-            f"content hash mismatch in {directory}: model card says {expected}, files hash to "
-            f"{actual} (corrupted or swapped checkpoint)"
+            f"content hash mismatch in {directory}: model card says {card.model_version}, files "
+            f"hash to {actual} (corrupted or swapped checkpoint)"
         )
     return card
 
@@ -229,7 +225,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     """Load and verify a checkpoint: the content hash must match the card's model version."""
     directory = Path(directory)
     card = verify_checkpoint(directory)
-    cfg = config_from_dict(card["architecture"])
+    cfg = config_from_dict(card.architecture)
 
     def _load(name: str) -> VLAEBase:
         m = build_model(cfg)
@@ -245,10 +241,10 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             raise CheckpointError(f"cannot load {name} weights from {directory}: {exc}") from exc
         return m.to(device).eval()
 
-    denoiser = _load("denoiser") if card.get("has_denoiser") else None
+    denoiser = _load("denoiser") if card.has_denoiser else None
     calibration = pd.read_csv(directory / CALIBRATION)
     latents = None
-    if (directory / LATENTS).is_file():
+    if card.has_calibration_latents:
         try:
             latents = CalibrationLatents.from_tensors(load_file(str(directory / LATENTS)))
         except (OSError, RuntimeError, KeyError) as exc:
@@ -256,21 +252,27 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     return LoadedModel(directory, _load("model"), denoiser, card, calibration, latents)
 
 
-def list_versions(store: str | Path) -> list[dict[str, Any]]:
-    """Cards of every checkpoint in a model store, newest first."""
+@dataclass(frozen=True)
+class StoredCard:
+    """A checkpoint of a model store: its directory and its card."""
+
+    path: Path
+    card: ModelCard
+
+
+def list_versions(store: str | Path) -> list[StoredCard]:
+    """Cards of every checkpoint in a model store, newest first (unreadable cards skipped)."""
     store = Path(store)
     if not store.is_dir():
         return []
-    cards = []
+    found = []
     for d in store.iterdir():
         if (d / CARD).is_file():
             try:
-                card = read_card(d)
+                found.append(StoredCard(d, read_card(d)))
             except CheckpointError:
                 continue
-            card["path"] = str(d)
-            cards.append(card)
-    return sorted(cards, key=lambda c: str(c.get("created_at", "")), reverse=True)
+    return sorted(found, key=lambda v: v.card.created_at, reverse=True)
 
 
 def resolve_checkpoint(path: str | Path, version: str | None = None) -> Path:
@@ -280,8 +282,8 @@ def resolve_checkpoint(path: str | Path, version: str | None = None) -> Path:
         return p
     versions = list_versions(p)
     if version is not None:
-        versions = [c for c in versions if c.get("model_version") == version]
+        versions = [v for v in versions if v.card.model_version == version]
     if not versions:
         what = f"version {version}" if version else "checkpoint"
         raise CheckpointError(f"no {what} in {p}")
-    return Path(versions[0]["path"])
+    return versions[0].path

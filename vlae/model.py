@@ -276,8 +276,7 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """Inverse of ``config_to_dict``."""
     d = dict(d)
-    arch = d.pop("arch", "mlp")
-    d.setdefault("score_kind", "elbo")  # checkpoints from before score kinds existed
+    arch = d.pop("arch")
     d["image_shape"] = tuple(d["image_shape"])
     if arch == "spatial":
         d["channels"] = tuple(d["channels"])

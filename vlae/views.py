@@ -18,15 +18,15 @@ from vlae.figures import grid_png, latent_map_png
 
 
 class MissingLatentsError(CheckpointError):
-    """A checkpoint from before the explorer: no calibration latents to compare with."""
+    """A checkpoint saved without calibration latents: no normal reference to compare with."""
 
 
 def require_latents(loaded: LoadedModel) -> CalibrationLatents:
-    """The checkpoint's calibration latents, or a clear error for older checkpoints."""
+    """The checkpoint's calibration latents, or a clear error when it was saved without."""
     if loaded.latents is None:
         raise MissingLatentsError(
-            f"checkpoint {loaded.path} (model {loaded.version}) has no calibration latents: it "
-            "was trained before the explorer existed; train it again to explore it"
+            f"checkpoint {loaded.path} (model {loaded.version}) has no calibration latents: "
+            "train it again to explore it"
         )
     return loaded.latents
 

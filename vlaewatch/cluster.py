@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ def connect(
     """Initialise Ray unless it already is; return what was connected to.
 
     ``owned`` is true when this call started the connection: only its caller shuts it down.
+    Without ``log_to_driver`` the workers' output (Train workers, Serve replicas, the
+    controllers) and Ray's own INFO lines stay in Ray's log files (``logs_dir``) and
+    dashboard: the commands' quiet terminal.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
@@ -32,6 +36,8 @@ def connect(
     if owned:
         # Workers import the project as installed in the environment (`make install`).
         kwargs: dict[str, Any] = {"log_to_driver": log_to_driver}
+        if not log_to_driver:
+            kwargs["logging_level"] = logging.ERROR
         if address is None:
             kwargs |= {
                 "num_cpus": num_cpus,
@@ -53,7 +59,25 @@ def connect(
         "dashboard_url": f"http://{dashboard}" if dashboard else None,
         "resources": ray.cluster_resources(),
         "owned": owned,
+        "logs_dir": _logs_dir(),
     }
+
+
+def quiet_serve() -> None:
+    """Serve's INFO lines in this process (started, deploying, ready) off the terminal: the
+    commands say those steps themselves. Its logger is set up when ``ray.serve`` is first
+    imported, so this imports it first."""
+    import ray.serve  # noqa: F401
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+
+
+def _logs_dir() -> str | None:
+    """Where this node's Ray processes write their logs (None when it cannot be told)."""
+    import ray
+
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    return None if node is None else str(node.get_logs_dir_path())
 
 
 def shutdown() -> None:

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from contract.auth import KeyConfigError, parse_api_keys
+from contract.settings import Settings
 from scorer.config import ScorerConfig
 from vlaewatch.cli import build_parser
-from vlaewatch.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 KINDS = {

@@ -37,10 +37,10 @@ def test_each_line_scores_its_own_product_low_and_the_other_high(
     conditional_scorer_url: str, conditional_checkpoint: Path, digits: Any
 ) -> None:
     card = read_card(conditional_checkpoint)
-    assert card["variant"] == "ConditionalVLAE" and card["conditions"] == ["0", "1"]
-    assert card["line_conditions"] == LINE_CONDITIONS
+    assert card.variant == "ConditionalVLAE" and card.conditions == ["0", "1"]
+    assert card.line_conditions == LINE_CONDITIONS
     health = httpx.get(f"{conditional_scorer_url}/v1/health", timeout=30).json()
-    assert health["model_version"] == card["model_version"]
+    assert health["model_version"] == card.model_version
     assert health["line_conditions"] == LINE_CONDITIONS and health["explorer"] is True
 
     test = digits.test
@@ -50,7 +50,7 @@ def test_each_line_scores_its_own_product_low_and_the_other_high(
     for line in LINE_CONDITIONS:
         for digit, images in (("0", zeros), ("1", ones)):
             body = _score(conditional_scorer_url, images, line)
-            assert body["n_failed"] == 0 and body["model_version"] == card["model_version"]
+            assert body["n_failed"] == 0 and body["model_version"] == card.model_version
             scores[line, digit] = np.array([r["score"] for r in body["results"]])
     for line, own in LINE_CONDITIONS.items():
         other = "1" if own == "0" else "0"

@@ -140,8 +140,8 @@ def test_served_scores_and_maps_find_local_defects(
 ) -> None:
     model = inspection[name]
     card = read_card(model["path"])
-    assert card["variant"] == "DenoisingSpatialVLAE" and card["score_kind"] == "local"
-    assert card["data_profile"]["aligned"] is (name == "washer")
+    assert card.variant == "DenoisingSpatialVLAE" and card.score_kind == "local"
+    assert card.data_profile is not None and card.data_profile["aligned"] is (name == "washer")
     scores, maps = _served(model["url"], model["test"].images)
     assert maps.shape == (len(scores), 64, 64) and maps.dtype == np.float32
     # The local score is the map's maximum, in the same units.
@@ -163,7 +163,7 @@ def test_served_scores_and_maps_equal_evaluate(
     np.testing.assert_allclose(served_scores, local.score, rtol=1e-4, atol=1e-4)
     assert local.maps is not None
     np.testing.assert_allclose(served_maps, local.maps, rtol=1e-4, atol=1e-4)
-    c, h, w = read_card(Path(model["path"]))["image_shape"]
+    c, h, w = read_card(Path(model["path"])).image_shape
     assert served_maps.shape[1:] == (h, w) and images.shape[1] == c
 
 
@@ -255,8 +255,8 @@ def test_each_line_is_scored_by_its_own_model(
     url = f"{scorer_url}/lines"
     client = redis.Redis.from_url(redis_server.url)
     try:
-        fabric_v = read_card(fabric["path"])["model_version"]
-        pills_v = read_card(pills["path"])["model_version"]
+        fabric_v = read_card(fabric["path"]).model_version
+        pills_v = read_card(pills["path"]).model_version
         health = httpx.get(f"{url}/v1/health", timeout=30).json()
         assert health["model_version"] == fabric_v and health["line_models"] == {"pills": pills_v}
         keys = StreamKeys(prefix)

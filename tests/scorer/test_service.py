@@ -103,7 +103,7 @@ def test_served_scores_equal_evaluate_and_stream_one_entry_each(
     assert len(entries) == len(ids)  # exactly one per scored item
     assert all(set(e) == SCORE_FIELDS for e in entries)
     rec = ScoreRecord.from_fields(entries[0])
-    assert rec.line == "cam1" and rec.model_version == read_card(checkpoint)["model_version"]
+    assert rec.line == "cam1" and rec.model_version == read_card(checkpoint).model_version
     assert rec.ts_scored >= rec.ts_ingested
 
 
@@ -284,8 +284,8 @@ def test_model_swap_mid_stream_loses_no_request(
     scorer_url: str, redis_server: Any, checkpoint: Path, checkpoint_b: Path, digits: Any,
     tmp_path: Path,
 ) -> None:  # fmt: skip
-    v1 = read_card(checkpoint)["model_version"]
-    v2 = read_card(checkpoint_b)["model_version"]
+    v1 = read_card(checkpoint).model_version
+    v2 = read_card(checkpoint_b).model_version
     port = int(scorer_url.rsplit(":", 1)[1])
     base = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
                         reclaim_idle_ms=2000)  # fmt: skip

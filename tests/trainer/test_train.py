@@ -13,6 +13,7 @@ import torch
 from trainer.data import split_normal
 from trainer.pipeline import DatasetInfo, train_arrays, train_model
 from trainer.train import LoopContext, TrainArrays, TrainConfig, fit
+from vlae.card import CardDraft, DatasetCard
 from vlae.checkpoint import (
     CheckpointError,
     list_versions,
@@ -125,19 +126,19 @@ def test_model_card_and_checkpoint_round_trip(digits, tmp_path: Path) -> None:
     )
     loaded = load_checkpoint(path)
     card = loaded.card
-    assert path.name == loaded.version == card["model_version"]
-    assert card["variant"] == "DenoisingConditionalConvVLAE"
-    assert card["architecture"]["arch"] == "conv"
-    assert card["architecture"]["num_conditions"] == 2
-    assert card["conditions"] == ["3", "8"]
-    assert card["beta"] == 2.0 and card["latent_dim"] == 6
-    assert card["image_shape"] == [1, 28, 28]
-    assert card["normal_classes"] == ["3", "8"]
-    assert {"torch", "ray", "python", "vlaewatch"} <= set(card["versions"])
-    assert card["epochs"] == 1 and "val_loss" in card["metrics"]
+    assert path.name == loaded.version == card.model_version
+    assert card.variant == "DenoisingConditionalConvVLAE"
+    assert card.architecture["arch"] == "conv"
+    assert card.architecture["num_conditions"] == 2
+    assert card.conditions == ["3", "8"]
+    assert card.beta == 2.0 and card.latent_dim == 6
+    assert card.image_shape == (1, 28, 28)
+    assert card.normal_classes == ["3", "8"]
+    assert {"torch", "ray", "python", "vlaewatch"} <= set(card.versions)
+    assert card.epochs == 1 and "val_loss" in card.metrics
     assert loaded.denoiser is not None
     assert resolve_checkpoint(tmp_path) == path
-    assert [c["model_version"] for c in list_versions(tmp_path)] == [loaded.version]
+    assert [v.card.model_version for v in list_versions(tmp_path)] == [loaded.version]
     with pytest.raises(CheckpointError, match="no version"):
         resolve_checkpoint(tmp_path, "feedfacefeedface")
 
@@ -181,6 +182,18 @@ def test_corrupted_or_swapped_weights_are_refused(digits, tmp_path: Path) -> Non
         load_checkpoint(third)
 
 
+def _draft(cfg: SpatialVLAEConfig) -> CardDraft:
+    """The least card a checkpoint takes (for tests of its weights)."""
+    dataset = DatasetCard(name="none", data_dir=None, image_folder=None, train_fingerprint="",
+                          train_class_counts={}, n_train=0, n_validation=0,
+                          n_calibration=1)  # fmt: skip
+    return CardDraft(variant="SpatialVLAE", image_shape=cfg.image_shape, latent_dim=cfg.latent_dim,
+                     beta=1.0, normal_classes=["good"], conditions=[], line_conditions={},
+                     score_kind=cfg.score_kind, likelihood="", score="", denoiser=None,
+                     denoising=None, data_profile=None, dataset=dataset, training={}, epochs=0,
+                     metrics={}, history=[], versions={}, created_at="")  # fmt: skip
+
+
 def test_a_local_checkpoint_of_an_earlier_map_version_is_refused(tmp_path: Path) -> None:
     # Written before the texture term and the per-term peaks: three map terms, no peaks.
     cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), latent_dim=4)
@@ -189,7 +202,7 @@ def test_a_local_checkpoint_of_an_earlier_map_version_is_refused(tmp_path: Path)
     weights["map_mean"] = weights["map_mean"][:3]
     weights["map_std"] = weights["map_std"][:3]
     calibration = pd.DataFrame({"recon": [1.0], "kl": [1.0], "complexity": [0.0], "score": [2.0]})
-    path = save_checkpoint(tmp_path / "old", cfg, {"model": weights}, {}, calibration)
+    path = save_checkpoint(tmp_path / "old", cfg, {"model": weights}, _draft(cfg), calibration)
     with pytest.raises(CheckpointError, match=r"earlier version of the local score.*retrain"):
         load_checkpoint(path)
 

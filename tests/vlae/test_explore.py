@@ -15,16 +15,18 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from vlae import explore
+from vlae.card import CardDraft
 from vlae.checkpoint import (
     CARD,
     LATENTS,
     CheckpointError,
-    content_hash,
     load_checkpoint,
     read_card,
+    save_checkpoint,
     verify_checkpoint,
 )
 from vlae.images import to_float
+from vlae.model import config_from_dict
 from vlaewatch.cli import main
 
 GAP = 1
@@ -70,9 +72,9 @@ def test_checkpoint_holds_calibration_latents_covered_by_its_hash(
 ) -> None:
     ref = loaded.latents
     card = read_card(checkpoint)
-    n_cal = card["dataset"]["n_calibration"]
-    assert card["has_calibration_latents"] is True
-    assert ref.mu.shape == (n_cal, card["latent_dim"]) and ref.images.shape == (n_cal, 1, 28, 28)
+    n_cal = card.dataset.n_calibration
+    assert card.has_calibration_latents is True
+    assert ref.mu.shape == (n_cal, card.latent_dim) and ref.images.shape == (n_cal, 1, 28, 28)
     assert (ref.conditions == -1).all()
     # The stored means are the model's own encoding of the stored images.
     mu, _ = explore.encode(loaded.model, ref.images)
@@ -87,24 +89,31 @@ def test_checkpoint_holds_calibration_latents_covered_by_its_hash(
         verify_checkpoint(swapped)
 
 
-def test_an_older_checkpoint_without_latents_loads_and_the_explorer_says_why(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_checkpoint_saved_without_latents_loads_and_the_explorer_says_why(
+    loaded: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old = tmp_path / "old"
-    shutil.copytree(checkpoint, old)
-    (old / LATENTS).unlink()
-    card = json.loads((old / CARD).read_text())
-    for key in ("has_calibration_latents", "line_conditions", "hashed_files"):
-        card.pop(key)
-    card["model_version"] = content_hash(old, card["architecture"])  # as it was written then
-    (old / CARD).write_text(json.dumps(card))
-    assert load_checkpoint(old).latents is None
-    assert main(["explore", "latent-map", "--checkpoint", str(old), "--out",
+    draft = CardDraft.model_validate(loaded.card.model_dump(include=set(CardDraft.model_fields)))
+    cfg = config_from_dict(loaded.card.architecture)
+    bare = save_checkpoint(tmp_path / "bare", cfg, {"model": loaded.model.state_dict()}, draft,
+                           loaded.calibration)  # fmt: skip
+    assert read_card(bare).has_calibration_latents is False
+    assert load_checkpoint(bare).latents is None
+    assert main(["explore", "latent-map", "--checkpoint", str(bare), "--out",
                  str(tmp_path / "m.png")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "no calibration latents" in err and "train it again" in err
     # Views that need no normal reference still work.
-    _run(capsys, "explore", "sample", "--checkpoint", str(old), "--out", str(tmp_path / "s.png"))
+    _run(capsys, "explore", "sample", "--checkpoint", str(bare), "--out", str(tmp_path / "s.png"))
+
+
+def test_a_card_lacking_a_field_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(checkpoint, old)
+    card = json.loads((old / CARD).read_text())
+    del card["hashed_files"]
+    (old / CARD).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="not a model card: hashed_files: Field required"):
+        load_checkpoint(old)
 
 
 def test_latent_map_places_anomalies_farther_from_normal(loaded: Any, digits: Any) -> None:
@@ -163,7 +172,7 @@ def test_traversal_changes_the_image_monotonically(loaded: Any) -> None:
 
 def test_compression_ratio_is_input_size_over_code_size(loaded: Any, digits: Any) -> None:
     images = digits.test.images[:20]
-    d = int(loaded.card["latent_dim"])
+    d = loaded.card.latent_dim
     for dtype, itemsize in (("float32", 4), ("float16", 2)):
         result = explore.compress(loaded.model, images, code_dtype=dtype)  # type: ignore[arg-type]
         assert result.input_bytes == 784 and result.code_bytes == d * itemsize
@@ -248,7 +257,7 @@ def _train(digits: Any, out: Path, normal: list[str], latent_dim: int, epochs: i
         lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)), {"kind": "in-process"},
         out=out,
     )  # fmt: skip
-    return str(read_card(path)["model_version"])
+    return read_card(path).model_version
 
 
 def test_every_view_works_on_a_model_with_a_grid_of_latent_cells(tmp_path: Path) -> None:

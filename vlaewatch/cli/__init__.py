@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from contract.settings import Settings
 from vlaewatch.cli import api, demo, evaluate, explore, grafana, info, serve, train
 from vlaewatch.cli.args import UsageError
-from vlaewatch.settings import Settings
 
 __all__ = ["build_parser", "main"]
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vlaewatch`` console script: the command's result as JSON on
-    stdout; an error on stderr with exit status 2."""
+    stdout (when it has one); an error on stderr with exit status 2."""
     from grafana_client.client import GrafanaException
 
     from contract.auth import KeyConfigError
@@ -51,5 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:  # fmt: skip
         print(f"vlaewatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    if result is not None:  # the demo's summary is in its file
+        print(json.dumps(result, indent=2))
     return 0

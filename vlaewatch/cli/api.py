@@ -7,10 +7,10 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from vlaewatch.cli.args import API_PORT, HOST, UsageError, config_default
+from contract.settings import Settings
+from vlaewatch.cli.args import API_PORT, HOST, UsageError, config_default, given
 from vlaewatch.cli.console import err
 from vlaewatch.cli.embedded import redis_url
-from vlaewatch.settings import Settings
 
 if TYPE_CHECKING:
     from contract.auth import Principal
@@ -109,14 +109,11 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     keys = _check_keys(args.host, settings)
     with contextlib.ExitStack() as stack:
         extra: dict[str, Any] = {"consumer": args.consumer} if args.consumer else {}
-        cfg = ApiConfig(
+        cfg = ApiConfig.from_settings(
+            settings,
             redis_url=redis_url(stack, args.redis_url, settings),
-            key_prefix=args.key_prefix or settings.key_prefix,
-            scorer_url=args.scorer_url or settings.scorer_url,
             api_keys=keys,
-            public_metrics=settings.public_metrics,
-            grafana_url=settings.grafana_url,
-            grafana_token=settings.grafana_token,
+            **given(key_prefix=args.key_prefix, scorer_url=args.scorer_url),
             consume=not args.no_consume,
             reclaim_idle_ms=args.reclaim_idle_ms,
             initial_fpr=args.initial_fpr,

@@ -8,7 +8,7 @@ import dataclasses
 from typing import Any
 from urllib.parse import urlsplit
 
-from vlaewatch.settings import Settings
+from contract.settings import Settings
 
 
 class UsageError(ValueError):
@@ -40,6 +40,20 @@ def _scorer_address() -> tuple[str, int]:
 
 HOST, SCORER_PORT = _scorer_address()
 API_PORT = 8080  # the API's default port, beside the scorer's
+
+
+def add_verbose(parser: Any) -> None:
+    """``--verbose``: Ray's, Serve's and the workers' logs on the terminal too. Without it
+    they stay in Ray's log files, which the command names, and the dashboard."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's, Serve's and the workers' logs here")  # fmt: skip
+
+
+def ray_logs(info: dict[str, Any]) -> str:
+    """Where a command's Ray logs are, for its status line."""
+    where = info.get("logs_dir") or "the head node's Ray log folder"
+    dashboard = f", dashboard {info['dashboard_url']}" if info.get("dashboard_url") else ""
+    return f"Ray logs in {where}{dashboard}"
 
 
 def parse_size(text: str) -> tuple[int, int]:

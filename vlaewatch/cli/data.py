@@ -7,13 +7,14 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from contract.settings import Settings
 from vlaewatch.cli.args import UsageError, parse_size
-from vlaewatch.settings import Settings
 
 if TYPE_CHECKING:
     from trainer.data import Source
+    from vlae.card import ModelCard
 
 DEFAULT_FOLDER_SIZE = 64
 _DEFAULT_SHAPE = (1, 28, 28)  # the named datasets' images; a folder's come from its flags
@@ -94,19 +95,17 @@ def load(data: DataChoice, settings: Settings) -> Source:
     )
 
 
-def dataset_of(data: DataChoice, settings: Settings, card: dict[str, Any]) -> Source:
+def dataset_of(data: DataChoice, settings: Settings, card: ModelCard) -> Source:
     """The dataset named by the flags, else the one the model card was trained on."""
-    ds = card.get("dataset", {})
+    ds = card.dataset
     if data.dataset is None:
-        name = str(ds.get("name", "digits"))
         data = dataclasses.replace(
             data,
-            dataset="folder" if name.startswith("folder:") else name,
-            data_dir=data.data_dir or (Path(ds["data_dir"]) if ds.get("data_dir") else None),
-            image_folder=data.image_folder
-            or (Path(ds["image_folder"]) if ds.get("image_folder") else None),
+            dataset="folder" if ds.name.startswith("folder:") else ds.name,
+            data_dir=data.data_dir or (Path(ds.data_dir) if ds.data_dir else None),
+            image_folder=data.image_folder or (Path(ds.image_folder) if ds.image_folder else None),
         )
     if data.dataset == "folder":
-        c, h, w = card["image_shape"]
+        c, h, w = card.image_shape
         data = dataclasses.replace(data, channels=c, image_size=data.image_size or (h, w))
     return load(data, settings)

@@ -8,16 +8,25 @@ import argparse
 import contextlib
 import json
 import secrets
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlaewatch.cli.args import API_PORT, HOST, SCORER_PORT, UsageError, classes
+from contract.settings import Settings
+from vlaewatch.cli.args import (
+    API_PORT,
+    HOST,
+    SCORER_PORT,
+    UsageError,
+    add_verbose,
+    classes,
+    ray_logs,
+)
 from vlaewatch.cli.console import err
 from vlaewatch.cli.data import DEFAULT_FOLDER_SIZE, DataChoice, add_data_args
 from vlaewatch.cli.embedded import redis_url
 from vlaewatch.cli.train import TrainOptions, train
-from vlaewatch.settings import Settings
 
 if TYPE_CHECKING:
     from contract.auth import Principal
@@ -71,13 +80,15 @@ def add_parser(sub: Any) -> None:
     d.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
     d.add_argument("--redis-url", help="REDIS_URL; default: the bundled redis-server")
     d.add_argument("--exit-after", action="store_true", help="stop after the summary")
-    d.add_argument("--summary-json", type=Path, help="also write the summary here")
+    d.add_argument("--summary-json", type=Path,
+                   help="also write the summary here (as HOME/demo-summary.json)")  # fmt: skip
+    add_verbose(d)
     d.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def run(args: argparse.Namespace, settings: Settings) -> None:
     """``vlaewatch demo``: the six steps, then serve until SIGINT or SIGTERM (or not, with
-    ``--exit-after``)."""
+    ``--exit-after``). The summary goes to stderr in brief and to a JSON file in full."""
     import signal
     import threading
 
@@ -97,13 +108,16 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         err("[1/6] embedded services: Redis and a local Ray cluster")
         redis = redis_url(stack, args.redis_url, settings)
-        info = cluster.connect(args.address or settings.ray_address)
+        info = cluster.connect(args.address or settings.ray_address, log_to_driver=args.verbose)
         if info["owned"]:
             stack.callback(cluster.shutdown)
+        if not args.verbose:
+            cluster.quiet_serve()
+        err(f"      {ray_logs(info)}")
         trained, parts, normal = (_train_inspection if inspection else _train_dataset)(
             args, settings
         )
-        scorer_url, api = _deploy(stack, args, settings, trained, redis, keys)
+        scorer_url, api = _deploy(stack, args, settings, trained, redis, keys, info["owned"])
         calibration = _calibrate(args, api.url, headers, trained, inspection)
         result, lines = _stream(stack, args, api.url, scorer_url, headers, ingest, parts,
                                 normal, calibration)  # fmt: skip
@@ -122,15 +136,15 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 "ray_dashboard": info["dashboard_url"],
             },
         }
-        err("[6/6] summary")
-        print_summary(result)
-        if args.summary_json:
-            args.summary_json.write_text(json.dumps(result, indent=2))
+        full = settings.home / "demo-summary.json"
+        for path in (full, args.summary_json):
+            if path is not None:
+                path.write_text(json.dumps(result, indent=2))
+        print_summary(result, full)
         if not args.exit_after:
             err("serving; Ctrl-C stops everything")
             stop.wait()
         err("stopping")
-    return result
 
 
 def _keys(settings: Settings) -> tuple[dict[str, Principal], dict[str, str], dict[str, str]]:
@@ -207,11 +221,12 @@ def _train_dataset(
 
 def _deploy(
     stack: contextlib.ExitStack, args: argparse.Namespace, settings: Settings, trained: Trained,
-    redis: str, keys: dict[str, Principal],
+    redis: str, keys: dict[str, Principal], own_cluster: bool,
 ) -> tuple[str, ApiThread]:  # fmt: skip
     """One scorer (the first line's model for every line, and each other line's own) and the
     API in this process, both stopped when the stack closes; once the scorer has announced
-    every model."""
+    every model. Serve on the demo's own cluster stops with it: Serve's shutdown of its
+    controller would print a Ray task failure on a normal stop."""
     from api.config import ApiConfig
     from contract.auth import digests
     from scorer.config import DeploymentConfig, ScorerConfig
@@ -226,7 +241,8 @@ def _deploy(
     scorer_cfg = ScorerConfig(checkpoint=first["checkpoint"], line_models=line_models,
                               redis_url=redis, key_prefix=settings.key_prefix,
                               api_key_digests=digests(keys))  # fmt: skip
-    stack.callback(serve_shutdown)
+    if not own_cluster:
+        stack.callback(serve_shutdown)
     scorer_url = deploy(scorer_cfg, DeploymentConfig(num_cpus=0.5), host=args.host,
                         port=args.scorer_port)  # fmt: skip
     api_cfg = ApiConfig(redis_url=redis, key_prefix=settings.key_prefix,
@@ -256,12 +272,18 @@ def _calibrate(
     err(f"[4/6] calibrating thresholds from normal images: fpr {args.fpr:g}"
         + (f", pixel fpr {pixel_fpr:g}" if inspection else ""))  # fmt: skip
     calibration: dict[str, dict[str, Any]] = {}
+    said: set[str] = set()
     for line, target, alpha in targets:
         t = trained.get(line, first)
-        n_calibration = int(read_card(t["checkpoint"])["dataset"]["n_calibration"])
+        n_calibration = read_card(t["checkpoint"]).dataset.n_calibration
         answer = calibrate(api_url, headers, line, target, t["model_version"], alpha,
                            n_calibration)  # fmt: skip
         calibration.setdefault(line, {})[target] = answer
+        note = (f"      {n_calibration} calibration scores cannot guarantee alpha {alpha:g}: "
+                f"using 1/(n+1) = {answer['alpha']:.4f}")  # fmt: skip
+        if answer["alpha"] > alpha and note not in said:
+            err(note)
+            said.add(note)
         far = answer["false_alarm_rate"]
         err(f"      {line} {target} threshold {answer['threshold']:.2f}, expected "
             f"false-{'alarm' if target == 'image' else 'region'} rate "
@@ -276,7 +298,8 @@ def _stream(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:  # fmt: skip
     """Stream the held-out images on the lines while listening for alerts; the summary of
     what was alerted, overall and per line."""
-    from vlaewatch.cli.console import progress_printer
+    from tqdm import tqdm
+
     from vlaewatch.cli.demo_api import AlertListener, wait_consumed
     from vlaewatch.cli.demo_stream import stream_lines
     from vlaewatch.cli.demo_summary import summary, where_summary
@@ -286,16 +309,16 @@ def _stream(
     total = sum(len(p.images) for p in parts)
     err(f"[5/6] streaming {total} held-out images on {', '.join(args.lines)} "
         f"at {args.rate:g}/s")  # fmt: skip
-    show = progress_printer("images")
-    started = time.monotonic()
-
-    def progress(done: int, total: int) -> None:
-        rate = done / max(time.monotonic() - started, 1e-9)
-        show(done, total, f" alerts {len(listener.seen)}  {rate:.0f} images/s")
-
     run_id = f"demo{int(time.time())}"
-    streamed = stream_lines(scorer_url, parts, args.rate, args.batch, run_id, progress,
-                            maps=args.dataset == "inspection", headers=ingest)  # fmt: skip
+    with tqdm(total=total, desc="      images", unit="image", file=sys.stderr,
+              dynamic_ncols=True) as bar:  # fmt: skip
+
+        def progress(done: int, total: int) -> None:
+            bar.set_postfix(alerts=len(listener.seen), refresh=False)
+            bar.update(done - bar.n)
+
+        streamed = stream_lines(scorer_url, parts, args.rate, args.batch, run_id, progress,
+                                maps=args.dataset == "inspection", headers=ingest)  # fmt: skip
     wait_consumed(api_url)
     time.sleep(0.5)  # the last alerts' events are on their way to the listener
     ours = {i: v for i, v in listener.seen.items() if i in set(streamed.item_ids)}

@@ -14,7 +14,6 @@ import uvicorn
 
 from api.config import ApiConfig
 from vlaewatch.cli.args import UsageError
-from vlaewatch.cli.console import err
 
 
 class DemoError(RuntimeError):
@@ -121,14 +120,11 @@ def calibrate(
     alpha: float,
     n_calibration: int,
 ) -> dict[str, Any]:
-    """``fpr`` at ``alpha``, or at the smallest alpha the calibration set supports (said on
-    stderr)."""
+    """``fpr`` at ``alpha``, or at the smallest alpha the calibration set supports (the
+    answer's ``alpha``)."""
     from api.calibrate import supported_alpha
 
     used = supported_alpha(alpha, n_calibration)
-    if used > alpha:
-        err(f"      {n_calibration} calibration scores cannot guarantee alpha {alpha:g}: "
-            f"using 1/(n+1) = {used:.4f}")  # fmt: skip
     body = {"line": line, "target": target, "params": {"method": "fpr", "alpha": used},
             "model_version": version, "why": "vlaewatch demo"}  # fmt: skip
     resp = httpx.post(f"{api_url}/v1/thresholds/calibrate", json=body, headers=headers)

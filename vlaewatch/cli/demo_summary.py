@@ -3,6 +3,7 @@ line with defect masks, detection and localisation."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,20 +103,37 @@ def where_summary(
     return out
 
 
-def print_summary(result: dict[str, Any]) -> None:
-    """The summary's figures on stderr, a line each."""
+COLUMNS = ("line", "images", "defective", "alerts", "on normal", "precision", "recall",
+           "image AUROC", "pixel AUROC", "located")  # fmt: skip
 
-    def show(key: str, value: Any) -> None:
-        err(f"      {key:22s} {value:.3f}" if isinstance(value, float)
-            else f"      {key:22s} {value}")  # fmt: skip
 
-    for key in ("items_scored", "alerts", "alerts_by_line", "alerts_on_normal",
-                "alerts_on_anomalies", "precision", "recall", "auroc", "images_per_s",
-                "latency_ms_p50", "latency_ms_p99"):  # fmt: skip
-        show(key, result[key])
-    for line, figures in result["lines"].items():
-        err(f"      line {line}")
-        for key, value in figures.items():
-            show(f"  {key}", value)
-    for name, url in result["urls"].items():
-        show(name, url)
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(result: dict[str, Any], full: Path) -> None:
+    """The summary in brief on stderr: speed, a row a line and one for all, where to look;
+    every figure is in ``full``."""
+    whole = {k: "-" if result[k] is None else f"{result[k]:.0f}"
+             for k in ("images_per_s", "latency_ms_p50", "latency_ms_p99")}  # fmt: skip
+    err(
+        f"[6/6] summary: {result['items_scored']} images at {whole['images_per_s']}/s, alert "
+        f"latency p50 {whole['latency_ms_p50']} ms, p99 {whole['latency_ms_p99']} ms"
+    )
+    rows = [[line, f["items"], f["defective"], f["alerts"], None, f["precision"], f["recall"],
+             f["image_auroc"], f["pixel_auroc"], f["alerts_located"]]
+            for line, f in result["lines"].items()]  # fmt: skip
+    rows.append(["all", result["items_scored"], result["items_anomalous"], result["alerts"],
+                 result["alerts_on_normal"], result["precision"], result["recall"],
+                 result["auroc"], None, None])  # fmt: skip
+    table = [list(COLUMNS)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[k]) for row in table) for k in range(len(COLUMNS))]
+    for row in table:
+        cells = [c.rjust(w) for c, w in zip(row, widths, strict=True)]
+        cells[0] = row[0].ljust(widths[0])
+        err("      " + "  ".join(cells))
+    urls = result["urls"]
+    err(f"      console {urls['console']} (API docs {urls['api_docs']}); scorer {urls['scorer']}")
+    err(f"      every figure: {full}")

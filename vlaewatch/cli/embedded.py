@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 
+from contract.settings import Settings
 from vlaewatch.cli.console import err
-from vlaewatch.settings import Settings
 
 
 def redis_url(stack: contextlib.ExitStack, explicit: str | None, settings: Settings) -> str:

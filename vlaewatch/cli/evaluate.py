@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from contract.settings import Settings
 from vlaewatch.cli.data import DataChoice, add_data_args, dataset_of
-from vlaewatch.settings import Settings
 
 
 def add_parser(sub: Any) -> None:
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
     path = resolve_checkpoint(args.checkpoint or settings.store_path, args.version)
     loaded = load_checkpoint(path)
-    trained_on = loaded.card.get("dataset", {}).get("image_folder")
+    trained_on = loaded.card.dataset.image_folder
     if args.image_folder is not None and (
         trained_on is None or Path(trained_on).resolve() != args.image_folder.resolve()
     ):
@@ -36,9 +36,9 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         # image of it is the test set.
         from trainer.data import read_folder, read_masks
 
-        c, h, w = loaded.card["image_shape"]
+        c, h, w = loaded.card.image_shape
         test, paths = read_folder(args.image_folder, (c, h, w))
-        normal = [str(n) for n in loaded.card["normal_classes"]]
+        normal = list(loaded.card.normal_classes)
         if normal == ["normal"]:  # trained on a folder without classes: its test's good ones
             normal.append("good")
         masks = read_masks(args.image_folder, paths, test.labels, normal, (h, w))

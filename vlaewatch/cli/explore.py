@@ -15,15 +15,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.settings import Settings
 from vlaewatch.cli.args import UsageError, parse_size
 from vlaewatch.cli.console import err
 from vlaewatch.cli.data import DataChoice, add_data_args, dataset_of
-from vlaewatch.settings import Settings
 
 if TYPE_CHECKING:
     import numpy as np
 
     from trainer.data import LabelledImages
+    from vlae.card import ModelCard
     from vlae.checkpoint import LoadedModel
     from vlae.explore import CodeDtype, MapMethod
     from vlae.views import Items
@@ -173,8 +174,8 @@ def _compress(
     return png, data
 
 
-def _normal_test_items(card: dict[str, Any], test: LabelledImages, n: int) -> list[str]:
-    normal = {str(c) for c in card["normal_classes"]}
+def _normal_test_items(card: ModelCard, test: LabelledImages, n: int) -> list[str]:
+    normal = set(card.normal_classes)
     idx = [i for i, lab in enumerate(test.labels.astype(str)) if lab in normal][:n]
     return [f"test:{i}" for i in idx]
 
@@ -208,7 +209,7 @@ def resolve_items(loaded: LoadedModel, specs: list[str], test: LabelledImages) -
     from trainer.data import DataError
     from vlae.views import Items, conditions_of
 
-    shape = tuple(int(x) for x in loaded.card["image_shape"])
+    shape = loaded.card.image_shape
     images, conds = [], []
     for spec in specs:
         if spec.startswith("test:"):
@@ -244,7 +245,7 @@ def latent_map(
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(len(test), size=min(n_test, len(test)), replace=False))
     images, labels = test.images[idx], test.labels[idx].astype(str)
-    normal = [str(c) for c in loaded.card["normal_classes"]]
+    normal = list(loaded.card.normal_classes)
     conds = conditions_of(loaded, labels)
     scores = score_images(loaded.model, images, conds if loaded.conditions else None).score
     cal = np.sort(loaded.calibration["score"].to_numpy())
@@ -267,18 +268,17 @@ def rate_distortion(
     from vlae.views import conditions_of
 
     rows = []
-    shape = list(images.shape[1:])
-    for card in list_versions(store):
-        if list(card.get("image_shape", [])) != shape:
+    for stored in list_versions(store):
+        if stored.card.image_shape != images.shape[1:]:
             continue
         try:
-            loaded = load_checkpoint(card["path"])
+            loaded = load_checkpoint(stored.path)
         except CheckpointError:
             continue  # a damaged version is not a point on the curve
         result = explore.compress(loaded.model, images, conditions_of(loaded, labels), dtype)
         s = result.summary()
-        rows.append({"model_version": loaded.version, "variant": card.get("variant"),
-                     "normal_classes": card.get("normal_classes"),
+        rows.append({"model_version": loaded.version, "variant": loaded.card.variant,
+                     "normal_classes": loaded.card.normal_classes,
                      **{k: s[k] for k in ("latent_dim", "code_bytes", "ratio", "mse",
                                           "psnr_db")}})  # fmt: skip
     return sorted(rows, key=lambda r: (r["latent_dim"], r["mse"]))

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from contract.settings import Settings
 from vlaewatch.cli.args import UsageError
-from vlaewatch.settings import Settings
 
 
 def add_parser(sub: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from vlaewatch.settings import Settings
+from contract.settings import Settings
 
 
 def add_parser(sub: Any) -> None:
@@ -32,9 +32,12 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "model_store": str(settings.store_path),
         "models": [
             {
-                k: c.get(k)
-                for k in ("model_version", "variant", "normal_classes", "created_at", "path")
+                "model_version": v.card.model_version,
+                "variant": v.card.variant,
+                "normal_classes": v.card.normal_classes,
+                "created_at": v.card.created_at,
+                "path": str(v.path),
             }
-            for c in list_versions(settings.store_path)
+            for v in list_versions(settings.store_path)
         ],
     }

@@ -7,10 +7,10 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlaewatch.cli.args import HOST, SCORER_PORT, config_default
+from contract.settings import Settings
+from vlaewatch.cli.args import HOST, SCORER_PORT, add_verbose, config_default, ray_logs
 from vlaewatch.cli.console import err
 from vlaewatch.cli.embedded import redis_url
-from vlaewatch.settings import Settings
 
 if TYPE_CHECKING:
     from scorer.config import DeploymentConfig, ScorerConfig
@@ -65,6 +65,7 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="do not consume the frames stream (HTTP ingestion only)",
     )
+    add_verbose(s)
     s.set_defaults(run=run)
 
 
@@ -110,16 +111,17 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 "nodes cannot reach it: set REDIS_URL"
             )
         redis = redis_url(stack, args.redis_url, settings)
-        info = cluster.connect(args.address or settings.ray_address)
+        info = cluster.connect(args.address or settings.ray_address, log_to_driver=args.verbose)
         if info["owned"]:
             stack.callback(cluster.shutdown)
+        if not args.verbose:
+            cluster.quiet_serve()
         stack.callback(serve_shutdown)
         cfg, deployment = _configs(args, settings, redis)
         url = deploy(cfg, deployment, host=args.host, port=args.port)
         err(
             f"scoring model {loaded.version} at {url}/v1/score (docs {url}/docs); "
-            f"results to {cfg.key_prefix}:scores; Ray dashboard {info['dashboard_url']}; "
-            "Ctrl-C stops"
+            f"results to {cfg.key_prefix}:scores; {ray_logs(info)}; Ctrl-C stops"
         )
         stop.wait()
         err("stopping")

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlaewatch.cli.args import UsageError, classes, config_default, given
+from contract.settings import Settings
+from vlaewatch.cli.args import UsageError, add_verbose, classes, config_default, given, ray_logs
 from vlaewatch.cli.console import err
 from vlaewatch.cli.data import DataChoice, add_data_args, load
-from vlaewatch.settings import Settings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -63,6 +63,7 @@ class TrainOptions:
     storage_path: Path | None = None
     out: Path | None = None
     store: Path | None = None
+    verbose: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainOptions:
@@ -83,6 +84,7 @@ def add_parser(sub: Any) -> None:
     _add_model_args(t)
     _add_training_args(t)
     _add_ray_args(t)
+    add_verbose(t)
     dest = t.add_mutually_exclusive_group()
     dest.add_argument("--out", type=Path, help="write the checkpoint to this directory")
     dest.add_argument(
@@ -282,10 +284,10 @@ def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     card = read_card(path)
     return {
         "checkpoint": str(path),
-        "model_version": card["model_version"],
-        "image_shape": card["image_shape"],
-        "variant": card["variant"],
-        "metrics": card["metrics"],
+        "model_version": card.model_version,
+        "image_shape": list(card.image_shape),
+        "variant": card.variant,
+        "metrics": card.metrics,
     }
 
 
@@ -317,10 +319,13 @@ def _fitter(
 ) -> tuple[Fitter, dict[str, Any]]:
     """The loop in this process, or on Ray Train (joining or starting a cluster, left when the
     stack closes); and how it ran, for the model card."""
+    from trainer.progress import EpochBar
     from trainer.train import LoopContext, fit
 
+    bar = EpochBar()
+    stack.callback(bar.close)
     if opts.no_ray:
-        ctx = LoopContext(log=err)
+        ctx = LoopContext(log=err, progress=bar)
         return (lambda m, c, d: fit(m, c, d, ctx)), {"kind": "in-process"}
     from trainer.launch import RayLaunch, cluster_gpus, fit_with_ray, new_run_name
     from vlaewatch import cluster
@@ -331,15 +336,15 @@ def _fitter(
         **given(num_workers=opts.workers, cpus_per_worker=opts.cpus_per_worker,
                 max_failures=opts.max_failures, checkpoint_every_s=opts.checkpoint_every_s),
     )  # fmt: skip
-    info = cluster.connect(opts.address or settings.ray_address)
+    info = cluster.connect(opts.address or settings.ray_address, log_to_driver=opts.verbose)
     if info["owned"]:
         stack.callback(cluster.shutdown)
-    dashboard = f", dashboard {info['dashboard_url']}" if info["dashboard_url"] else ""
-    err(f"Ray Train run {launch.run_name} on {info['address']}{dashboard}")
+    logs = f"; {ray_logs(info)}" if info["owned"] else ""  # else the caller has said where
+    err(f"Ray Train run {launch.run_name} on {info['address']}{logs}")
     launcher = {
         "kind": "ray-train",
         "run_name": launch.run_name,
         "workers": launch.num_workers,
         "gpu": cluster_gpus() > 0,
     }
-    return (lambda m, c, d: fit_with_ray(m, c, d, launch)), launcher
+    return (lambda m, c, d: fit_with_ray(m, c, d, launch, show=bar)), launcher

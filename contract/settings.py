@@ -1,5 +1,8 @@
-"""All configuration in one place: ``VLAEWATCH_*`` environment variables, plus the ecosystem's
-own ``REDIS_URL`` and ``RAY_ADDRESS``. Commands build one ``Settings`` and pass values down."""
+"""All configuration from the environment in one place: ``VLAEWATCH_*`` variables, plus the
+ecosystem's own ``REDIS_URL`` and ``RAY_ADDRESS``. Commands build one ``Settings`` and pass
+values down; the scorer's and the API's configs take their defaults from it
+(``ScorerConfig.from_settings``, ``ApiConfig.from_settings``), and so does each scorer replica
+for the Redis it reads from its own environment."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.keys import StreamKeys
+
+SCORER_URL = "http://127.0.0.1:8000"  # where the scorer listens by default, and the API looks
 
 
 class Settings(BaseSettings):
@@ -48,9 +53,7 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
         description="Prefix of every Redis key, so several deployments can share one Redis.",
     )
-    scorer_url: str = Field(
-        default="http://127.0.0.1:8000", description="Scorer base URL (the API's previews)."
-    )
+    scorer_url: str = Field(default=SCORER_URL, description="Scorer base URL (the API's previews).")
     api_keys: str | None = Field(
         default=None,
         description="API keys with roles: 'key:role[:name],...', role viewer or operator.",
