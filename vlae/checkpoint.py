@@ -35,7 +35,6 @@ from safetensors.torch import load_file, save_file
 from vlae.base import VLAEBase
 from vlae.card import CardDraft, ModelCard
 from vlae.condition import Condition
-from vlae.likelihood import MAP_TERMS
 from vlae.model import ModelConfig, build_model, config_from_dict, config_to_dict
 
 CARD = "model_card.json"
@@ -233,11 +232,6 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
             # safetensors holds tensors only: no pickle, nothing executable in the file.
             m.load_state_dict(load_file(str(directory / WEIGHT_FILES[name])))
         except (OSError, RuntimeError) as exc:
-            if cfg.score_kind == "local" and ("map_" in str(exc) or "term_peak" in str(exc)):
-                raise CheckpointError(
-                    f"{directory} was written by an earlier version of the local score (its "
-                    f"anomaly-map statistics lack terms of {', '.join(MAP_TERMS)}): retrain it"
-                ) from exc
             raise CheckpointError(f"cannot load {name} weights from {directory}: {exc}") from exc
         return m.to(device).eval()
 

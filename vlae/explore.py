@@ -18,6 +18,7 @@ import torch
 
 from vlae.base import VLAEBase
 from vlae.checkpoint import CalibrationLatents
+from vlae.condition import one_hot
 from vlae.images import to_float
 from vlae.model import SpatialVLAEConfig
 from vlae.score import best_conditions
@@ -63,7 +64,7 @@ def _one_hot(model: VLAEBase, conditions: np.ndarray | None, n: int) -> torch.Te
     if conditions is None or (np.asarray(conditions) < 0).any():
         raise ValueError("decoding with a conditional model needs a condition for every item")
     c = torch.as_tensor(np.broadcast_to(np.asarray(conditions), (n,)).copy(), dtype=torch.long)
-    return torch.nn.functional.one_hot(c, k).float().to(_device(model))
+    return one_hot(c, k).to(_device(model))
 
 
 @torch.no_grad()

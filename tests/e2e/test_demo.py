@@ -67,7 +67,7 @@ def _summary_in_time(
 def _stop(proc: subprocess.Popen[str], err_file: Path) -> str:
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=120)
-    err = err_file.read_text()
+    err = err_file.read_bytes().decode()  # as written: a progress bar's \r kept
     assert proc.returncode == 0, err[-3000:]
     assert "stopping" in err
     return err
@@ -180,16 +180,17 @@ def test_digits_demo_keeps_its_own_summary(tmp_path: Path) -> None:
         [str(BIN), "demo", "--dataset", "digits", "--epochs", "1", "--rate", "2000",
          "--batch", "50", "--exit-after", "--summary-json", str(out),
          "--scorer-port", str(free_port()), "--api-port", str(free_port())],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, timeout=600,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    stderr = proc.stderr.decode()  # not text=True: that would turn a bar's \r into lines
+    assert proc.returncode == 0, stderr[-4000:]
     summary = json.loads(out.read_text())
     assert summary == json.loads((home / "demo-summary.json").read_text())
-    assert proc.stdout == ""  # the summary is in its files, in brief on stderr
-    _quiet(proc.stderr)
+    assert proc.stdout == b""  # the summary is in its files, in brief on stderr
+    _quiet(stderr)
     assert summary["dataset"] == "digits" and summary["items_scored"] == 1000
     assert summary["items_failed"] == 0 and set(summary["alerts_by_line"]) == {"cam1", "cam2"}
     assert summary["lines"] == {} and set(summary["calibration"]) == {"default"}
     assert len(set(summary["model_versions"].values())) == 1
-    assert "[6/6] summary" in proc.stderr and "1/1 [" in proc.stderr
+    assert "[6/6] summary" in stderr and "1/1 [" in stderr
     _nothing_left(ray_tmp, str(home / "redis"))

@@ -13,15 +13,13 @@ import torch
 from trainer.data import split_normal
 from trainer.pipeline import DatasetInfo, train_arrays, train_model
 from trainer.train import LoopContext, TrainArrays, TrainConfig, fit
-from vlae.card import CardDraft, DatasetCard
 from vlae.checkpoint import (
     CheckpointError,
     list_versions,
     load_checkpoint,
     resolve_checkpoint,
-    save_checkpoint,
 )
-from vlae.model import ConvVLAEConfig, SpatialVLAEConfig, VLAEConfig, build_model
+from vlae.model import ConvVLAEConfig, VLAEConfig
 
 SMALL = VLAEConfig(latent_dim=8, hidden=(64, 32))
 
@@ -180,31 +178,6 @@ def test_corrupted_or_swapped_weights_are_refused(digits, tmp_path: Path) -> Non
     (third / "calibration.csv").write_bytes((tmp_path / "a" / "calibration.csv").read_bytes())
     with pytest.raises(CheckpointError, match="content hash mismatch"):
         load_checkpoint(third)
-
-
-def _draft(cfg: SpatialVLAEConfig) -> CardDraft:
-    """The least card a checkpoint takes (for tests of its weights)."""
-    dataset = DatasetCard(name="none", data_dir=None, image_folder=None, train_fingerprint="",
-                          train_class_counts={}, n_train=0, n_validation=0,
-                          n_calibration=1)  # fmt: skip
-    return CardDraft(variant="SpatialVLAE", image_shape=cfg.image_shape, latent_dim=cfg.latent_dim,
-                     beta=1.0, normal_classes=["good"], conditions=[], line_conditions={},
-                     score_kind=cfg.score_kind, likelihood="", score="", denoiser=None,
-                     denoising=None, data_profile=None, dataset=dataset, training={}, epochs=0,
-                     metrics={}, history=[], versions={}, created_at="")  # fmt: skip
-
-
-def test_a_local_checkpoint_of_an_earlier_map_version_is_refused(tmp_path: Path) -> None:
-    # Written before the texture term and the per-term peaks: three map terms, no peaks.
-    cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), latent_dim=4)
-    weights = build_model(cfg).state_dict()
-    del weights["term_peak"]
-    weights["map_mean"] = weights["map_mean"][:3]
-    weights["map_std"] = weights["map_std"][:3]
-    calibration = pd.DataFrame({"recon": [1.0], "kl": [1.0], "complexity": [0.0], "score": [2.0]})
-    path = save_checkpoint(tmp_path / "old", cfg, {"model": weights}, _draft(cfg), calibration)
-    with pytest.raises(CheckpointError, match=r"earlier version of the local score.*retrain"):
-        load_checkpoint(path)
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path: Path) -> None:

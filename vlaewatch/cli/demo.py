@@ -25,7 +25,7 @@ from vlaewatch.cli.args import (
 )
 from vlaewatch.cli.console import err
 from vlaewatch.cli.data import DEFAULT_FOLDER_SIZE, DataChoice, add_data_args
-from vlaewatch.cli.embedded import redis_url
+from vlaewatch.cli.embedded import ray_cluster, redis_url
 from vlaewatch.cli.train import TrainOptions, train
 
 if TYPE_CHECKING:
@@ -92,7 +92,6 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     import signal
     import threading
 
-    from vlaewatch import cluster
     from vlaewatch.cli.demo_summary import print_summary
 
     inspection = args.dataset == "inspection"
@@ -108,11 +107,7 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
     with contextlib.ExitStack() as stack:
         err("[1/6] embedded services: Redis and a local Ray cluster")
         redis = redis_url(stack, args.redis_url, settings)
-        info = cluster.connect(args.address or settings.ray_address, log_to_driver=args.verbose)
-        if info["owned"]:
-            stack.callback(cluster.shutdown)
-        if not args.verbose:
-            cluster.quiet_serve()
+        info = ray_cluster(stack, args.address, settings, args.verbose, serving=True)
         err(f"      {ray_logs(info)}")
         trained, parts, normal = (_train_inspection if inspection else _train_dataset)(
             args, settings

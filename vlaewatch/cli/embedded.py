@@ -1,9 +1,10 @@
-"""The embedded default a command falls back on when no Redis is configured: the bundled
-redis-server under ``VLAEWATCH_HOME``."""
+"""The embedded defaults a command falls back on: the bundled redis-server under
+``VLAEWATCH_HOME`` when no Redis is configured, a local Ray cluster when none is given."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from contract.settings import Settings
 from vlaewatch.cli.console import err
@@ -23,3 +24,20 @@ def redis_url(stack: contextlib.ExitStack, explicit: str | None, settings: Setti
         err(f"using the bundled Redis at {running}")
         return running
     return stack.enter_context(EmbeddedRedis(data_dir)).url
+
+
+def ray_cluster(
+    stack: contextlib.ExitStack, address: str | None, settings: Settings, verbose: bool,
+    serving: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Join ``address`` (else RAY_ADDRESS) or start a local cluster, left when the stack
+    closes if this process started it. Unless ``verbose``, the workers' logs stay in Ray's
+    files, and so do Serve's INFO lines when the command ``serving`` deploys."""
+    from vlaewatch import cluster
+
+    info = cluster.connect(address or settings.ray_address, log_to_driver=verbose)
+    if info["owned"]:
+        stack.callback(cluster.shutdown)
+    if serving and not verbose:
+        cluster.quiet_serve()
+    return info

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from contract.settings import Settings
 from vlaewatch.cli.args import HOST, SCORER_PORT, add_verbose, config_default, ray_logs
 from vlaewatch.cli.console import err
-from vlaewatch.cli.embedded import redis_url
+from vlaewatch.cli.embedded import ray_cluster, redis_url
 
 if TYPE_CHECKING:
     from scorer.config import DeploymentConfig, ScorerConfig
@@ -89,7 +89,6 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from scorer.service import deploy
     from scorer.service import shutdown as serve_shutdown
     from vlae.checkpoint import load_checkpoint, resolve_checkpoint
-    from vlaewatch import cluster
 
     # Fail here, with a clear message, rather than inside a replica.
     loaded = load_checkpoint(resolve_checkpoint(args.checkpoint or settings.store_path,
@@ -111,11 +110,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 "nodes cannot reach it: set REDIS_URL"
             )
         redis = redis_url(stack, args.redis_url, settings)
-        info = cluster.connect(args.address or settings.ray_address, log_to_driver=args.verbose)
-        if info["owned"]:
-            stack.callback(cluster.shutdown)
-        if not args.verbose:
-            cluster.quiet_serve()
+        info = ray_cluster(stack, args.address, settings, args.verbose, serving=True)
         stack.callback(serve_shutdown)
         cfg, deployment = _configs(args, settings, redis)
         url = deploy(cfg, deployment, host=args.host, port=args.port)

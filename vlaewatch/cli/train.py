@@ -14,6 +14,7 @@ from contract.settings import Settings
 from vlaewatch.cli.args import UsageError, add_verbose, classes, config_default, given, ray_logs
 from vlaewatch.cli.console import err
 from vlaewatch.cli.data import DataChoice, add_data_args, load
+from vlaewatch.cli.embedded import ray_cluster
 
 if TYPE_CHECKING:
     import numpy as np
@@ -328,7 +329,6 @@ def _fitter(
         ctx = LoopContext(log=err, progress=bar)
         return (lambda m, c, d: fit(m, c, d, ctx)), {"kind": "in-process"}
     from trainer.launch import RayLaunch, cluster_gpus, fit_with_ray, new_run_name
-    from vlaewatch import cluster
 
     launch = RayLaunch(
         storage_path=opts.storage_path or settings.runs_path,
@@ -336,9 +336,7 @@ def _fitter(
         **given(num_workers=opts.workers, cpus_per_worker=opts.cpus_per_worker,
                 max_failures=opts.max_failures, checkpoint_every_s=opts.checkpoint_every_s),
     )  # fmt: skip
-    info = cluster.connect(opts.address or settings.ray_address, log_to_driver=opts.verbose)
-    if info["owned"]:
-        stack.callback(cluster.shutdown)
+    info = ray_cluster(stack, opts.address, settings, opts.verbose)
     logs = f"; {ray_logs(info)}" if info["owned"] else ""  # else the caller has said where
     err(f"Ray Train run {launch.run_name} on {info['address']}{logs}")
     launcher = {
