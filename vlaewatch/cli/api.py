@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             settings,
             redis_url=redis_url(stack, args.redis_url, settings),
             api_keys=keys,
-            **given(key_prefix=args.key_prefix, scorer_url=args.scorer_url),
+            **given(key_prefix=args.key_prefix or None, scorer_url=args.scorer_url or None),
             consume=not args.no_consume,
             reclaim_idle_ms=args.reclaim_idle_ms,
             initial_fpr=args.initial_fpr,

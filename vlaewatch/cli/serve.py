@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.settings import Settings
-from vlaewatch.cli.args import HOST, SCORER_PORT, add_verbose, config_default, ray_logs
+from vlaewatch.cli.args import HOST, SCORER_PORT, add_verbose, config_default, given, ray_logs
 from vlaewatch.cli.console import err
 from vlaewatch.cli.embedded import ray_cluster, redis_url
 
@@ -127,18 +127,16 @@ def _configs(
     args: argparse.Namespace, settings: Settings, url: str
 ) -> tuple[ScorerConfig, DeploymentConfig]:
     """What the replicas do, and how many of what size there are."""
-    from contract.auth import digests, load_api_keys
     from scorer.config import DeploymentConfig, ScorerConfig
 
-    cfg = ScorerConfig(
+    # The key ring from the settings: digests, and the keys file as a path every node mounts.
+    cfg = ScorerConfig.from_settings(
+        settings,
         checkpoint=str(Path(args.checkpoint or settings.store_path).resolve()),
         model_version=args.version,
         line_models=dict(args.line_model),
         **_replica_redis(url, args.redis_url, settings),
-        key_prefix=args.key_prefix or settings.key_prefix,
-        # The replicas get digests, and the file as a path (every node mounts it).
-        api_key_digests=digests(load_api_keys(settings.api_keys, None)),
-        api_keys_file=str(settings.api_keys_file.resolve()) if settings.api_keys_file else None,
+        **given(key_prefix=args.key_prefix or None),
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         retention_s=args.retention_s,
