@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,19 @@ def test_rayservice_deploys_the_scorer_the_code_defines() -> None:
     assert auto["min_replicas"] < auto["max_replicas"]
 
 
-def test_dockerfile_copies_what_exists() -> None:
+def test_dockerfile_copies_what_exists_and_every_package() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     root = DEPLOY.parent
+    copied = set()
     for src in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
         for part in src.split():
             assert (root / part).exists(), part
+            copied.add(part)
+    # `pip install .` in the image installs what pyproject.toml's package list names: each
+    # of those packages must be in the image, or its processes fail at their first import.
+    include = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {p.split(".")[0].rstrip("*") for p in include["packages"]["find"]["include"]}
+    assert packages <= copied, packages - copied
 
 
 def test_prometheus_configs() -> None:
