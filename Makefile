@@ -13,10 +13,11 @@ PKGS   := contract vlae trainer scorer api deploy vlaewatch bench
 install: $(STAMP)
 
 # torch first, pinned, so pip takes the local CPU/CUDA wheel instead of resolving a new one.
+# -qq: errors only, so the demo starts with its own output, not pip's notes on the index.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install -qq torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -qq -e '.[dev]'
 	touch $(STAMP)
 
 # Train, serve, calibrate, stream the held-out digits, print a summary; then keep serving the
