@@ -22,7 +22,16 @@ from api.ratelimit import RateLimiter, StreamSlots
 from api.schemas.thresholds import Target
 from api.served_models import ModelCache
 from api.thresholds import ThresholdStore
-from contract.auth import ANONYMOUS, KeyRing, Principal, Refused, Role, cross_site, identify
+from contract.auth import (
+    ANONYMOUS,
+    KeyRing,
+    Principal,
+    Refused,
+    Role,
+    authorize,
+    cross_site,
+    identify,
+)
 from contract.keys import StreamKeys
 
 
@@ -89,9 +98,10 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
         principal = authenticate(services, request)
         # Per key; in open mode (no keys) per client address.
         _spend(services, principal.name if principal is not ANONYMOUS else _address(request))
-        if not principal.may(role):
-            raise Forbidden(f"{principal.name} is a {principal.role}; this needs {role}")
-        return principal
+        try:
+            return authorize(principal, role)
+        except Refused as exc:
+            raise Forbidden(exc.reason) from None
 
     return dependency
 
