@@ -29,6 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FILLS = ("foreign", "flat", "shift", "smooth", "noise")
+# A pixel is in a corruption's mask where its alpha exceeds COVERED and the corruption moved it
+# by more than VISIBLE (a fill can match the pixel it covers: that is no defect to find).
+COVERED = 0.3
+VISIBLE = 0.02
 
 
 def _u(n: int, lo: float, hi: float, device: torch.device) -> Tensor:
@@ -104,13 +108,16 @@ def _fill(x: Tensor, kind: str, i: int) -> Tensor:
     return torch.rand(c, h, w, device=dev)
 
 
-def corrupt(x: Tensor, p: float = 0.5) -> Tensor:
+def corrupt(x: Tensor, p: float = 0.5) -> tuple[Tensor, Tensor]:
     """A copy of the batch (N, C, H, W) in [0, 1] with a structured corruption in a fraction
-    ``p`` of its images (the others untouched: the model must also leave normal parts alone)."""
+    ``p`` of its images (the others untouched: the model must also leave normal parts alone),
+    and the corruption's mask (N, H, W): 1 where it covers a pixel and changed it visibly
+    (``VISIBLE``), what a defect head (``vlae.head``) learns to find."""
     n, _, h, w = x.shape
+    mask = torch.zeros(n, h, w, device=x.device)
     hit = torch.nonzero(torch.rand(n) < p).flatten().tolist()
     if not hit:
-        return x
+        return x, mask
     lines = torch.rand(len(hit)) < 0.35
     masks = torch.empty(len(hit), h, w, device=x.device)
     if lines.any():
@@ -122,4 +129,6 @@ def corrupt(x: Tensor, p: float = 0.5) -> Tensor:
         kind = FILLS[int(torch.randint(0, len(FILLS), (1,)))]
         alpha = masks[j] * _u(1, 0.6, 1.0, x.device)
         out[i] = x[i] * (1 - alpha) + _fill(x, kind, i) * alpha
-    return out
+        changed = (out[i] - x[i]).abs().amax(dim=0) > VISIBLE
+        mask[i] = ((alpha > COVERED) & changed).float()
+    return out, mask

@@ -32,6 +32,8 @@ BINARY_MAX_SIDE = 32
 # across images, above which the images count as aligned parts (a texture's mean image is
 # flat: near 0; measured 0.04 to 0.05 on the generated textures, 2.7 and 3.7 on the objects).
 ALIGNED_RATIO = 0.5
+# The defect head's width (``vlae.head``) on photographs: 16 channels at full resolution.
+HEAD_WIDTH = 16
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def choose_model(
     fields: dict[str, Any] = {"image_shape": shape}
     if arch == "spatial":
         norm: MapNorm = "pixel" if prof.aligned else "pooled"
-        fields |= {"map_norm": norm, "map_sigma": map_sigma(prof.side)}
+        fields |= {"map_norm": norm, "map_sigma": map_sigma(prof.side), "head": HEAD_WIDTH}
     fields |= {k: v for k, v in overrides.items() if v is not None}
     if arch == "spatial":
         return SpatialVLAEConfig(**fields), prof

@@ -22,7 +22,7 @@ from vlae.checkpoint import WEIGHT_FILES, CalibrationLatents, save_checkpoint
 from vlae.condition import BEST_NAME
 from vlae.explore import calibration_latents
 from vlae.images import to_float
-from vlae.likelihood import SCORE_KIND_TEXT
+from vlae.likelihood import HEAD_SCORE_TEXT, SCORE_KIND_TEXT
 from vlae.model import ModelConfig, build_model
 from vlae.score import pixel_maps, score_images
 
@@ -170,10 +170,19 @@ def model_card(
         score_kind=model_cfg.score_kind,
         likelihood=LIKELIHOOD_TEXT[model_cfg.likelihood].format(scale=model_cfg.scale),
         data_profile=data_profile,
-        score=SCORE_KIND_TEXT[model_cfg.score_kind]
+        score=(
+            HEAD_SCORE_TEXT
+            if getattr(model_cfg, "head", 0)
+            else SCORE_KIND_TEXT[model_cfg.score_kind]
+        )
         + (CONTRAST_TEXT if conditional and line_conditions else ""),
         denoiser="DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
-        denoising=f"trained to remove {cfg.noise} noise" if cfg.denoising else None,
+        denoising=(
+            f"trained to remove {cfg.noise} noise"
+            + (", with a defect head trained to find it" if getattr(model_cfg, "head", 0) else "")
+        )
+        if cfg.denoising
+        else None,
         dataset=DatasetCard(
             name=dataset.name,
             data_dir=dataset.data_dir,

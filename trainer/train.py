@@ -140,25 +140,29 @@ def random_crops(x: Tensor, size: int) -> Tensor:
                         for im, t, left in zip(x, tops, lefts, strict=True)])  # fmt: skip
 
 
-def _noisy(x: Tensor, cfg: TrainConfig) -> Tensor:
-    if cfg.noise == "structured":
-        return corrupt(x, cfg.corrupt_fraction)
-    return add_noise(x, cfg.noise_factor)
-
-
 def _loss_terms(
     m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig, train: bool
-) -> tuple[Tensor, Tensor]:
-    """Per-item (recon, kl) of a batch: the model's ``elbo_terms``, of a noisy input for a
-    denoising member. Training samples z and runs the wrapped model; validation does not."""
-    inp = _noisy(x, cfg) if m.denoising else x
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-item (recon, kl, head) of a batch: the model's ``elbo_terms``, of a noisy input
+    for a denoising member; ``head``, the defect head's loss on the corruption's mask (0
+    without a head). Training samples z and runs the wrapped model; validation does not."""
     forward = m.model if train else None
-    return m.core.elbo_terms(inp, target=x, c=c, sample=train, forward=forward)
+    if m.denoising and cfg.noise == "structured":
+        inp, mask = corrupt(x, cfg.corrupt_fraction)
+        if m.core.has_head:
+            return m.core.repair_terms(inp, x, mask, c=c, sample=train, forward=forward)
+    elif m.denoising:
+        inp = add_noise(x, cfg.noise_factor)
+    else:
+        inp = x
+    recon, kl = m.core.elbo_terms(inp, target=x, c=c, sample=train, forward=forward)
+    return recon, kl, torch.zeros_like(recon)
 
 
-def _objective(recon: Tensor, kl: Tensor, cfg: TrainConfig) -> Tensor:
-    """Per item, the loss minimised: recon + beta * kl."""
-    return recon + cfg.beta * kl
+def _objective(recon: Tensor, kl: Tensor, head: Tensor, cfg: TrainConfig) -> Tensor:
+    """Per item, the loss minimised: recon + beta * kl, plus the defect head's loss (its
+    input is detached, so it trains the head alone)."""
+    return recon + cfg.beta * kl + head
 
 
 def fit(
@@ -203,6 +207,9 @@ def _members(model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> 
     for name, denoising in specs:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         core = build_model(model_cfg).to(device)
+        if core.has_head and not (denoising and cfg.noise == "structured"):
+            raise ValueError("a model with a defect head learns from structured corruptions: "
+                             "train it with denoising and noise='structured'")  # fmt: skip
         opt = torch.optim.Adam(core.parameters(), lr=cfg.lr)
         members.append(
             _Member(name, core, core, opt, _scheduler(opt, cfg.lr_schedule, cfg.epochs), denoising)
@@ -265,8 +272,8 @@ def _train_epoch(
 
 def _train_step(m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig) -> Tensor:
     """One optimiser step of a member; its batch's mean (loss, recon, kl), detached."""
-    recon, kl = _loss_terms(m, x, c, cfg, train=True)
-    loss = _objective(recon, kl, cfg).mean()
+    recon, kl, head = _loss_terms(m, x, c, cfg, train=True)
+    loss = _objective(recon, kl, head, cfg).mean()
     m.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     m.optimizer.step()
@@ -308,8 +315,7 @@ def _validate(
         for i in range(0, n, 512):
             x = data.val_x[i : i + 512].to(device)
             c = None if data.val_c is None else data.val_c[i : i + 512].to(device)
-            recon, kl = _loss_terms(m, x, c, cfg, train=False)
-            total += _objective(recon, kl, cfg).sum()
+            total += _objective(*_loss_terms(m, x, c, cfg, train=False), cfg).sum()
         out[j] = total / n
     torch.set_rng_state(gen_state)
     return out

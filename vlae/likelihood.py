@@ -43,6 +43,10 @@ Parts = TypeVar("Parts", Tensor, np.ndarray)
 # TEXTURE_WINDOW the side over which that detail's energy is pooled.
 MAP_TERMS = ("recon", "coarse", "texture", "kl")
 RECON_TERMS = ("recon", "coarse", "texture")  # the recon part of the local score: their max
+# A model with a defect head (``vlae.head``) adds its logit as a fifth term, and the recon
+# part of its score is that term alone: it was measured better than every fixed term, alone
+# or in the max (bench/README.md).
+HEAD_TERM = "defect"
 COARSE = 5
 TEXTURE = 5
 TEXTURE_WINDOW = 7
@@ -60,6 +64,26 @@ SCORE_KIND_TEXT = {
     "kl = the KL term where it exceeds 0, else 0; recon and kl are the map's two parts at its "
     "maximum",
 }
+HEAD_SCORE_TEXT = (
+    "max over the image of the anomaly map, recon + kl at the worst place. recon: the defect "
+    "head's logit per pixel, read from the input beside its reconstruction (a small U-Net "
+    "trained with the VLAE to find the synthetic corruptions the VLAE learns to repair: "
+    "DRAEM's discriminative half), standardised against the normal validation images' maps "
+    "(per pixel for aligned parts, pooled for textures), Gaussian-smoothed, then put in units "
+    "of the spread of its normal per-image maximum (0 = a typical normal image's worst "
+    "place). kl: the KL of each latent cell spread over its pixels, treated the same way, "
+    "where it exceeds 0, else 0; recon and kl are the map's two parts at its maximum"
+)
+
+
+def map_terms(head: bool) -> tuple[str, ...]:
+    """The terms of a model's anomaly map, in order; ``head``: it has a defect head."""
+    return (*MAP_TERMS, HEAD_TERM) if head else MAP_TERMS
+
+
+def recon_terms(head: bool) -> tuple[str, ...]:
+    """The map terms whose largest is the ``local`` score's recon part."""
+    return (HEAD_TERM,) if head else RECON_TERMS
 
 
 def combine_score(

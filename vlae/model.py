@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlae.base import VLAEBase
+from vlae.head import DefectHead
 from vlae.likelihood import ScoreKind
 
 Arch = Literal["mlp", "conv", "spatial"]
@@ -80,6 +81,7 @@ class SpatialVLAEConfig:
     scale: float = 0.05  # the Gaussian likelihood's standard deviation, in [0, 1] pixel units
     map_norm: MapNorm = "pooled"
     map_sigma: float = 2.0
+    head: int = 0  # width of the defect head's first level (``vlae.head``); 0: no head
     arch: Arch = field(default="spatial", init=False)
 
 
@@ -240,6 +242,8 @@ class SpatialVLAE(VLAEBase):
         dec += [nn.ConvTranspose2d(chans[-1], chans[-1], 4, 2, 1), nn.ReLU(),
                 nn.Conv2d(chans[-1], c_in, 3, 1, 1)]  # fmt: skip
         self.decoder = nn.Sequential(*dec)
+        if config.head:
+            self.head = DefectHead(c_in, config.head)
         self._init_scoring()
 
     def _with_condition(self, t: Tensor, c: Tensor | None) -> Tensor:

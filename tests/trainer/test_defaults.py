@@ -54,11 +54,14 @@ def test_settings_that_cannot_train_are_refused_before_training() -> None:
 def test_corruptions_are_local_seeded_and_leave_the_rest_alone() -> None:
     x = torch.from_numpy(good("tiles", 32).astype(np.float32) / 255)
     torch.manual_seed(0)
-    a = corrupt(x, 0.5)
+    a, mask = corrupt(x, 0.5)
     torch.manual_seed(0)
-    b = corrupt(x, 0.5)
-    assert torch.equal(a, b)  # the training loop's seeding makes a run repeatable
+    b, mask_b = corrupt(x, 0.5)
+    assert torch.equal(a, b) and torch.equal(mask, mask_b)  # a run is repeatable
     changed = (a - x).abs().amax(dim=1) > 1e-6  # (N, H, W)
+    # The mask (what a defect head learns to find) is where a pixel visibly changed.
+    assert mask.sum() > 0 and bool((mask.bool() <= changed).all())
+    assert bool(((a - x).abs().amax(dim=1)[mask.bool()] > 0.02).all())
     touched = changed.flatten(1).any(dim=1)
     assert 0.25 < touched.float().mean() < 0.75  # about half of the images
     # Each corruption is a local region, not the whole image.

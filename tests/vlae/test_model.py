@@ -178,6 +178,36 @@ def test_a_smoothed_patch_is_found_by_its_missing_texture() -> None:
     assert 14 <= peak // 32 <= 27 and 2 <= peak % 32 <= 15
 
 
+def test_the_defect_head_learns_alone_and_makes_the_score() -> None:
+    # The head reads the input beside its (detached) reconstruction: its loss must leave the
+    # VLAE's weights alone, and its logit is the recon part of the local score.
+    torch.manual_seed(0)
+    cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), latent_dim=4, head=4)
+    model = build_model(cfg)
+    assert model.map_terms[-1] == "defect" and config_from_dict(config_to_dict(cfg)) == cfg
+    x = torch.rand(4, 1, 16, 16)
+    mask = torch.zeros(4, 16, 16)
+    mask[:, 4:8, 4:8] = 1.0
+    _, _, head = model.repair_terms(x, x, mask)
+    head.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    others = [p for n, p in model.named_parameters() if not n.startswith("head.")]
+    assert others and all(p.grad is None for p in others)
+    model.eval()
+    model.set_map_stats(model.pixel_terms(torch.rand(8, 1, 16, 16)))
+    terms = model.pixel_terms(x)
+    assert terms.shape == (4, 5, 16, 16)
+    z = model._term_maps(terms)
+    peak = model.term_peak[-1]
+    recon, _ = model.anomaly_maps(x)
+    assert torch.allclose(recon, (z[:, -1] - peak[0]) / peak[1], atol=1e-5)
+    # A head that cannot learn: a model with a head needs structured corruptions to train.
+    from trainer.train import TrainArrays, TrainConfig, fit
+
+    with pytest.raises(ValueError, match="structured corruptions"):
+        fit(cfg, TrainConfig(epochs=1), TrainArrays(x, x[:1]))
+
+
 def test_too_few_normal_maps_for_per_pixel_statistics_fall_back_to_pooled() -> None:
     cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), map_norm="pixel")
     model = build_model(cfg).eval()
