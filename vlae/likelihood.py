@@ -69,10 +69,10 @@ HEAD_SCORE_TEXT = (
     "head's logit per pixel, read from the input beside its reconstruction (a small U-Net "
     "trained with the VLAE to find the synthetic corruptions the VLAE learns to repair: "
     "DRAEM's discriminative half), standardised against the normal validation images' maps "
-    "(per pixel for aligned parts, pooled for textures), Gaussian-smoothed, then put in units "
-    "of the spread of its normal per-image maximum (0 = a typical normal image's worst "
-    "place). kl: the KL of each latent cell spread over its pixels, treated the same way, "
-    "where it exceeds 0, else 0; recon and kl are the map's two parts at its maximum"
+    "(pooled), Gaussian-smoothed, then put in units of the spread of its normal per-image "
+    "maximum (0 = a typical normal image's worst place). kl: the KL of each latent cell "
+    "spread over its pixels, treated the same way (but standardised per pixel for aligned "
+    "parts), where it exceeds 0, else 0; recon and kl are the map's two parts at its maximum"
 )
 
 

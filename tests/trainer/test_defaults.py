@@ -4,11 +4,13 @@ structured corruptions the repairing model is trained on."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from trainer.corrupt import corrupt
 from trainer.defaults import choose_model, choose_training
 from trainer.inspection import good
+from trainer.train import TrainArrays, TrainConfig, fit
 from vlae.model import ConvVLAEConfig, SpatialVLAEConfig
 
 
@@ -68,3 +70,16 @@ def test_corruptions_are_local_seeded_and_leave_the_rest_alone() -> None:
     share = changed[touched].flatten(1).float().mean(dim=1)
     assert share.max() < 0.6 and share.min() > 0
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_a_defect_head_needs_structured_corruptions_to_learn_from() -> None:
+    cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), latent_dim=4, head=4)
+    x = torch.rand(4, 1, 16, 16)
+    with pytest.raises(ValueError, match="structured corruptions"):
+        fit(cfg, TrainConfig(epochs=1), TrainArrays(x, x[:1]))
+    chosen, _ = choose_model(good("fabric", 8))
+    assert isinstance(chosen, SpatialVLAEConfig) and chosen.head > 0
+    # What vlaewatch train picks for it trains the head: one epoch runs.
+    images = torch.from_numpy(good("fabric", 8).astype(np.float32) / 255)
+    result = fit(chosen, choose_training(chosen, epochs=1), TrainArrays(images, images[:2]))
+    assert any(k.startswith("head.") for k in result.state_dicts["model"])

@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> None:
                    f"inspection, {DEMO_EPOCHS['other']} else")  # fmt: skip
     d.add_argument("--workers", type=int, help="Ray Train workers")
     d.add_argument("--lines", type=classes, default=["cam1", "cam2"], help="line ids to tag")
-    d.add_argument("--rate", type=float, default=200.0, help="images per second streamed")
+    d.add_argument("--rate", type=float, default=100.0, help="images per second streamed")
     d.add_argument("--batch", type=int, default=10, help="images per ingestion request")
     d.add_argument("--fpr", type=float, default=0.01, help="target false-alarm rate")
     d.add_argument(
