@@ -153,6 +153,7 @@ def model_card(
 ) -> CardDraft:
     """What the model is and how it was made; ``save_checkpoint`` adds architecture and version."""
     conditional = model_cfg.num_conditions > 0
+    head = getattr(model_cfg, "head", 0)  # a SpatialVLAE with a defect head
     variant = {"conv": "ConvVLAE", "spatial": "SpatialVLAE"}.get(model_cfg.arch, "VLAE")
     if conditional:
         variant = "Conditional" + variant
@@ -170,16 +171,12 @@ def model_card(
         score_kind=model_cfg.score_kind,
         likelihood=LIKELIHOOD_TEXT[model_cfg.likelihood].format(scale=model_cfg.scale),
         data_profile=data_profile,
-        score=(
-            HEAD_SCORE_TEXT
-            if getattr(model_cfg, "head", 0)
-            else SCORE_KIND_TEXT[model_cfg.score_kind]
-        )
+        score=(HEAD_SCORE_TEXT if head else SCORE_KIND_TEXT[model_cfg.score_kind])
         + (CONTRAST_TEXT if conditional and line_conditions else ""),
         denoiser="DenoisingVLAE fitted in the same run" if cfg.denoiser else None,
         denoising=(
             f"trained to remove {cfg.noise} noise"
-            + (", with a defect head trained to find it" if getattr(model_cfg, "head", 0) else "")
+            + (", with a defect head trained to find it" if head else "")
         )
         if cfg.denoising
         else None,
