@@ -28,13 +28,14 @@ class ItemBlob:
     """A scored item's image as stored under ``{prefix}:item:<item_id>``: one string, a
     header line then the image bytes::
 
-        b"<kind> <C,H,W> <line> <model_version> <score>\\n" + payload
+        b"<kind> <C,H,W> <line> <model_version> <score>[ <ref>]\\n" + payload
 
     ``kind`` is ``file`` (the PNG or JPEG exactly as received, kept when it is smaller than
-    its pixels and decoded again on reading) or ``pixels`` (uint8 C x H x W). One string per
-    item, not a hash of fields: Redis stores, expires and rewrites it for a fraction of the
-    cost (bench/README.md, "Where the time goes"). The replica's publish script writes it
-    (``scorer.publish``); every reader parses it here."""
+    its pixels and decoded again on reading) or ``pixels`` (uint8 C x H x W). With ``ref``,
+    the bytes lie in the blob store (``scorer.blobs``) and the payload is empty. One string
+    per item, not a hash of fields: Redis stores, expires and rewrites it for a fraction of
+    the cost (bench/README.md, "Where the time goes"). The replica's publish script writes
+    it (``scorer.publish``); every reader parses it here."""
 
     kind: Literal["file", "pixels"]
     shape: tuple[int, ...]
@@ -42,16 +43,17 @@ class ItemBlob:
     model_version: str
     score: float
     payload: bytes
+    ref: str | None = None  # where the blob store holds the bytes, when they are not here
 
     @classmethod
     def parse(cls, value: bytes) -> ItemBlob:
         header, sep, payload = value.partition(b"\n")
         try:
-            kind, shape, line, version, score = header.decode().split(" ")
-            if not sep or kind not in ("file", "pixels"):
+            kind, shape, line, version, score, *ref = header.decode().split(" ")
+            if not sep or kind not in ("file", "pixels") or len(ref) > 1 or (ref and payload):
                 raise ValueError(kind)
             return cls(kind, tuple(int(d) for d in shape.split(",")), line, version,  # type: ignore[arg-type]
-                       float(score), payload)  # fmt: skip
+                       float(score), payload, ref[0] if ref else None)  # fmt: skip
         except (UnicodeDecodeError, ValueError) as exc:
             raise RecordError(f"not an item blob: {header[:80]!r}") from exc
 

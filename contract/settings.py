@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="Redis to use; the bundled redis-server is started on loopback when unset.",
     )
 
+    blob_uri: str | None = Field(
+        default=None,
+        description="Where scored items' images too large for Redis go: a folder, file://, "
+        "s3://bucket/prefix (default: HOME/blobs).",
+    )
     key_prefix: str = Field(
         default=StreamKeys.prefix,
         pattern=r"^[A-Za-z0-9._\-]{1,64}$",
@@ -104,6 +109,10 @@ class Settings(BaseSettings):
     @property
     def runs_path(self) -> Path:
         return (self.runs_dir or self.home / "runs").resolve()
+
+    @property
+    def blob_location(self) -> str:
+        return self.blob_uri or str((self.home / "blobs").resolve())
 
 
 def redact_url(url: str) -> str:

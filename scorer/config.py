@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -13,6 +14,13 @@ from contract.auth import Role, digests, load_api_keys
 from contract.keys import StreamKeys, valid_line
 from contract.settings import Settings
 from vlae.images import Limits
+
+# Images larger than this go to the blob store by default. What is kept of an item is the
+# smaller of the file as received and the pixels scored (at the model's input size): a 28 x 28
+# digit (about 460 bytes) or a 64 x 64 part (4 KB grey, 12 KB colour at most) stays in Redis
+# beside its score; a 128 x 128 colour part (up to 48 KB) or a 256 x 256 one goes out
+# (docs/operations.md, "Sizing Redis and the blob store").
+INLINE_MAX_BYTES = 16 * 1024
 
 
 class ScorerConfig(BaseModel):
@@ -56,6 +64,23 @@ class ScorerConfig(BaseModel):
         "and a frames read is a batch already)",
     )  # fmt: skip
     retention_s: int = Field(default=3600, ge=1, description="how long images stay for previews")
+    image_store: Literal["auto", "redis", "blob"] = Field(
+        default="auto",
+        description="where scored items' images are kept: ``redis`` (beside the score), "
+        "``blob`` (the blob store, Redis keeping a reference), ``auto``: an image over "
+        "``inline_max_bytes`` to the blob store, a smaller one in Redis",
+    )  # fmt: skip
+    inline_max_bytes: int = Field(
+        default=INLINE_MAX_BYTES, ge=0,
+        description="with ``image_store`` auto, the largest image (as stored: the file as "
+        "received, or its pixels) kept in Redis",
+    )  # fmt: skip
+    blob_uri: str | None = Field(
+        default=None,
+        description="the blob store (a folder, ``file://``, ``s3://bucket/prefix``...; "
+        "``scorer.blobs``); None: the replica's own settings (VLAEWATCH_BLOB_URI, else "
+        "VLAEWATCH_HOME/blobs)",
+    )  # fmt: skip
     scores_maxlen: int = Field(
         default=100_000, ge=100,
         description="score entries kept as history once every consumer group has read them",
@@ -97,6 +122,14 @@ class ScorerConfig(BaseModel):
             raise ValueError(f"line_models: invalid line ids {bad[:3]}")
         return value
 
+    @field_validator("blob_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).password is not None:
+            raise ValueError("blob_uri: no credentials in the URI (the Ray dashboard shows "
+                             "this config); the replicas' environment has them")  # fmt: skip
+        return value
+
     @field_validator("api_key_digests")
     @classmethod
     def _digests(cls, value: dict[str, tuple[Role, str]]) -> dict[str, tuple[Role, str]]:
@@ -115,6 +148,7 @@ class ScorerConfig(BaseModel):
             "checkpoint": str(settings.store_path),
             "key_prefix": settings.key_prefix,
             "api_keys_file": str(keys_file.resolve()) if keys_file else None,
+            "blob_uri": settings.blob_location,
         }
         if "api_key_digests" not in values:
             defaults["api_key_digests"] = digests(load_api_keys(settings.api_keys, None))
@@ -136,6 +170,10 @@ class ScorerConfig(BaseModel):
             raise ValueError("no Redis: set redis_url or redis_url_file, or REDIS_URL or "
                              "REDIS_URL_FILE in the replicas' environment")  # fmt: skip
         return url
+
+    def resolved_blob_uri(self) -> str:
+        """The blob store as the replica reads it: the value, else its own settings."""
+        return self.blob_uri or Settings().blob_location
 
     @property
     def has_keys(self) -> bool:

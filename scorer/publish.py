@@ -3,6 +3,7 @@ read the pixel thresholds the API calibrated."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -18,6 +19,7 @@ import redis.asyncio as aioredis
 from contract.keys import DEFAULT_LINE, StreamKeys
 from contract.records import DeadLetterRecord, ModelRecord, regions_json
 from contract.streams import as_text, dead_letter, read_item
+from scorer.blobs import BlobRef, BlobStore
 from vlae.images import Limits, decode_image
 
 logger = logging.getLogger("vlaewatch.scorer")
@@ -108,7 +110,7 @@ def _numbers(values: list[float]) -> str:
 # Per item: the image (an ItemBlob string with its TTL), then the score entry (the fields of
 # ScoreRecord). The batch arrives as columns: the images as one blob with their sizes and
 # kinds, everything else comma-joined (item ids and lines cannot hold commas, spaces, or be
-# empty: their patterns), so the client packs 26 arguments instead of a dozen per item. Items
+# empty: their patterns), so the client packs 27 arguments instead of a dozen per item. Items
 # whose line has a pixel threshold also get regions (JSON, one blob with their sizes, like the
 # images), defect_area and pixel_threshold; "-" marks the others. An item is refused (not
 # stored, not published) when another line's item holds its id, or when its line is new and
@@ -128,7 +130,7 @@ local function col(s)
 end
 local sizes, ids, lines, ts = col(ARGV[9]), col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
 local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
-local kinds, pos = col(ARGV[18]), 1
+local kinds, refs, pos = col(ARGV[18]), col(ARGV[27]), 1
 local rsizes, rjson, area, pth, rpos = col(ARGV[19]), ARGV[20], col(ARGV[21]), col(ARGV[22]), 1
 local refused = {}
 for i = 1, n do
@@ -158,6 +160,7 @@ for i = 1, n do
     if pth[i] ~= '-' then rpos = rpos + tonumber(rsizes[i]) end
   else
     local header = kinds[i] .. ' ' .. shape .. ' ' .. lines[i] .. ' ' .. version .. ' ' .. score[i]
+    if refs[i] ~= '-' then header = header .. ' ' .. refs[i] end
     redis.call('SET', key, header .. '\\n' .. string.sub(images, pos, pos + size - 1), 'EX', ttl)
     pos = pos + size
     local fields = {'item_id', ids[i], 'line', lines[i], 'ts_ingested', ts[i],
@@ -238,8 +241,14 @@ class ScoreSink:
         retention_s: int,
         scores_hard_maxlen: int | None = None,
         max_lines: int = 512,
+        store: BlobStore | None = None,
+        inline_max_bytes: int | None = None,
     ) -> None:
         self.client = client
+        # Images over ``inline_max_bytes`` go to ``store`` (None: none do); the rest stay in
+        # Redis. The store is read whatever the limit: an item may have gone there before.
+        self.store = store
+        self.inline_max_bytes = inline_max_bytes
         self.keys = keys
         self.scores_maxlen = scores_maxlen
         self.scores_hard_maxlen = max(scores_hard_maxlen or 10 * scores_maxlen, scores_maxlen)
@@ -258,13 +267,14 @@ class ScoreSink:
         if not len(batch):
             return
         n = len(batch)
+        stored, refs = await self._offload(batch)
         thresholds = batch.pixel_threshold or [None] * n
         found = [regions_json(r) if r is not None else "" for r in batch.regions or [None] * n]
         reply: Any = await self._publish(args=[
             self.keys.scores, self.scores_maxlen, self.retention_s, len(batch),
             self.keys.item(""), batch.model_version, repr(batch.ts_scored),
-            ",".join(map(str, batch.shape)), ",".join(str(len(b)) for b in batch.stored),
-            b"".join(batch.stored), ",".join(batch.item_ids), ",".join(batch.lines),
+            ",".join(map(str, batch.shape)), ",".join(str(len(b)) for b in stored),
+            b"".join(stored), ",".join(batch.item_ids), ",".join(batch.lines),
             _numbers(batch.ts_ingested), _numbers(batch.score), _numbers(batch.recon),
             _numbers(batch.kl), _numbers(batch.complexity),
             ",".join("file" if f else "pixels" for f in batch.as_file),
@@ -272,6 +282,7 @@ class ScoreSink:
             ",".join("-" if a is None else repr(a) for a in batch.defect_area or [None] * n),
             ",".join("-" if t is None else repr(t) for t in thresholds),
             self.scores_hard_maxlen, self.keys.lost, self.keys.lines, self.max_lines,
+            ",".join(refs),
         ])  # fmt: skip
         lost, refused = reply
         if lost:
@@ -293,6 +304,25 @@ class ScoreSink:
                     "line no longer in use from that set"
                 )
 
+    async def _offload(self, batch: ScoredBatch) -> tuple[list[bytes], list[str]]:
+        """Write the batch's images that go to the blob store, as one object, before the
+        script makes them visible: what Redis keeps per item (the image, or nothing), and
+        the references (``-``: in Redis). A refused item's image stays in its object until
+        the bucket's retention ends; nothing refers to it."""
+        n, store, cap = len(batch), self.store, self.inline_max_bytes
+        if store is None or cap is None:
+            return batch.stored, ["-"] * n
+        out = [i for i, b in enumerate(batch.stored) if len(b) > cap]
+        refs = ["-"] * n
+        stored = list(batch.stored)
+        if out:
+            written = await asyncio.to_thread(
+                store.write, [batch.stored[i] for i in out], batch.ts_scored
+            )
+            for i, ref in zip(out, written, strict=True):
+                refs[i], stored[i] = str(ref), b""
+        return stored, refs
+
     async def dead_letter(self, records: list[DeadLetterRecord]) -> None:
         await dead_letter(self.client, self.keys, records, self.deadletter_maxlen)
 
@@ -312,11 +342,19 @@ class ScoreSink:
         blob = await read_item(self.client, self.keys.item(item_id))
         if blob is None:
             return None
+        payload = blob.payload
+        if blob.ref is not None:
+            if self.store is None:
+                raise RuntimeError(f"item {item_id} lies in a blob store; this replica has none")
+            found = await asyncio.to_thread(self.store.read, BlobRef.parse(blob.ref))
+            if found is None:  # its bucket went first: retention is over
+                return None
+            payload = found
         if blob.kind == "file":  # decoded as it was when scored (``shape`` is what came out)
             c, h, w = blob.shape
-            image = decode_image(blob.payload, (c, h, w), Limits(resize=True))
+            image = decode_image(payload, (c, h, w), Limits(resize=True))
         else:
-            image = np.frombuffer(blob.payload, dtype=np.uint8).reshape(blob.shape)
+            image = np.frombuffer(payload, dtype=np.uint8).reshape(blob.shape)
         return StoredItem(item_id=item_id, image=image, line=blob.line,
                           model_version=blob.model_version, score=blob.score)  # fmt: skip
 

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+import pyarrow as pa
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -14,6 +15,7 @@ from contract.http import ItemError
 from contract.keys import StreamKeys
 from contract.records import DeadLetterRecord, ModelRecord
 from contract.streams import connect
+from scorer.blobs import BlobStore
 from scorer.config import ScorerConfig
 from scorer.decode import Item, Raw, decode
 from scorer.holder import ModelHolder
@@ -35,6 +37,7 @@ class ScorePath:
         self.pixel: PixelThresholds | None = None
         self._redis_url: str | None = None  # resolved: never logged, never published
         self._announced: dict[str, str] | None = None  # line -> version last published
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def apply(self, cfg: ScorerConfig) -> None:
         """Reconnect when Redis or the key prefix changed; announce the models again."""
@@ -46,16 +49,37 @@ class ScorePath:
             self.client, self._redis_url = connect(url), url
             self.keys = StreamKeys(cfg.key_prefix)
         assert self.client is not None
+        # The store is read in every mode: items written before a change of mode preview too.
+        store = await asyncio.to_thread(BlobStore, cfg.resolved_blob_uri(), cfg.retention_s)
+        inline = {"auto": cfg.inline_max_bytes, "blob": 0, "redis": None}[cfg.image_store]
         self.sink = ScoreSink(
             self.client, self.keys, cfg.scores_maxlen, cfg.deadletter_maxlen,
-            cfg.retention_s, cfg.scores_hard_maxlen, cfg.max_lines,
+            cfg.retention_s, cfg.scores_hard_maxlen, cfg.max_lines, store, inline,
         )  # fmt: skip
         self.pixel = PixelThresholds(self.client, self.keys)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweeper = asyncio.create_task(self._sweep(store))
         self.cfg = cfg
         self._announced = None
         await self.announce()
 
+    async def _sweep(self, store: BlobStore) -> None:
+        """Delete the blob store's buckets past retention, once a bucket's time, traffic or
+        not (every replica does: deleting twice is harmless)."""
+        while True:
+            try:
+                swept = await asyncio.to_thread(store.sweep)
+            except (OSError, pa.ArrowException) as exc:
+                logger.warning("blob store %s: sweep failed, retried: %s", store.uri, exc)
+            else:
+                if swept:
+                    logger.info("blob store: %d bucket(s) past retention deleted", swept)
+            await asyncio.sleep(store.bucket_s)
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.client is not None:
             await self.client.aclose()
 

@@ -16,6 +16,11 @@ import pytest
 # Ray reads these at import time; set them before anything imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local cluster on loopback
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")  # quicker small fits
+# The S3 stand-in's credentials (it takes any), for every process of the session, the Ray
+# workers included (tests/scorer/test_blobs.py); no lookup of a cloud's metadata service.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "stand-in")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "stand-in")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,16 @@ def add_parser(sub: Any) -> None:
     )
     s.add_argument("--retention-s", type=int, default=config_default(ScorerConfig, "retention_s"),
                    help="image retention for previews")  # fmt: skip
+    s.add_argument("--image-store", choices=["auto", "redis", "blob"],
+                   default=config_default(ScorerConfig, "image_store"),
+                   help="where items' images are kept: auto (over --inline-max-bytes to the "
+                   "blob store), redis, blob")  # fmt: skip
+    s.add_argument("--inline-max-bytes", type=int,
+                   default=config_default(ScorerConfig, "inline_max_bytes"),
+                   help="with --image-store auto: the largest image kept in Redis")  # fmt: skip
+    s.add_argument("--blob-uri", default=None,
+                   help="the blob store: a folder, file://, s3://bucket/prefix (default: "
+                   "VLAEWATCH_BLOB_URI, else VLAEWATCH_HOME/blobs)")  # fmt: skip
     s.add_argument(
         "--no-frames",
         action="store_true",
@@ -140,6 +150,9 @@ def _configs(
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_ms / 1000,
         retention_s=args.retention_s,
+        image_store=args.image_store,
+        inline_max_bytes=args.inline_max_bytes,
+        **given(blob_uri=args.blob_uri),
         consume_frames=not args.no_frames,
     )
     deployment = DeploymentConfig(
