@@ -8,12 +8,14 @@ step. State moves open → acknowledged → resolved; labels feed the ``labels``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas.alerts import (
@@ -143,9 +145,23 @@ class AlertStore:
 
     # --- creation (the consumer) ---------------------------------------------------------
 
-    async def create(self, pipe: Any, alert: Alert) -> None:
-        """Queue an idempotent create on ``pipe``; its reply is 1 (created), 0 (the item
-        already has one) or -1 (the id already alerted on another line)."""
+    async def create_many(self, alerts: list[Alert]) -> list[int | Exception]:
+        """Create alerts, idempotently: per alert 1 (created), 0 (the item already has one),
+        -1 (the id already alerted on another line), or the error that left it unstored. One
+        pipeline on a Redis server; on a Redis Cluster, whose pipelines take no scripts,
+        concurrent calls (each routed to its keys' slot)."""
+        if isinstance(self.client, RedisCluster):
+            replies = await asyncio.gather(*(self._create_one(self.client, a) for a in alerts),
+                                           return_exceptions=True)  # fmt: skip
+            return [r if isinstance(r, Exception) else int(r) for r in replies]
+        pipe = self.client.pipeline(transaction=False)
+        for alert in alerts:
+            await self._create_one(pipe, alert)
+        results = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, Exception) else int(r) for r in results]
+
+    async def _create_one(self, client: Any, alert: Alert) -> Any:
+        """The create script of one alert, on ``client`` (or queued on a pipeline)."""
         event = AlertEvent(at=alert.created_at, who="system", action="created")
         fields: list[str] = []
         for name in _FIELDS:
@@ -156,12 +172,12 @@ class AlertStore:
                        else str(value)]  # fmt: skip
         fields += ["state", "open", "label", "", "note", ""]
         assert fields[2] == "line"  # the script reads the line value at ARGV[10]
-        await self._create(
+        return await self._create(
             keys=[self._key(alert.item_id), self.index, self._line_index(alert.line),
                   self._events_key(alert.item_id), self.lines_key],
             args=[alert.item_id, repr(alert.ts_scored), self.channel, alert.model_dump_json(),
                   event.model_dump_json(), self.retention_s, *fields],
-            client=pipe,
+            client=client,
         )  # fmt: skip
 
     # --- reading -------------------------------------------------------------------------

@@ -214,12 +214,9 @@ class ScoreConsumer:
     async def _store(
         self, alerts: list[tuple[str, Alert]], done: list[str], bad: list[DeadLetterRecord]
     ) -> None:
-        """Create the alerts in one pipeline; an entry whose alert is stored (or already was)
+        """Create the alerts in one round; an entry whose alert is stored (or already was)
         joins ``done``, one whose item id alerted on another line also joins ``bad``."""
-        pipe = self.client.pipeline(transaction=False)
-        for _, alert in alerts:
-            await self.alerts.create(pipe, alert)
-        results = await pipe.execute(raise_on_error=False)
+        results = await self.alerts.create_many([alert for _, alert in alerts])
         for (eid, alert), created in zip(alerts, results, strict=True):
             if isinstance(created, Exception):  # nothing of it stored: retried later
                 self._failed(eid, f"{type(created).__name__}: {created}")

@@ -55,8 +55,9 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field(
         default=StreamKeys.prefix,
-        pattern=r"^[A-Za-z0-9._\-]{1,64}$",
-        description="Prefix of every Redis key, so several deployments can share one Redis.",
+        pattern=r"^([A-Za-z0-9._\-]{1,64}|\{[A-Za-z0-9._\-]{1,62}\})$",
+        description="Prefix of every Redis key, so several deployments can share one Redis; "
+        "in braces ({vlaewatch}) a hash tag, which keeps the keys in one Redis Cluster slot.",
     )
     scorer_url: str = Field(default=SCORER_URL, description="Scorer base URL (the API's previews).")
     api_keys: str | None = Field(

@@ -4,9 +4,11 @@ stored items and model records."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,7 +23,21 @@ def connect(url: str) -> aioredis.Redis:
     """The client of a long-lived service process: keepalive, a health check of idle pooled
     connections, and a retry of a command whose pooled connection died (as after a Redis
     restart) instead of failing the request that found it. A retried write may apply twice:
-    delivery is at least once, and alerts are idempotent per item."""
+    delivery is at least once, and alerts are idempotent per item.
+
+    ``?cluster=true`` in the URL makes it a Redis Cluster client, seeded by that node: every
+    script declares its keys, and a key prefix with a hash tag (``{vlaewatch}``) keeps a
+    deployment's keys in one slot (docs/operations.md, "Redis Cluster")."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    cluster = [v for k, v in query if k == "cluster"]
+    if cluster and cluster[-1].lower() in ("1", "true", "yes"):
+        rest = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "cluster"])))
+        found: Any = RedisCluster.from_url(
+            rest, health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )  # fmt: skip
+        return cast(aioredis.Redis, found)
     return aioredis.from_url(
         url, health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),

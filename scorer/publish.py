@@ -110,32 +110,32 @@ def _numbers(values: list[float]) -> str:
 # Per item: the image (an ItemBlob string with its TTL), then the score entry (the fields of
 # ScoreRecord). The batch arrives as columns: the images as one blob with their sizes and
 # kinds, everything else comma-joined (item ids and lines cannot hold commas, spaces, or be
-# empty: their patterns), so the client packs 27 arguments instead of a dozen per item. Items
+# empty: their patterns), so the client packs 23 arguments instead of a dozen per item. Items
 # whose line has a pixel threshold also get regions (JSON, one blob with their sizes, like the
 # images), defect_area and pixel_threshold; "-" marks the others. An item is refused (not
 # stored, not published) when another line's item holds its id, or when its line is new and
-# the registry of lines is full. Keys are computed here from
-# the item key prefix (standalone Redis; a Redis Cluster would need them in KEYS). Then the
+# the registry of lines is full. Every key is in KEYS (the stream, the lost hash, the lines'
+# registry, then each item's key), as Redis Cluster and ACL key patterns require. Then the
 # stream is trimmed, in the same step (below).
 _PUBLISH = """
-local stream, maxlen, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local hard, lost_key = tonumber(ARGV[23]), ARGV[24]
-local lines_key, max_lines, known = ARGV[25], tonumber(ARGV[26]), {}
-local item_prefix, version, ts_scored = ARGV[5], ARGV[6], ARGV[7]
-local shape, images = ARGV[8], ARGV[10]
+local stream, lost_key, lines_key = KEYS[1], KEYS[2], KEYS[3]
+local maxlen, ttl, n = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local hard, max_lines, known = tonumber(ARGV[21]), tonumber(ARGV[22]), {}
+local version, ts_scored = ARGV[4], ARGV[5]
+local shape, images = ARGV[6], ARGV[8]
 local function col(s)
   local t = {}
   for v in string.gmatch(s, '[^,]+') do t[#t + 1] = v end
   return t
 end
-local sizes, ids, lines, ts = col(ARGV[9]), col(ARGV[11]), col(ARGV[12]), col(ARGV[13])
-local score, recon, kl, cx = col(ARGV[14]), col(ARGV[15]), col(ARGV[16]), col(ARGV[17])
-local kinds, refs, pos = col(ARGV[18]), col(ARGV[27]), 1
-local rsizes, rjson, area, pth, rpos = col(ARGV[19]), ARGV[20], col(ARGV[21]), col(ARGV[22]), 1
+local sizes, ids, lines, ts = col(ARGV[7]), col(ARGV[9]), col(ARGV[10]), col(ARGV[11])
+local score, recon, kl, cx = col(ARGV[12]), col(ARGV[13]), col(ARGV[14]), col(ARGV[15])
+local kinds, refs, pos = col(ARGV[16]), col(ARGV[23]), 1
+local rsizes, rjson, area, pth, rpos = col(ARGV[17]), ARGV[18], col(ARGV[19]), col(ARGV[20]), 1
 local refused = {}
 for i = 1, n do
   local size = tonumber(sizes[i])
-  local key = item_prefix .. ids[i]
+  local key = KEYS[3 + i]
   local held = nil  -- the line of an item in retention under this id, if another line's
   if redis.call('TYPE', key)['ok'] == 'string' then
     held = string.match(redis.call('GETRANGE', key, 0, 255), '^%S+ %S+ (%S+) ')
@@ -270,9 +270,11 @@ class ScoreSink:
         stored, refs = await self._offload(batch)
         thresholds = batch.pixel_threshold or [None] * n
         found = [regions_json(r) if r is not None else "" for r in batch.regions or [None] * n]
-        reply: Any = await self._publish(args=[
-            self.keys.scores, self.scores_maxlen, self.retention_s, len(batch),
-            self.keys.item(""), batch.model_version, repr(batch.ts_scored),
+        keys = [self.keys.scores, self.keys.lost, self.keys.lines]
+        keys += [self.keys.item(i) for i in batch.item_ids]
+        reply: Any = await self._publish(keys=keys, args=[
+            self.scores_maxlen, self.retention_s, len(batch),
+            batch.model_version, repr(batch.ts_scored),
             ",".join(map(str, batch.shape)), ",".join(str(len(b)) for b in stored),
             b"".join(stored), ",".join(batch.item_ids), ",".join(batch.lines),
             _numbers(batch.ts_ingested), _numbers(batch.score), _numbers(batch.recon),
@@ -281,8 +283,7 @@ class ScoreSink:
             ",".join(str(len(r)) for r in found), "".join(found),
             ",".join("-" if a is None else repr(a) for a in batch.defect_area or [None] * n),
             ",".join("-" if t is None else repr(t) for t in thresholds),
-            self.scores_hard_maxlen, self.keys.lost, self.keys.lines, self.max_lines,
-            ",".join(refs),
+            self.scores_hard_maxlen, self.max_lines, ",".join(refs),
         ])  # fmt: skip
         lost, refused = reply
         if lost:
