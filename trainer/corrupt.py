@@ -14,9 +14,7 @@ Fills (one per corrupted image, chosen at random):
 - ``shift``: the image itself, lighter, darker or tinted by a few per cent to a fifth: stains
   and discolouration (kept low in contrast on purpose);
 - ``smooth``: the image itself, blurred: worn or missing texture;
-- ``noise``: uniform noise: contamination, dirt;
-- ``displace``: the image itself, moved by 3 to 12 % of its side: an edge or a feature out of
-  its place, a part slid or knocked askew (CutPaste's idea, Li et al. 2021, within one image).
+- ``noise``: uniform noise: contamination, dirt.
 
 Everything runs on the batch tensor with torch's generator, so the training loop's per-epoch
 seeding makes it exactly repeatable.
@@ -30,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-FILLS = ("foreign", "flat", "shift", "smooth", "noise", "displace")
+FILLS = ("foreign", "flat", "shift", "smooth", "noise")
 # A pixel is in a corruption's mask where its alpha exceeds COVERED and the corruption moved it
 # by more than VISIBLE (a fill can match the pixel it covers: that is no defect to find).
 COVERED = 0.3
@@ -107,11 +105,6 @@ def _fill(x: Tensor, kind: str, i: int) -> Tensor:
     if kind == "smooth":
         k = int(torch.randint(2, 5, (1,))) * 2 + 1
         return F.avg_pool2d(img[None], k, 1, k // 2, count_include_pad=False)[0]
-    if kind == "displace":
-        turn = float(torch.rand(1)) * 2 * math.pi
-        reach = float(_u(1, 0.03, 0.12, dev)) * min(h, w)
-        dy, dx = round(reach * math.sin(turn)), round(reach * math.cos(turn))
-        return torch.roll(img, (dy, dx), dims=(1, 2))
     return torch.rand(c, h, w, device=dev)
 
 
