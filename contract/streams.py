@@ -31,10 +31,11 @@ def connect(url: str) -> aioredis.Redis:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     cluster = [v for k, v in query if k == "cluster"]
+    if cluster:  # not a connection option: redis-py would refuse it
+        url = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "cluster"])))
     if cluster and cluster[-1].lower() in ("1", "true", "yes"):
-        rest = urlunsplit(parts._replace(query=urlencode([q for q in query if q[0] != "cluster"])))
         found: Any = RedisCluster.from_url(
-            rest, health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
+            url, health_check_interval=10, socket_keepalive=True, socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )  # fmt: skip
         return cast(aioredis.Redis, found)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from api.alerts import AlertStore
@@ -96,6 +97,11 @@ def test_the_cluster_has_three_masters_and_a_tagged_prefix_keeps_one_slot(
     plain_keys = StreamKeys("vw")
     assert len({plain.keyslot(k) for k in (plain_keys.scores, plain_keys.item("a"))}) == 2
     assert Settings(key_prefix="{vw}").key_prefix == "{vw}"
+    # The flag is the client's, never passed on to redis-py as a connection option.
+    assert isinstance(connect(cluster_url), AsyncRedisCluster)
+    plain_client = connect("redis://127.0.0.1:1/0?cluster=false&socket_timeout=2")
+    assert not isinstance(plain_client, AsyncRedisCluster)
+    assert plain_client.connection_pool.connection_kwargs["socket_timeout"] == 2
 
 
 def _batch(ids: list[str], lines: list[str]) -> ScoredBatch:
