@@ -77,7 +77,7 @@ def s3_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except httpx.HTTPError:
                 assert time.monotonic() < deadline and proc.poll() is None, "no S3 stand-in"
                 time.sleep(0.2)
-        fs, _ = pafs.FileSystem.from_uri(uri)
+        fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
         fs.create_dir("items")
         yield uri
     finally:
@@ -151,5 +151,31 @@ def test_a_large_frame_previews_from_s3_and_retention_removes_image_and_referenc
                           json={"item_ids": ["frame-1"], "scale": 1})  # fmt: skip
         gone = resp.json()["previews"][0]
         assert not gone["ok"] and gone["status"] == 404 and "retention" in gone["error"]
+    finally:
+        deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
+
+
+def test_an_unreachable_blob_store_is_a_503_with_its_reason_and_nothing_is_published(
+    scorer_url: str, redis_server: Any, checkpoint: Path, client: redis.Redis
+) -> None:
+    # Nothing listens at the store's address: an item bound for it is refused whole (the
+    # caller retries); one kept in Redis is scored as ever.
+    port = int(scorer_url.rsplit(":", 1)[1])
+    prefix = f"blobdown{uuid.uuid4().hex[:6]}"
+    down = f"s3://items/line?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1"
+    base = ScorerConfig(checkpoint=str(checkpoint), redis_url=redis_server.url,
+                        reclaim_idle_ms=2000)  # fmt: skip
+    frame = np.random.default_rng(1).integers(0, 256, (256, 256), dtype=np.uint8)
+    deploy(base.model_copy(update={"key_prefix": prefix, "resize": True, "blob_uri": down,
+                                   "inline_max_bytes": 200}),
+           DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
+    try:
+        resp = httpx.post(f"{scorer_url}/v1/score", timeout=120,
+                          data={"item_id": "frame-1", "line": "cam1"},
+                          files=[("files", ("frame-1.png", _png(frame)))])  # fmt: skip
+        assert resp.status_code == 503 and "unavailable" in resp.json()["detail"], resp.text
+        assert client.exists(f"{prefix}:item:frame-1", f"{prefix}:scores") == 0
+        _score_file(scorer_url, _png(np.zeros((28, 28), np.uint8)), "digit-1", "cam1")
+        assert client.xlen(f"{prefix}:scores") == 1
     finally:
         deploy(base, DeploymentConfig(num_cpus=0.25), port=port)
