@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed-stamp
 PKGS   := contract vlae trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
-	bench-soak bench-ab bench-inspection bench-fastpaths docs-shots
+	bench-soak bench-ab bench-inspection bench-fastpaths docs-shots \
+	bench-scale-out
 
 install: $(STAMP)
 
@@ -75,13 +76,21 @@ bench-inspection: install
 	$(BIN)/python -m bench.inspection $(INSPECTION_ARGS)
 
 # Raw model vs baselines vs the scorer over HTTP, frames, end to end, Ray Train vs the plain
-# loop, memory over a soak; writes bench/results/speed.{json,md}.
+# loop, memory over a soak, then the same at inspection sizes (128 x 128 colour, 256 x 256 grey);
+# writes bench/results/speed.{json,md}.
 bench-speed: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1 psutil==7.2.2
 	$(BIN)/python -m bench.throughput $(SPEED_ARGS)
 
-# The default model for generated parts (trainer/inspection/) at inspection sizes: raw
-# model and POST /v1/score images/s, beside the digits default's raw model;
+# Two Ray nodes on loopback (one CPU each): the scorer with 1 replica against 2, Ray Train with
+# 1 worker against 2; writes bench/results/scale_out.{json,md} (bench-speed runs it too).
+bench-scale-out: install
+	$(BIN)/python -m pip install --quiet psutil==7.2.2
+	$(BIN)/python -m bench.scale_out
+
+# The default model for generated parts (trainer/inspection/) at inspection sizes: raw model,
+# POST /v1/score, frames stream, end to end and bytes per retained frame, beside the digits
+# default's raw model;
 # writes bench/results/speed_inspection.{json,md}.
 SPEED_INSPECTION_ARGS ?=
 bench-speed-inspection: install

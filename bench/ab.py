@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ray import serve
 
     from bench.soak import service_processes
-    from bench.throughput import _with_api, line_mix
+    from bench.throughput import against_api, line_mix
     from contract.redis_server import EmbeddedRedis, free_port
     from scorer.config import DeploymentConfig, ScorerConfig
     from scorer.service import APP_NAME, deploy, shutdown
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     return {"windows": run_windows(redis_server.url, prefix, pngs, procs, switch,
                                                    args), "roles": sorted(procs)}  # fmt: skip
 
-                report = _with_api(redis_server.url, prefix, url, Path(tmp), work)
+                report = against_api(redis_server.url, prefix, url, Path(tmp), work)
             finally:
                 shutdown()
                 cluster.shutdown()

@@ -78,13 +78,15 @@ def default_checkpoint(digits: Any, arch: str, out: Path) -> Path:
 
 
 def png_frames(images: np.ndarray, n: int = 256) -> list[bytes]:
-    """The first ``n`` of uint8 (N, 1, H, W) images as PNG bytes, as a camera would send them."""
+    """The first ``n`` of uint8 (N, C, H, W) images, grey or colour, as PNG bytes, as a camera
+    would send them."""
     from PIL import Image
 
     out = []
-    for im in images[:n, 0]:
+    for im in images[:n]:
         buf = io.BytesIO()
-        Image.fromarray(im).save(buf, format="PNG")
+        pixels = im[0] if len(im) == 1 else np.ascontiguousarray(im.transpose(1, 2, 0))
+        Image.fromarray(pixels).save(buf, format="PNG")
         out.append(buf.getvalue())
     return out
 

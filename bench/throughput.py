@@ -1,7 +1,9 @@
 """Speed, side by side in one run on one checkpoint: the raw model in-process (the limit), the
 baselines a user might pick instead (the deck's per-item loop, PyOD's VAE), the scorer over
 HTTP on Ray Serve across batch sizes and concurrency, the frames stream, the end-to-end alert
-latency, Ray Train against the plain loop, and the memory of every process over a soak.
+latency, Ray Train against the plain loop, the memory of every process over a soak; then the
+inspection default at inspection sizes (``bench.speed_inspection.measure``), with what each
+retained frame costs in Redis and the blob store.
 
     python -m bench.throughput [--checkpoint DIR] [--seconds 5] [--soak-seconds 180]
 
@@ -113,8 +115,8 @@ def http_sweep(start: Callable[[], str], stop: Callable[[], None], images: np.nd
         body = buf.getvalue()
         before = raw(b)
         url = start()
-        _load(url, body, b, 1, 1.0)  # a fresh replica's first forwards: not measured
-        sweep = [{"batch": b, "concurrency": c, **_load(url, body, b, c, seconds)}
+        post_load(url, body, b, 1, 1.0)  # a fresh replica's first forwards: not measured
+        sweep = [{"batch": b, "concurrency": c, **post_load(url, body, b, c, seconds)}
                  for c in concurrency]  # fmt: skip
         stop()
         after = raw(b)
@@ -128,7 +130,7 @@ def http_sweep(start: Callable[[], str], stop: Callable[[], None], images: np.nd
     return rows
 
 
-def _load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> dict[str, Any]:
+def post_load(url: str, body: bytes, batch: int, clients: int, seconds: float) -> dict[str, Any]:
     """``clients`` threads posting ``body`` (``batch`` images) back to back for ``seconds``,
     each a line's client (``as_client``)."""
     import httpx
@@ -196,7 +198,7 @@ def frames_path(redis_url: str, prefix: str, images: np.ndarray, rates: list[int
                      "backlog_before": backlog0, "dead_letters": dead_letters})  # fmt: skip
         print(f"frames at {rate}/s: scored {scored / elapsed:.0f}/s", file=sys.stderr)
         if not steps and climb and kept_up(rows[-1]):
-            steps, climb = [int(round(rate * 1.2, -2))], climb - 1
+            steps, climb = [max(rate + 1, int(float(f"{rate * 1.2:.2g}")))], climb - 1
         deadline = time.perf_counter() + 60  # drain before the next rate
         while client.xlen(frames) and time.perf_counter() < deadline:
             time.sleep(0.2)
@@ -382,7 +384,7 @@ def end_to_end(api_url: str, redis_url: str, prefix: str, images: np.ndarray, ra
     }
 
 
-def _with_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
+def against_api(redis_url: str, prefix: str, scorer_url: str, home: Path,
               work: Callable[[str, int], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """Run ``work(url, pid)`` against `vlaewatch api` in its own process (as deployed)."""
     import subprocess
@@ -529,6 +531,21 @@ def markdown(report: dict[str, Any]) -> str:
             first, second = (f"{v:.0f}" for v in halves[role]) if role in halves else ("-", "-")
             lines.append(f"| {role} | {before:.0f} | {after:.0f} | {100 * growth:+.1f} % | "
                          f"{first} | {second} |")  # fmt: skip
+    sizes = report.get("inspection_sizes")
+    if sizes:
+        from bench.speed_inspection import size_rows
+
+        lines += ["", "At inspection sizes, the default model the inspection benchmark trains for "
+                  "such images (a SpatialVLAE scored by its `local` map, a few epochs: its speed "
+                  "does not depend on how well it is trained), raw images/s by batch size:",
+                  "", *size_rows(sizes["sizes"], sizes["batches"])]  # fmt: skip
+    if report.get("scale_out"):
+        from bench.scale_out import rows_markdown
+
+        lines += ["", "Two nodes on loopback (`ray start`, one CPU each; bench/scale_out.py): the "
+                  "scorer with 1 replica against 2 through the head's proxy, and `vlaewatch "
+                  "train --address` with 1 worker against 2:", "",
+                  *rows_markdown(report["scale_out"])]  # fmt: skip
     by_part = {k: v for k, v in report.get("steal_cores", {}).items() if v is not None}
     if by_part:
         lines += ["", "The hypervisor's steal (CPU this VM's work was ready for and did not get), "
@@ -625,6 +642,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=2,
         help="plain loop and one Ray worker, run this many times in turn",
     )
+    p.add_argument(
+        "--inspection-sizes",
+        default="tiles:128,metal:256",
+        help="category:side of trainer.inspection measured like the digits (raw, HTTP, frames, "
+        "end to end, bytes per item) with their default model; empty: none",
+    )
+    p.add_argument("--inspection-e2e-seconds", type=float, default=60.0)
+    p.add_argument(
+        "--scale-out-seconds",
+        type=float,
+        default=10.0,
+        help="per load of the two-node step (bench.scale_out); 0: skip that step",
+    )
+    p.add_argument("--scale-out-epochs", type=int, default=10)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--stem", default="speed", help="results file names: <out>/<stem>.json|md")
     args = p.parse_args(argv)
@@ -728,10 +759,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                            args.soak_seconds, pids, args.soak_warmup)  # fmt: skip
                     return out
 
-                report |= _with_api(redis_server.url, prefix, url, Path(tmp), with_api)
+                report |= against_api(redis_server.url, prefix, url, Path(tmp), with_api)
             finally:
                 shutdown()
                 cluster.shutdown()
+        if args.inspection_sizes:
+            from bench.speed_inspection import Knobs, measure
+
+            parts["inspection sizes"] = time.time()
+            knobs = Knobs(seconds=args.seconds, replica_cpus=args.replica_cpus,
+                          concurrency=tuple(concurrency), frame_climb=args.frame_climb,
+                          e2e_seconds=args.inspection_e2e_seconds)  # fmt: skip
+            report["inspection_sizes"] = {
+                "batches": list(knobs.batches),
+                "sizes": [measure(spec, knobs, Path(tmp))
+                          for spec in args.inspection_sizes.split(",")],
+            }  # fmt: skip
+        if args.scale_out_seconds:
+            from bench.scale_out import scale_out
+
+            parts["two nodes"] = time.time()
+            report["scale_out"] = scale_out(checkpoint, digits.test.images,
+                                            args.scale_out_seconds, args.scale_out_epochs,
+                                            Path(tmp) / "scale-out")  # fmt: skip
         ends = [*list(parts.values())[1:], time.time()]
         spans = zip(parts.items(), ends, strict=True)
         report["steal_cores"] = {name: steal.cores(a, b) for (name, a), b in spans}

@@ -1,18 +1,23 @@
 """The benchmarks' load generators run as a line's clients: at a lower CPU priority, on a
 thread of their own, so that the thread that started them keeps its own. A report's command
-can be pasted into a shell. The hypervisor's steal is read as the VM counts it."""
+can be pasted into a shell. The hypervisor's steal is read as the VM counts it. Frames go out
+as the PNG a camera would send, grey or colour."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from bench.common import CLIENT_NICE, StealWatch, command_line, on_client_thread
+from bench.common import CLIENT_NICE, StealWatch, command_line, on_client_thread, png_frames
+from bench.speed_inspection import frame_steps
 
 
 def _nice() -> int:
@@ -60,3 +65,20 @@ def test_steal_watch_samples_while_the_block_runs() -> None:
     assert len(watch.samples) == n  # stopped with the block
     cores = watch.cores(watch.samples[0][0], watch.samples[-1][0])
     assert cores is not None and 0.0 <= cores <= (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_frames_are_the_images_as_png_grey_or_colour(channels: int) -> None:
+    images = np.random.default_rng(0).integers(0, 256, (3, channels, 8, 6), dtype=np.uint8)
+    pngs = png_frames(images, 2)
+    assert len(pngs) == 2
+    for png, img in zip(pngs, images, strict=False):
+        back = np.asarray(Image.open(io.BytesIO(png)))
+        assert np.array_equal(back, img[0] if channels == 1 else img.transpose(1, 2, 0))
+
+
+def test_frames_steps_of_a_slow_model_are_whole_and_distinct() -> None:
+    # A 256 x 256 model scores a few images a second: its steps must not round to 0.
+    assert frame_steps(9.0) == [2, 4, 6]
+    assert frame_steps(0.5) == [1]
+    assert frame_steps(30_000) == [7_500, 15_000, 22_000]
