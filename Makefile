@@ -9,7 +9,7 @@ PKGS   := contract vlae trainer scorer api deploy vlaewatch bench
 
 .PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
 	bench-soak bench-ab bench-inspection bench-fastpaths docs-shots \
-	bench-scale-out
+	bench-scale-out bench-training-memory
 
 install: $(STAMP)
 
@@ -87,6 +87,13 @@ bench-speed: install
 bench-scale-out: install
 	$(BIN)/python -m pip install --quiet psutil==7.2.2
 	$(BIN)/python -m bench.scale_out
+
+# Training from a generated folder of N and then 10·N 64 x 64 colour images through Ray Data,
+# beside the in-memory reader: peak RSS of the driver and of each worker, time per epoch;
+# writes bench/results/training_memory.{json,md} (about 2.5 GB of temporary files).
+bench-training-memory: install
+	$(BIN)/python -m pip install --quiet psutil==7.2.2
+	$(BIN)/python -m bench.training_memory $(TRAINING_MEMORY_ARGS)
 
 # The default model for generated parts (trainer/inspection/) at inspection sizes: raw model,
 # POST /v1/score, frames stream, end to end and bytes per retained frame, beside the digits

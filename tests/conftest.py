@@ -228,3 +228,36 @@ def conditional_scorer_url(
     serve.run(app, name="conditional", route_prefix="/conditional")
     yield f"{scorer_url}/conditional"
     serve.delete("conditional")
+
+
+@pytest.fixture(scope="session")
+def s3_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server on loopback (a stand-in for S3 that speaks its API, since no S3 can be
+    installed here); the URI of a bucket in it. It takes any credentials: the Ray workers
+    have the test session's stand-in ones (above)."""
+    import httpx
+    import pyarrow.fs as pafs
+
+    from contract.redis_server import free_port
+
+    port = free_port()
+    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    uri = f"s3://items/line?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no S3 stand-in"
+                time.sleep(0.2)
+        fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
+        fs.create_dir("items")
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from trainer.stream import ImageFiles
 
 DatasetName = Literal["digits", "mnist", "fashion-mnist", "folder"]
 DATASETS: tuple[str, ...] = ("digits", "mnist", "fashion-mnist", "folder")
@@ -58,6 +61,12 @@ class LabelledImages:
         names, counts = np.unique(self.labels.astype(str), return_counts=True)
         return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 
+    def fingerprint(self) -> str:
+        return fingerprint(self.images)
+
+
+Train = TypeVar("Train", "LabelledImages", "ImageFiles")
+
 
 @dataclass(frozen=True)
 class Source:
@@ -69,11 +78,13 @@ class Source:
 
 
 @dataclass(frozen=True)
-class NormalSplit:
-    """What the trainer uses: normal-only train and calibration sets, and the labelled test."""
+class NormalSplit(Generic[Train]):
+    """What the trainer uses: normal-only train and calibration sets, and the labelled test.
+    The training part is ``LabelledImages`` in memory, or ``trainer.stream.ImageFiles``,
+    files that Ray Data streams to the workers."""
 
     normal_classes: tuple[str, ...]
-    train: LabelledImages
+    train: Train
     validation: LabelledImages  # normal, monitors training (LR schedule); never trained on
     calibration: LabelledImages  # normal, scored once after training: thresholds come from it
     test: LabelledImages
@@ -98,9 +109,17 @@ def _stratified_split(
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(test_idx))
 
 
-def _as_source(name: str, data: LabelledImages, test_fraction: float = 0.2) -> Source:
-    # Fixed seed: the test partition must be the same in `train` and in a later `evaluate`.
-    tr, te = _stratified_split(data.labels, test_fraction, seed=0)
+def fixed_test_partition(
+    labels: np.ndarray, test_fraction: float = 0.2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and test partitions of a dataset without official ones (a
+    folder, the bundled digits): a fixed seed, so that the test partition is the same in
+    ``train`` and in a later ``evaluate``, and for either reader (``trainer.stream``)."""
+    return _stratified_split(labels, test_fraction, seed=0)
+
+
+def _as_source(name: str, data: LabelledImages) -> Source:
+    tr, te = fixed_test_partition(data.labels)
     return Source(name, data.subset(tr), data.subset(te))
 
 
@@ -133,7 +152,16 @@ def load_torchvision(name: Literal["mnist", "fashion-mnist"], data_dir: str | Pa
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """One image file as uint8 (C, H, W), resized to H x W: the scorer's reader
+    """One image file as uint8 (C, H, W), resized to H x W (``read_image_bytes``)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return read_image_bytes(data, str(path), shape)
+
+
+def read_image_bytes(data: bytes, name: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """An image file's bytes as uint8 (C, H, W), resized to H x W: the scorer's reader
     (``vlae.images.decode_image``), so training sees the pixels service will. A file it
     refuses (alpha, 16-bit, the wrong channel count) is a ``DataError`` naming the file."""
     from vlae.images import InputError, Limits, decode_image
@@ -141,11 +169,11 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     if shape[0] not in (1, 3):
         raise DataError(f"image folders support 1 or 3 channels, not {shape[0]}")
     try:
-        return decode_image(path.read_bytes(), shape, Limits(resize=True))
+        return decode_image(data, shape, Limits(resize=True))
     except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+        raise DataError(f"cannot read image {name}: {exc}") from exc
     except InputError as exc:
-        raise DataError(f"cannot use image {path}: {exc.reason}") from None
+        raise DataError(f"cannot use image {name}: {exc.reason}") from None
 
 
 def image_channels(path: Path) -> int:
@@ -185,10 +213,24 @@ def read_folder(
     return LabelledImages(np.stack(images), np.array(labels, dtype=object)), paths
 
 
+def folder_name(folder: str | Path) -> str:
+    """A folder dataset's name in the model card: ``folder:<last part>`` of a path or URI."""
+    text = str(folder)
+    if "://" in text:  # a URI's query (an endpoint) is not part of its name
+        text = text.split("?", 1)[0]
+    return f"folder:{PurePosixPath(text.rstrip('/')).name}"
+
+
 def load_folder(folder: str | Path, shape: tuple[int, int, int]) -> Source:
-    """A folder's images (``read_folder``) as a source: a fixed, seeded test partition."""
-    data, _ = read_folder(folder, shape)
-    return _as_source(f"folder:{Path(folder).name}", data)
+    """A folder's images (``read_folder``; a URI's through pyarrow's filesystems) as a
+    source: a fixed, seeded test partition."""
+    from trainer.stream import is_uri, list_images
+
+    if is_uri(folder):
+        data = list_images(folder, shape).read()
+    else:
+        data, _ = read_folder(folder, shape)
+    return _as_source(folder_name(folder), data)
 
 
 def read_masks(
@@ -250,13 +292,44 @@ def load_source(
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
+def normal_indices(
+    labels: np.ndarray,
+    normal: tuple[str, ...],
+    calibration_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    seed: int = 0,
+    name: str = "the dataset",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The seeded normal-only split of a training partition's labels: sorted indices of the
+    train, validation and calibration images (``split_normal``, and the streamed reader's
+    file lists, take exactly these)."""
+    if not normal:
+        raise NoNormalImagesError("no normal class given")
+    idx = np.flatnonzero(np.isin(labels.astype(str), normal))
+    if len(idx) == 0:
+        known = ", ".join(np.unique(labels.astype(str)))
+        raise NoNormalImagesError(
+            f"no training image of the normal classes {list(normal)} in {name} "
+            f"(its classes: {known})"
+        )
+    idx = np.random.default_rng(seed).permutation(idx)
+    n_cal = max(1, round(len(idx) * calibration_fraction))
+    n_val = max(1, round(len(idx) * validation_fraction))
+    if len(idx) - n_cal - n_val < 1:
+        raise NoNormalImagesError(
+            f"too few normal images ({len(idx)}) to train, validate and calibrate"
+        )
+    return (np.sort(idx[n_cal + n_val :]), np.sort(idx[n_cal : n_cal + n_val]),
+            np.sort(idx[:n_cal]))  # fmt: skip
+
+
 def split_normal(
     source: Source,
     normal_classes: list[str] | tuple[str, ...],
     calibration_fraction: float = 0.2,
     validation_fraction: float = 0.1,
     seed: int = 0,
-) -> NormalSplit:
+) -> NormalSplit[LabelledImages]:
     """Keep only normal images for training; hold seeded slices out for validation and calibration.
 
     Validation and calibration are separate so that choices made while training (the LR
@@ -264,29 +337,13 @@ def split_normal(
     exchangeable with fresh normal images, as conformal thresholds assume.
     """
     normal = tuple(str(c) for c in normal_classes)
-    if not normal:
-        raise NoNormalImagesError("no normal class given")
-    is_normal = np.isin(source.train.labels.astype(str), normal)
-    idx = np.flatnonzero(is_normal)
-    if len(idx) == 0:
-        known = ", ".join(sorted(source.train.class_counts()))
-        raise NoNormalImagesError(
-            f"no training image of the normal classes {list(normal)} in {source.name} "
-            f"(its classes: {known})"
-        )
-    rng = np.random.default_rng(seed)
-    idx = rng.permutation(idx)
-    n_cal = max(1, round(len(idx) * calibration_fraction))
-    n_val = max(1, round(len(idx) * validation_fraction))
-    if len(idx) - n_cal - n_val < 1:
-        raise NoNormalImagesError(
-            f"too few normal images ({len(idx)}) to train, validate and calibrate"
-        )
+    train, val, cal = normal_indices(source.train.labels, normal, calibration_fraction,
+                                     validation_fraction, seed, source.name)  # fmt: skip
     return NormalSplit(
         normal_classes=normal,
-        train=source.train.subset(np.sort(idx[n_cal + n_val :])),
-        validation=source.train.subset(np.sort(idx[n_cal : n_cal + n_val])),
-        calibration=source.train.subset(np.sort(idx[:n_cal])),
+        train=source.train.subset(train),
+        validation=source.train.subset(val),
+        calibration=source.train.subset(cal),
         test=source.test,
     )
 

@@ -58,11 +58,18 @@ class DataProfile:
                 "aligned": self.aligned}  # fmt: skip
 
 
-def profile(images: np.ndarray, sample: int = 512) -> DataProfile:
+PROFILE_SAMPLE = 512
+
+
+def profile_indices(n: int, sample: int = PROFILE_SAMPLE) -> np.ndarray:
+    """The seeded sample of ``n`` training images that ``profile`` measures, sorted (a
+    streamed training set decodes just these: trainer.stream)."""
+    return np.sort(np.random.default_rng(0).choice(n, size=min(sample, n), replace=False))
+
+
+def profile(images: np.ndarray, sample: int = PROFILE_SAMPLE) -> DataProfile:
     """Measure uint8 (N, C, H, W) images (a seeded sample of at most ``sample``)."""
-    rng = np.random.default_rng(0)
-    idx = rng.choice(len(images), size=min(sample, len(images)), replace=False)
-    x = images[np.sort(idx)].astype(np.float32) / 255.0
+    x = images[profile_indices(len(images), sample)].astype(np.float32) / 255.0
     binary = float(((x <= 0.1) | (x >= 0.9)).mean())
     # Per channel: a brown texture's channels differ in level, which is no structure.
     structure = float(x.mean(axis=0).std(axis=(1, 2)).mean())

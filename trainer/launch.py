@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainer import progress
+from trainer.stream import ShardBatches, StreamedTrain
 from trainer.train import FitResult, LoopContext, TrainArrays, TrainConfig, fit
 from vlae.model import ModelConfig, config_from_dict, config_to_dict
 
@@ -96,13 +97,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
             torch.save(state_fn(), Path(d) / STATE_FILE)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
 
-    refs, sink = config["arrays"], config.get("progress")
+    refs, sink, streamed = config["arrays"], config.get("progress"), config.get("streamed")
+    got: dict[str, Any] = {name: None if r is None else ray.get(r) for name, r in refs.items()}
     arrays = TrainArrays(
-        train_x=ray.get(refs["train_x"]),
-        val_x=ray.get(refs["val_x"]),
-        train_c=None if refs["train_c"] is None else ray.get(refs["train_c"]),
-        val_c=None if refs["val_c"] is None else ray.get(refs["val_c"]),
-    )
+        train_x=got["train_x"], val_x=got["val_x"], train_c=got["train_c"], val_c=got["val_c"],
+        stream=None if streamed is None else ShardBatches(
+            ray.train.get_dataset_shard("train"), streamed["n"], streamed["seed"]),
+    )  # fmt: skip
     ctx = LoopContext(
         rank=rank,
         world_size=world,
@@ -151,13 +152,20 @@ def _trainer(
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
+    arrays = {"train_x": data.train_x, "val_x": data.val_x, "train_c": data.train_c,
+              "val_c": data.val_c}  # fmt: skip
+    streamed = data.stream if isinstance(data.stream, StreamedTrain) else None
     return TorchTrainer(
         _worker_loop,
+        # Streamed training images: Ray Data reads and decodes them, and each worker takes
+        # its shard (``ray.train.get_dataset_shard``).
+        datasets=None if streamed is None else {"train": streamed.dataset()},
         train_loop_config={
             "model": config_to_dict(model_cfg),
             "train": cfg.to_dict(),
             # The arrays go through the object store once, not pickled into each worker's task.
-            "arrays": {name: None if a is None else ray.put(a) for name, a in vars(data).items()},
+            "arrays": {name: None if a is None else ray.put(a) for name, a in arrays.items()},
+            "streamed": None if streamed is None else {"n": len(streamed), "seed": streamed.seed},
             "threads": launch.cpus_per_worker,
             "checkpoint_every_s": launch.checkpoint_every_s,
             "progress": sink,  # a Ray queue to the driver's progress display, or None

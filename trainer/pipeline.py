@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainer.data import NormalSplit, fingerprint
+from trainer.data import NormalSplit
+from trainer.stream import ImageFiles, StreamedTrain
 from trainer.train import FitResult, TrainArrays, TrainConfig
 from vlae.base import VLAEBase
 from vlae.card import CardDraft, DatasetCard
@@ -47,17 +48,26 @@ class DatasetInfo:
     image_folder: str | None = None
 
 
-def train_arrays(split: NormalSplit, conditional: bool) -> TrainArrays:
-    """Float tensors of the normal train and validation images (and their condition indices)."""
+def train_arrays(split: NormalSplit[Any], conditional: bool, seed: int = 0) -> TrainArrays:
+    """Float tensors of the normal train and validation images (and their condition indices);
+    training files of a streamed split (``trainer.stream``) stay files, for Ray Data."""
 
     def cond(labels: np.ndarray) -> torch.Tensor | None:
         return torch.from_numpy(split.condition_index(labels)) if conditional else None
 
+    val_x, val_c = (
+        torch.from_numpy(to_float(split.validation.images)),
+        cond(split.validation.labels),
+    )
+    if isinstance(split.train, ImageFiles):
+        conditions = {c: i for i, c in enumerate(split.normal_classes)} if conditional else None
+        stream = StreamedTrain(split.train, conditions, seed)
+        return TrainArrays(train_x=None, val_x=val_x, val_c=val_c, stream=stream)
     return TrainArrays(
         train_x=torch.from_numpy(to_float(split.train.images)),
-        val_x=torch.from_numpy(to_float(split.validation.images)),
+        val_x=val_x,
         train_c=cond(split.train.labels),
-        val_c=cond(split.validation.labels),
+        val_c=val_c,
     )
 
 
@@ -68,14 +78,14 @@ def _loaded(model_cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> VLAEBas
 
 
 def _condition_codes(
-    model_cfg: ModelConfig, split: NormalSplit, labels: np.ndarray
+    model_cfg: ModelConfig, split: NormalSplit[Any], labels: np.ndarray
 ) -> np.ndarray | None:
     """A conditional model's condition codes of these labels (their normal class's index)."""
     return split.condition_index(labels) if model_cfg.num_conditions else None
 
 
 def with_map_stats(
-    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
+    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit[Any]
 ) -> dict[str, torch.Tensor]:
     """The weights of a ``local``-score model with its map standardisation set from the
     normal validation images (never trained on, and apart from the calibration images, whose
@@ -89,7 +99,7 @@ def with_map_stats(
 
 
 def calibration_scores(
-    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
+    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit[Any]
 ) -> pd.DataFrame:
     """Scores of the held-out normal images: the data thresholds are calibrated on, with
     each image's anomaly-map maximum (``map_max``: what pixel thresholds are calibrated on)."""
@@ -101,7 +111,7 @@ def calibration_scores(
 
 
 def reference_latents(
-    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit
+    model_cfg: ModelConfig, weights: dict[str, torch.Tensor], split: NormalSplit[Any]
 ) -> CalibrationLatents:
     """Latent means and images of the held-out normal images (the explorer's reference)."""
     model = _loaded(model_cfg, weights)
@@ -143,7 +153,7 @@ def _versions() -> dict[str, str]:
 def model_card(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
-    split: NormalSplit,
+    split: NormalSplit[Any],
     dataset: DatasetInfo,
     result: FitResult,
     launcher: dict[str, Any],
@@ -184,7 +194,8 @@ def model_card(
             name=dataset.name,
             data_dir=dataset.data_dir,
             image_folder=dataset.image_folder,
-            train_fingerprint=fingerprint(split.train.images),
+            train_fingerprint=split.train.fingerprint(),
+            reader="ray-data" if isinstance(split.train, ImageFiles) else "memory",
             train_class_counts=split.train.class_counts(),
             n_train=len(split.train),
             n_validation=len(split.validation),
@@ -200,7 +211,7 @@ def model_card(
 
 
 def train_model(
-    split: NormalSplit,
+    split: NormalSplit[Any],
     model_cfg: ModelConfig,
     cfg: TrainConfig,
     dataset: DatasetInfo,
@@ -227,7 +238,7 @@ def train_model(
     if model_cfg.num_conditions:
         model_cfg = replace(model_cfg, num_conditions=len(split.normal_classes))
     t0 = time.monotonic()
-    result = fitter(model_cfg, cfg, train_arrays(split, model_cfg.num_conditions > 0))
+    result = fitter(model_cfg, cfg, train_arrays(split, model_cfg.num_conditions > 0, cfg.seed))
     seconds = time.monotonic() - t0
     result.state_dicts["model"] = with_map_stats(model_cfg, result.state_dicts["model"], split)
     calibration = calibration_scores(model_cfg, result.state_dicts["model"], split)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -52,14 +53,34 @@ class TrainConfig:
         return asdict(self)
 
 
+class BatchStream(Protocol):
+    """Training images that arrive in batches rather than as one array (``trainer.stream``):
+    ``len`` images in all, and a rank's float batches (N, C, H, W) and condition indices
+    (or None) for one epoch."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, epoch: int, batch: int, rank: int) -> Iterator[tuple[Tensor, Any]]: ...
+
+
 @dataclass
 class TrainArrays:
-    """Float images in [0, 1] (N, C, H, W) and optional condition indices, train and validation."""
+    """Float images in [0, 1] (N, C, H, W) and optional condition indices, train and validation.
+    ``train_x`` None: the training images come from ``stream``."""
 
-    train_x: Tensor
+    train_x: Tensor | None
     val_x: Tensor
     train_c: Tensor | None = None
     val_c: Tensor | None = None
+    stream: BatchStream | None = None
+
+    @property
+    def n_train(self) -> int:
+        if self.train_x is not None:
+            return len(self.train_x)
+        if self.stream is None:
+            raise ValueError("no training images: neither train_x nor a stream")
+        return len(self.stream)
 
 
 @dataclass
@@ -179,7 +200,7 @@ def fit(
     start_epoch, history = _restore(members, ctx, cfg.epochs)
     for m in members:
         m.model = ctx.wrap(m.core)
-    shard = _shard(len(data.train_x), cfg.batch_size, ctx)
+    shard = _shard(data.n_train, cfg.batch_size, ctx)
     t_start = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.monotonic()
@@ -254,20 +275,39 @@ def _train_epoch(
     device: torch.device,
 ) -> Tensor:
     """One epoch of this rank's batches; per member, the mean (loss, recon, kl) over ranks."""
-    perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(data.train_x))
-    # Sampling noise seeded per epoch and rank: a resumed run repeats the same steps.
+    # Sampling noise seeded per epoch and rank: a resumed run on arrays repeats the same steps
+    # (a stream's file order is Ray Data's, new in each execution).
     torch.manual_seed(int(np.random.default_rng([cfg.seed, epoch, ctx.rank]).integers(2**62)))
-    mine = torch.from_numpy(perm[ctx.rank :: ctx.world_size][: shard.size])
     sums = torch.zeros(3 * len(members), device=device)
     for m in members:
         m.model.train()
-    for step in range(shard.steps):
-        idx = mine[step * shard.batch : (step + 1) * shard.batch]
-        x = random_crops(data.train_x[idx], cfg.crop).to(device, non_blocking=True)
-        c = None if data.train_c is None else data.train_c[idx].to(device)
+    steps = 0
+    for x, c in _batches(data, cfg, ctx, shard, epoch):
+        x = random_crops(x, cfg.crop).to(device, non_blocking=True)
+        c = None if c is None else c.to(device)
         for j, m in enumerate(members):
             sums[3 * j : 3 * j + 3] += _train_step(m, x, c, cfg)
-    return _allreduce_mean(sums / shard.steps, ctx)
+        steps += 1
+    if steps != shard.steps:  # a short stream: fail here rather than hang the other ranks
+        raise RuntimeError(f"rank {ctx.rank} got {steps} batches of {shard.steps} this epoch")
+    return _allreduce_mean(sums / steps, ctx)
+
+
+def _batches(
+    data: TrainArrays, cfg: TrainConfig, ctx: LoopContext, shard: _Shard, epoch: int
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """This rank's batches of an epoch: a seeded permutation of the arrays, or the stream's
+    batches, ``shard.steps`` of them either way (data-parallel ranks step together)."""
+    if data.train_x is None:
+        assert data.stream is not None
+        stream = data.stream.batches(epoch, shard.batch, ctx.rank)
+        yield from itertools.islice(stream, shard.steps)
+        return
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(len(data.train_x))
+    mine = torch.from_numpy(perm[ctx.rank :: ctx.world_size][: shard.size])
+    for step in range(shard.steps):
+        idx = mine[step * shard.batch : (step + 1) * shard.batch]
+        yield data.train_x[idx], None if data.train_c is None else data.train_c[idx]
 
 
 def _train_step(m: _Member, x: Tensor, c: Tensor | None, cfg: TrainConfig) -> Tensor:

@@ -31,6 +31,9 @@ class DatasetCard(_Strict):
     n_train: int
     n_validation: int
     n_calibration: int
+    # How the training images reached the workers: "memory" (decoded in the driver, shipped
+    # as arrays) or "ray-data" (streamed; the fingerprint is then the file list's).
+    reader: str = "memory"
 
 
 class CardDraft(_Strict):

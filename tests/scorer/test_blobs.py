@@ -7,11 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,33 +54,6 @@ def test_a_reference_that_is_not_the_stores_own_is_refused(text: str) -> None:
 def test_a_blob_uri_with_a_password_is_refused() -> None:
     with pytest.raises(ValueError, match="credentials"):
         ScorerConfig(checkpoint="x", blob_uri="s3://key:secret@bucket/items")
-
-
-@pytest.fixture(scope="module")
-def s3_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's S3 server on loopback; the URI of a bucket in it. It takes any credentials:
-    the Ray workers have the test session's stand-in ones (tests/conftest.py)."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    uri = f"s3://items/line?endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no S3 stand-in"
-                time.sleep(0.2)
-        fs, _ = pafs.FileSystem.from_uri(uri + "&allow_bucket_creation=true")
-        fs.create_dir("items")
-        yield uri
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def _objects(uri: str) -> list[str]:

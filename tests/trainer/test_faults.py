@@ -1,5 +1,6 @@
 """A Ray Train worker SIGKILLed during a fit: Ray replaces the worker group and the run resumes
-from its newest checkpoint (``FailureConfig``), then finishes."""
+from its newest checkpoint (``FailureConfig``), then finishes; with the images in memory, and
+streamed by Ray Data (each new worker takes a new shard)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +29,22 @@ def _arrays() -> TrainArrays:
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(3200, 1, 28, 28, generator=g) > 0.7).float()
     return TrainArrays(train_x=x[:3000], val_x=x[3000:])
+
+
+def _streamed(folder: Path) -> TrainArrays:
+    """The same kind of images as PNG files, streamed to the workers by Ray Data."""
+    from PIL import Image
+
+    from trainer.pipeline import train_arrays
+    from trainer.stream import list_images, split_files
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4000):
+        Image.fromarray(((rng.random((28, 28)) > 0.7) * 255).astype(np.uint8)).save(
+            folder / f"{i:04d}.png")  # fmt: skip
+    split = split_files(list_images(folder, (1, 28, 28)), ["normal"])
+    return train_arrays(split, conditional=False)
 
 
 def _checkpointed_histories(run_dir: Path) -> dict[int, list[dict[str, float]]]:
@@ -50,9 +68,11 @@ def _train_worker_pids() -> list[int]:
     return [int(a.pid) for a in actors if a.pid]
 
 
+@pytest.mark.parametrize("reader", ["memory", "stream"])
 def test_worker_sigkilled_mid_fit_resumes_from_last_checkpoint(
-    ray_cluster: Any, tmp_path: Path
+    ray_cluster: Any, tmp_path: Path, reader: str
 ) -> None:
+    data = _arrays() if reader == "memory" else _streamed(tmp_path / "images")
     name = new_run_name("test-kill")
     launch = RayLaunch(storage_path=tmp_path, run_name=name, num_workers=2, cpus_per_worker=1,
                        max_failures=1, checkpoints_to_keep=EPOCHS,
@@ -63,7 +83,7 @@ def test_worker_sigkilled_mid_fit_resumes_from_last_checkpoint(
     def run() -> None:
         try:
             result["fit"] = fit_with_ray(model, TrainConfig(epochs=EPOCHS, batch_size=32),
-                                         _arrays(), launch)  # fmt: skip
+                                         data, launch)  # fmt: skip
         except BaseException as exc:
             result["error"] = exc
 

@@ -26,7 +26,7 @@ class DataChoice:
 
     dataset: str | None = None
     data_dir: Path | None = None
-    image_folder: Path | None = None
+    image_folder: Path | str | None = None  # str: a URI
     image_size: tuple[int, int] | None = None
     channels: int | None = None
 
@@ -56,7 +56,12 @@ def add_data_args(
         help="root of torchvision datasets "
         "(VLAEWATCH_DATA_DIR); downloaded there when missing and a network exists",
     )
-    p.add_argument("--image-folder", type=Path, help="folder of PNG/JPEG images")
+    p.add_argument(
+        "--image-folder",
+        type=folder_arg,
+        help="folder of PNG/JPEG images, or a URI of one that pyarrow's filesystems read "
+        "(s3://bucket/prefix, gs://..., file://...)",
+    )
     p.add_argument(
         "--image-size",
         type=parse_size,
@@ -69,6 +74,12 @@ def add_data_args(
         help="folder images are grey (1) or RGB (3); default: as the first image is. A file "
         "of the other kind is refused, as the scorer refuses it",
     )
+
+
+def folder_arg(text: str) -> Path | str:
+    """``--image-folder``: a local path, or a URI kept as written (a Path would fold its
+    ``//``)."""
+    return text if "://" in text else Path(text)
 
 
 def image_shape(data: DataChoice) -> tuple[int, int, int] | None:
@@ -103,7 +114,8 @@ def dataset_of(data: DataChoice, settings: Settings, card: ModelCard) -> Source:
             data,
             dataset="folder" if ds.name.startswith("folder:") else ds.name,
             data_dir=data.data_dir or (Path(ds.data_dir) if ds.data_dir else None),
-            image_folder=data.image_folder or (Path(ds.image_folder) if ds.image_folder else None),
+            image_folder=data.image_folder
+            or (folder_arg(ds.image_folder) if ds.image_folder else None),
         )
     if data.dataset == "folder":
         c, h, w = card.image_shape

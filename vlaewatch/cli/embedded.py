@@ -28,14 +28,16 @@ def redis_url(stack: contextlib.ExitStack, explicit: str | None, settings: Setti
 
 def ray_cluster(
     stack: contextlib.ExitStack, address: str | None, settings: Settings, verbose: bool,
-    serving: bool = False,
+    serving: bool = False, num_cpus: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Join ``address`` (else RAY_ADDRESS) or start a local cluster, left when the stack
-    closes if this process started it. Unless ``verbose``, the workers' logs stay in Ray's
-    files, and so do Serve's INFO lines when the command ``serving`` deploys."""
+    """Join ``address`` (else RAY_ADDRESS) or start a local cluster (``num_cpus`` logical
+    CPUs, default the machine's), left when the stack closes if this process started it.
+    Unless ``verbose``, the workers' logs stay in Ray's files, and so do Serve's INFO lines
+    when the command ``serving`` deploys."""
     from vlaewatch import cluster
 
-    info = cluster.connect(address or settings.ray_address, log_to_driver=verbose)
+    info = cluster.connect(address or settings.ray_address, num_cpus=num_cpus,
+                           log_to_driver=verbose)  # fmt: skip
     if info["owned"]:
         stack.callback(cluster.shutdown)
     if serving and not verbose:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.settings import Settings
+from vlaewatch.cli.args import UsageError
 from vlaewatch.cli.data import DataChoice, add_data_args, dataset_of
 
 
@@ -29,8 +30,12 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     path = resolve_checkpoint(args.checkpoint or settings.store_path, args.version)
     loaded = load_checkpoint(path)
     trained_on = loaded.card.dataset.image_folder
+    if isinstance(args.image_folder, str):
+        raise UsageError("evaluate reads a local folder of test images, not a URI")
     if args.image_folder is not None and (
-        trained_on is None or Path(trained_on).resolve() != args.image_folder.resolve()
+        trained_on is None
+        or "://" in trained_on
+        or Path(trained_on).resolve() != args.image_folder.resolve()
     ):
         # A labelled folder of its own (good and defect subfolders, masks beside it): every
         # image of it is the test set.

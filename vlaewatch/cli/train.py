@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +21,10 @@ from vlaewatch.cli.embedded import ray_cluster
 if TYPE_CHECKING:
     import numpy as np
 
+    from trainer.data import LabelledImages, NormalSplit
     from trainer.defaults import Arch, DataProfile
     from trainer.pipeline import Fitter
+    from trainer.stream import ImageFiles
     from trainer.train import TrainConfig
     from vlae.model import ModelConfig
 
@@ -56,6 +60,7 @@ class TrainOptions:
     workers: int | None = None
     cpus_per_worker: float | None = None
     no_ray: bool = False
+    reader: str = "auto"
     address: str | None = None
     run_name: str | None = None
     resume: str | None = None
@@ -212,6 +217,15 @@ def _add_ray_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--workers", type=int, help="Ray Train workers")
     t.add_argument("--cpus-per-worker", type=float)
     t.add_argument("--no-ray", action="store_true", help="run the same loop in this process")
+    t.add_argument(
+        "--reader",
+        choices=("auto", "memory", "stream"),
+        default=TrainOptions.reader,
+        help="how a folder's training images reach the workers: memory (decoded in this "
+        "process, shipped as arrays: fastest for small sets), stream (read and decoded by Ray "
+        "Data tasks, each worker streaming its shard: memory that does not grow with the "
+        "folder); auto (default): stream for a URI or a folder of more than 2 GiB decoded",
+    )
     t.add_argument("--address", help="Ray cluster to join (RAY_ADDRESS); default: local cluster")
     t.add_argument("--run-name", help="Ray Train run name (default: a new unique name)")
     t.add_argument(
@@ -254,20 +268,26 @@ def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     """Fit a model as ``opts`` say; where its checkpoint is and what its card says."""
-    from trainer.data import split_normal
+    from trainer.data import folder_name, split_normal
     from trainer.pipeline import DatasetInfo, train_model
+    from trainer.stream import split_files
     from trainer.train import TrainConfig
     from vlae.checkpoint import read_card
 
-    source = load(opts.data, settings)
     normal = opts.normal or (["normal"] if opts.data.dataset == "folder" else ["0"])
     seed = config_default(TrainConfig, "seed") if opts.seed is None else opts.seed
-    split = split_normal(source, normal, seed=seed)
-    model_cfg, data_profile, cfg = _configs(opts, split.train.images, seed)
+    files = _streamed_files(opts)
+    split: NormalSplit[Any]
+    if files is None:
+        source = load(opts.data, settings)
+        name, split = source.name, split_normal(source, normal, seed=seed)
+    else:
+        name, split = folder_name(files.root), split_files(files, normal, seed=seed)
+    model_cfg, data_profile, cfg = _configs(opts, _profile_images(split.train), seed)
     data_dir = opts.data.data_dir or settings.data_dir
     image_folder = opts.data.image_folder
     dataset = DatasetInfo(
-        name=source.name,
+        name=name,
         data_dir=str(data_dir or "") or None,
         image_folder=str(image_folder) if image_folder else None,
     )
@@ -278,7 +298,7 @@ def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
     )
     out, store = opts.out, None if opts.out else (opts.store or settings.store_path)
     with contextlib.ExitStack() as stack:
-        fitter, launcher = _fitter(opts, settings, stack)
+        fitter, launcher = _fitter(opts, settings, stack, streamed=files is not None)
         path = train_model(split, model_cfg, cfg, dataset, fitter, launcher, out=out, store=store,
                            line_conditions=opts.line_condition,
                            data_profile=data_profile.to_dict())  # fmt: skip
@@ -290,6 +310,60 @@ def train(opts: TrainOptions, settings: Settings) -> dict[str, Any]:
         "variant": card.variant,
         "metrics": card.metrics,
     }
+
+
+def _streamed_files(opts: TrainOptions) -> ImageFiles | None:
+    """The training folder's file list when its images stream through Ray Data (``--reader
+    stream``, or ``auto`` for a URI or a folder that decodes to more than
+    ``trainer.stream.STREAM_ABOVE_BYTES``); None when they are read into memory."""
+    from trainer.data import DataError
+    from trainer.stream import STREAM_ABOVE_BYTES, is_uri, list_images
+    from vlaewatch.cli.data import image_shape
+
+    data, reader = opts.data, opts.reader
+    if reader == "memory" or data.dataset != "folder" or data.image_folder is None:
+        if reader == "stream":
+            raise UsageError("--reader stream reads --dataset folder --image-folder (a folder "
+                             "or a URI)")  # fmt: skip
+        return None
+    if opts.no_ray:
+        if reader == "stream":
+            raise UsageError("--reader stream needs Ray (Ray Data reads the files): drop --no-ray")
+        return None
+    try:
+        files = list_images(data.image_folder, image_shape(data) or (0, 0, 0))
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    if reader == "stream" or is_uri(data.image_folder):
+        return files
+    return files if files.decoded_bytes() > STREAM_ABOVE_BYTES else None
+
+
+def _check_room_for_data_tasks(train_cpus: float) -> None:
+    """Streamed training needs CPUs beyond the Train workers' for Ray Data's read tasks:
+    without them the tasks wait for the workers, which wait for the tasks."""
+    import ray
+
+    from trainer.stream import TASK_CPUS
+
+    free = ray.available_resources().get("CPU", 0.0)
+    if free - train_cpus < TASK_CPUS:
+        raise UsageError(
+            f"the Ray cluster has {free:g} CPUs free; {train_cpus:g} for the Train workers "
+            f"leave less than the {TASK_CPUS:g} a Ray Data read task takes: use fewer "
+            "--workers or --cpus-per-worker, or add a node"
+        )
+
+
+def _profile_images(train: LabelledImages | ImageFiles) -> np.ndarray:
+    """Training images to choose the model from: of a streamed set, just the sample that
+    ``profile`` measures, so that both readers choose the same model."""
+    from trainer.defaults import profile_indices
+    from trainer.stream import ImageFiles
+
+    if isinstance(train, ImageFiles):
+        return train.subset(profile_indices(len(train))).read().images
+    return train.images
 
 
 def _configs(
@@ -316,10 +390,12 @@ def _configs(
 
 
 def _fitter(
-    opts: TrainOptions, settings: Settings, stack: contextlib.ExitStack
+    opts: TrainOptions, settings: Settings, stack: contextlib.ExitStack, streamed: bool = False
 ) -> tuple[Fitter, dict[str, Any]]:
     """The loop in this process, or on Ray Train (joining or starting a cluster, left when the
-    stack closes); and how it ran, for the model card."""
+    stack closes); and how it ran, for the model card. A local cluster for ``streamed``
+    training has a logical CPU beyond the Train workers' for Ray Data's read tasks: without
+    one they would wait for the workers, which wait for them."""
     from trainer.progress import EpochBar
     from trainer.train import LoopContext, fit
 
@@ -336,7 +412,13 @@ def _fitter(
         **given(num_workers=opts.workers, cpus_per_worker=opts.cpus_per_worker,
                 max_failures=opts.max_failures, checkpoint_every_s=opts.checkpoint_every_s),
     )  # fmt: skip
-    info = ray_cluster(stack, opts.address, settings, opts.verbose)
+    cpus = None
+    if streamed:
+        need = math.ceil(launch.num_workers * launch.cpus_per_worker) + 1
+        cpus = max(len(os.sched_getaffinity(0)), need)
+    info = ray_cluster(stack, opts.address, settings, opts.verbose, num_cpus=cpus)
+    if streamed:
+        _check_room_for_data_tasks(launch.num_workers * launch.cpus_per_worker)
     logs = f"; {ray_logs(info)}" if info["owned"] else ""  # else the caller has said where
     err(f"Ray Train run {launch.run_name} on {info['address']}{logs}")
     launcher = {
