@@ -222,11 +222,11 @@ def folder_name(folder: str | Path) -> str:
 
 
 def load_folder(folder: str | Path, shape: tuple[int, int, int]) -> Source:
-    """A folder's images (``read_folder``; a URI's through pyarrow's filesystems) as a
+    """A folder's images (``read_folder``; a URI's, or Parquet rows, through pyarrow) as a
     source: a fixed, seeded test partition."""
-    from trainer.stream import is_uri, list_images
+    from trainer.stream import is_parquet, is_uri, list_images
 
-    if is_uri(folder):
+    if is_uri(folder) or is_parquet(folder):
         data = list_images(folder, shape).read()
     else:
         data, _ = read_folder(folder, shape)

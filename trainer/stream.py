@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,11 +45,19 @@ STREAM_ABOVE_BYTES = 2 << 30  # --reader auto: a folder decoding to more than th
 # Logical CPUs of a read-and-decode task: a fraction, so that the tasks run beside Train
 # workers and Serve replicas that hold most of a node's CPUs.
 TASK_CPUS = 0.5
+PARQUET_SUFFIX = ".parquet"
+IMAGE_COLUMN, LABEL_COLUMN = "image", "label"  # of a Parquet source
 
 
 def is_uri(folder: str | Path) -> bool:
     """A folder named by a URI (``s3://bucket/prefix``) rather than a local path."""
     return "://" in str(folder)
+
+
+def is_parquet(folder: str | Path) -> bool:
+    """A Parquet file, or a folder of them, rather than a folder of image files."""
+    fs, base = filesystem(folder)
+    return parquet_files(fs, base) is not None
 
 
 def filesystem(folder: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -77,6 +85,9 @@ class ImageFiles:
     labels: np.ndarray  # str, one class name per file
     sizes: np.ndarray  # int64, bytes on disk
     shape: tuple[int, int, int]
+    # Images in Parquet files: each one's row in the file ``paths`` names ("" for the root
+    # itself); None for image files.
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -86,8 +97,9 @@ class ImageFiles:
         return self.shape
 
     def subset(self, idx: np.ndarray) -> ImageFiles:
+        rows = None if self.rows is None else self.rows[idx]
         return ImageFiles(self.root, self.paths[idx], self.labels[idx], self.sizes[idx],
-                          self.shape)  # fmt: skip
+                          self.shape, rows)  # fmt: skip
 
     def class_counts(self) -> dict[str, int]:
         names, counts = np.unique(self.labels.astype(str), return_counts=True)
@@ -97,8 +109,9 @@ class ImageFiles:
         """A hash of the file list (names and sizes), not of the pixels: hashing them would
         read the whole folder in the driver."""
         h = hashlib.sha256()
-        for p, s in zip(self.paths, self.sizes, strict=True):
-            h.update(f"{p}\0{int(s)}\n".encode())
+        rows = self.rows if self.rows is not None else np.full(len(self), -1)
+        for p, s, r in zip(self.paths, self.sizes, rows, strict=True):
+            h.update(f"{p}\0{int(s)}\0{int(r)}\n".encode())
         return h.hexdigest()[:16]
 
     def decoded_bytes(self) -> int:
@@ -110,9 +123,17 @@ class ImageFiles:
         """Decode every file in this process (held-out sets, a profiling sample)."""
         fs, base = filesystem(self.root)
         images = np.empty((len(self), *self.shape), dtype=np.uint8)
-        for i, p in enumerate(self.paths):
-            full = f"{base}/{p}"
-            images[i] = read_image_bytes(_read(fs, full), full, self.shape)
+        if self.rows is None:
+            for i, p in enumerate(self.paths):
+                full = _full(base, p)
+                images[i] = read_image_bytes(_read(fs, full), full, self.shape)
+        else:
+            for rel in np.unique(self.paths):
+                mine = np.flatnonzero(self.paths == rel)
+                full = _full(base, str(rel))
+                for j, data in zip(mine, _parquet_images(fs, full, self.rows[mine]),
+                                   strict=True):  # fmt: skip
+                    images[j] = read_image_bytes(data, f"{full}#{self.rows[j]}", self.shape)
         return LabelledImages(images, self.labels.astype(object))
 
     def sample(self, n: int, seed: int = 0) -> ImageFiles:
@@ -120,6 +141,35 @@ class ImageFiles:
         if len(self) <= n:
             return self
         return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), n, False)))
+
+
+def _full(base: str, rel: str) -> str:
+    return f"{base}/{rel}" if rel else base
+
+
+def _row_group_starts(meta: Any) -> np.ndarray:
+    """The first row of each row group of a Parquet file's metadata, and its row count."""
+    return np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+
+
+def _parquet_images(fs: pafs.FileSystem, path: str, rows: np.ndarray) -> list[bytes]:
+    """The ``image`` column's values at these rows of a Parquet file, reading only the row
+    groups that hold them."""
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open_input_file(path) as fh:
+            pf = pq.ParquetFile(fh)
+            starts = _row_group_starts(pf.metadata)
+            groups = np.searchsorted(starts, rows, side="right") - 1
+            out: dict[int, bytes] = {}
+            for g in np.unique(groups):
+                col = pf.read_row_group(int(g), columns=[IMAGE_COLUMN]).column(IMAGE_COLUMN)
+                for r in rows[groups == g]:
+                    out[int(r)] = col[int(r - starts[g])].as_py()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    return [out[int(r)] for r in rows]
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes:
@@ -130,14 +180,14 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
-def _channels(fs: pafs.FileSystem, path: str) -> int:
-    """1 for a grey image file, 3 for colour (``trainer.data.image_channels``, through fs)."""
+def _channels(data: bytes, path: str) -> int:
+    """1 for a grey image file, 3 for colour (``trainer.data.image_channels``, of bytes)."""
     import io
 
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(_read(fs, path))) as im:
+        with Image.open(io.BytesIO(data)) as im:
             return 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
@@ -150,6 +200,9 @@ def list_images(folder: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
     import pyarrow.fs as pafs
 
     fs, base = filesystem(folder)
+    tables = parquet_files(fs, base)
+    if tables is not None:
+        return _list_parquet(folder, fs, base, tables, shape)
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
     except (OSError, FileNotFoundError) as exc:
@@ -169,7 +222,8 @@ def list_images(folder: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
     if not rows:
         raise DataError(f"no PNG or JPEG images under {folder}")
     if shape[0] == 0:
-        shape = (_channels(fs, f"{base}/{rows[0][2]}"), *shape[1:])
+        first = f"{base}/{rows[0][2]}"
+        shape = (_channels(_read(fs, first), first), *shape[1:])
     if shape[0] not in (1, 3):
         raise DataError(f"image folders support 1 or 3 channels, not {shape[0]}")
     return ImageFiles(
@@ -179,6 +233,62 @@ def list_images(folder: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
         sizes=np.array([r[3] for r in rows], dtype=np.int64),
         shape=shape,
     )
+
+
+def parquet_files(fs: pafs.FileSystem, base: str) -> list[str] | None:
+    """The Parquet files of a folder, or the one file named, sorted; None when there are none
+    (a folder of image files)."""
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(base)
+    if info.type == pafs.FileType.File:
+        return [base] if base.lower().endswith(PARQUET_SUFFIX) else None
+    if info.type != pafs.FileType.Directory:
+        return None
+    found = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    is_table = [i.type == pafs.FileType.File and i.path.lower().endswith(PARQUET_SUFFIX)
+                for i in found]  # fmt: skip
+    files = sorted(i.path for i, keep in zip(found, is_table, strict=True) if keep)
+    return files or None
+
+
+def _list_parquet(folder: str | Path, fs: pafs.FileSystem, base: str, files: list[str],
+                  shape: tuple[int, int, int]) -> ImageFiles:  # fmt: skip
+    """The rows of Parquet files, each an image: an ``image`` column of encoded PNG or JPEG
+    files, and a ``label`` column of class names (without one, every row is 'normal'); in
+    file order, then row order. Only the labels are read here."""
+    import pyarrow.parquet as pq
+
+    paths, rows, labels, sizes = [], [], [], []
+    for f in files:
+        try:
+            with fs.open_input_file(f) as fh:
+                pf = pq.ParquetFile(fh)
+                names, n = pf.schema_arrow.names, pf.metadata.num_rows
+                if IMAGE_COLUMN not in names:
+                    raise DataError(f"{f}: no '{IMAGE_COLUMN}' column of encoded images")
+                if LABEL_COLUMN in names:
+                    col = pf.read(columns=[LABEL_COLUMN]).column(LABEL_COLUMN).to_pylist()
+                    labels.append(np.array([str(v) for v in col], dtype=str))
+                else:
+                    labels.append(np.full(n, "normal"))
+        except OSError as exc:
+            raise DataError(f"cannot read {f}: {exc}") from exc
+        rel = str(PurePosixPath(f).relative_to(PurePosixPath(base))) if f != base else ""
+        paths.append(np.full(n, rel))
+        rows.append(np.arange(n, dtype=np.int64))
+        sizes.append(np.full(n, fs.get_file_info(f).size or 0, dtype=np.int64))
+    if not sum(len(r) for r in rows):
+        raise DataError(f"no rows in the Parquet files under {folder}")
+    files_info = ImageFiles(str(folder), np.concatenate(paths), np.concatenate(labels),
+                            np.concatenate(sizes), shape, np.concatenate(rows))  # fmt: skip
+    if shape[0] == 0:
+        first = files_info.subset(np.array([0]))
+        data = _parquet_images(fs, _full(base, str(first.paths[0])), first.rows)[0]  # type: ignore[arg-type]
+        files_info = replace(files_info, shape=(_channels(data, str(folder)), *shape[1:]))
+    if files_info.shape[0] not in (1, 3):
+        raise DataError(f"images support 1 or 3 channels, not {files_info.shape[0]}")
+    return files_info
 
 
 def held_out_caps(shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -256,6 +366,8 @@ class StreamedTrain:
         from ray.data import FileShuffleConfig
 
         fs, base = filesystem(self.files.root)
+        if self.files.rows is not None:
+            return self._parquet_dataset(fs, base)
         ds = ray.data.read_binary_files(
             [f"{base}/{p}" for p in self.files.paths],
             filesystem=fs,
@@ -270,8 +382,52 @@ class StreamedTrain:
                               batch_format="numpy", batch_size=64,
                               num_cpus=TASK_CPUS, fn_kwargs=kwargs)  # fmt: skip
 
+    def _parquet_dataset(self, fs: pafs.FileSystem, base: str) -> ray.data.Dataset:
+        """Rows of Parquet files: a task a row group, reading it and decoding its rows of the
+        training set; the row groups in a new order each epoch."""
+        import pyarrow.parquet as pq
+        import ray.data
+
+        files, rows = self.files, self.files.rows
+        assert rows is not None
+        items = []
+        for rel in np.unique(files.paths):
+            mine = np.flatnonzero(files.paths == rel)
+            with fs.open_input_file(_full(base, str(rel))) as fh:
+                meta = pq.ParquetFile(fh).metadata
+            starts = _row_group_starts(meta)
+            groups = np.searchsorted(starts, rows[mine], side="right") - 1
+            for g in np.unique(groups):
+                at = mine[groups == g]
+                codes = None if self.conditions is None else [
+                    self.conditions[str(label)] for label in files.labels[at]]  # fmt: skip
+                items.append({"path": _full(base, str(rel)), "rows": rows[at].tolist(),
+                              "c": codes})  # fmt: skip
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).randomize_block_order()
+        return ds.map_batches(decode_parquet_rows,  # type: ignore[arg-type]
+                              batch_format="numpy", batch_size=1, num_cpus=TASK_CPUS,
+                              fn_kwargs={"root": files.root, "shape": files.shape})  # fmt: skip
+
     def batches(self, epoch: int, batch: int, rank: int) -> Iterator[tuple[Any, Any]]:
         raise RuntimeError("a streamed training set is read in Ray Train workers (ShardBatches)")
+
+
+def decode_parquet_rows(
+    batch: dict[str, np.ndarray], root: str, shape: tuple[int, int, int]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data's task for a Parquet row group: its training rows (``path``, ``rows``, and
+    their condition indices ``c`` or None) decoded, 64 at a time."""
+    fs, _ = filesystem(root)
+    for path, rows, codes in zip(batch["path"], batch["rows"], batch["c"], strict=True):
+        wanted = np.asarray(rows, dtype=np.int64)
+        data = _parquet_images(fs, str(path), wanted)
+        for a in range(0, len(wanted), 64):
+            chunk = zip(data[a : a + 64], wanted[a : a + 64], strict=True)
+            x = np.stack([read_image_bytes(d, f"{path}#{r}", shape) for d, r in chunk])
+            out = {"x": x}
+            if codes is not None:
+                out["c"] = np.asarray(codes[a : a + 64], dtype=np.int64)
+            yield out
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Training images streamed through Ray Data (trainer/stream.py): the same split as the
 in-memory reader, held-out sets bounded in the driver, Ray Train workers fed through
-``get_dataset_shard`` (with a resumed run), and a folder under an S3 URI (the moto stand-in)."""
+``get_dataset_shard`` (with a resumed run), a folder under an S3 URI (the moto stand-in), and
+images in Parquet files."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -154,3 +157,56 @@ def test_reader_flags_are_checked(tmp_path: Path, capsys) -> None:
     assert main(["train", "--dataset", "folder", "--image-folder", str(root), "--reader",
                  "stream", "--no-ray"]) == 2  # fmt: skip
     assert "needs Ray" in capsys.readouterr().err
+
+
+def _parquet(root: Path, out: Path, row_group_size: int = 16) -> Path:
+    """The class folders' images as Parquet rows (``image``: the PNG file, ``label``), in
+    the folders' order, in two files of row groups of ``row_group_size``."""
+    files = sorted(p for p in root.glob("*/*.png") if p.parent.name != "masks")
+    files.sort(key=lambda p: (p.parent.name, p.name))
+    out.mkdir()
+    half = len(files) // 2
+    for i, part in enumerate((files[:half], files[half:])):
+        table = pa.table({"image": [p.read_bytes() for p in part],
+                          "label": [p.parent.name for p in part]})  # fmt: skip
+        pq.write_table(table, out / f"part-{i}.parquet", row_group_size=row_group_size)
+    return out
+
+
+def test_parquet_rows_split_as_the_same_images_in_folders(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "line", {"good": 60, "good-x": 25, "scratch": 10})
+    table = _parquet(root, tmp_path / "table")
+    assert stream.is_parquet(table) and not stream.is_parquet(root)
+    normal = ["good", "good-x"]
+    memory = split_normal(load_folder(root, SHAPE), normal, seed=3)
+    rows = stream.list_images(table, (0, 16, 16))  # channels: the first image's
+    assert rows.shape == SHAPE and rows.rows is not None and len(rows) == 95
+    streamed = stream.split_files(rows, normal, seed=3)
+    assert np.array_equal(streamed.train.read().images, memory.train.images)
+    for part in ("validation", "calibration"):
+        assert np.array_equal(getattr(streamed, part).images, getattr(memory, part).images)
+    # The in-memory reader takes Parquet too, through the same listing.
+    assert np.array_equal(split_normal(load_folder(table, SHAPE), normal, seed=3).train.images,
+                          memory.train.images)  # fmt: skip
+    with pytest.raises(DataError, match="no 'image' column"):
+        bad = tmp_path / "bad.parquet"
+        pq.write_table(pa.table({"label": ["good"]}), bad)
+        stream.list_images(bad, SHAPE)
+
+
+def test_train_on_parquet_rows_through_ray_data(ray_cluster, tmp_path: Path) -> None:
+    """A conditional model on Parquet rows of two classes: each Ray Data task reads one row
+    group and decodes its training rows, with their condition indices."""
+    root = _folder(tmp_path / "line", {"good": 40, "good-x": 30}, seed=5)
+    table = _parquet(root, tmp_path / "table")
+    out = tmp_path / "model"
+    code = main(["train", "--dataset", "folder", "--image-folder", str(table), "--reader",
+                 "stream", "--normal", "good,good-x", "--conditional", "--arch", "mlp",
+                 "--image-size", "16", "--epochs", "2", "--workers", "2", "--out", str(out),
+                 "--storage-path", str(tmp_path / "runs")])  # fmt: skip
+    assert code == 0
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["dataset"]["reader"] == "ray-data" and card["conditions"] == ["good", "good-x"]
+    counts = split_normal(load_folder(root, SHAPE), ["good", "good-x"]).train.class_counts()
+    assert card["dataset"]["train_class_counts"] == counts
+    assert [h["epoch"] for h in card["history"]] == [1.0, 2.0]

@@ -59,8 +59,9 @@ def add_data_args(
     p.add_argument(
         "--image-folder",
         type=folder_arg,
-        help="folder of PNG/JPEG images, or a URI of one that pyarrow's filesystems read "
-        "(s3://bucket/prefix, gs://..., file://...)",
+        help="folder of PNG/JPEG images (or of Parquet files with an 'image' column of "
+        "encoded images and a 'label' column, or one such file), or a URI of one that "
+        "pyarrow's filesystems read (s3://bucket/prefix, gs://..., file://...)",
     )
     p.add_argument(
         "--image-size",
