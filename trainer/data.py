@@ -176,16 +176,19 @@ def read_image_bytes(data: bytes, name: str, shape: tuple[int, int, int]) -> np.
         raise DataError(f"cannot use image {name}: {exc.reason}") from None
 
 
-def image_channels(path: Path) -> int:
-    """1 for a grey image file, 3 for anything in colour (what a folder's model takes when no
-    channel count is given: the first image's)."""
+def image_channels(path: Path | bytes, name: str | None = None) -> int:
+    """1 for a grey image file (a path, or its bytes named ``name``), 3 for anything in
+    colour (what a folder's model takes when no channel count is given: the first image's)."""
+    import io
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
             return 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
     except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
+        where = name if name is not None or isinstance(path, bytes) else str(path)
+        raise DataError(f"cannot read image {where}: {exc}") from exc
 
 
 def read_folder(

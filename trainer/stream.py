@@ -29,6 +29,7 @@ from trainer.data import (
     LabelledImages,
     NormalSplit,
     fixed_test_partition,
+    image_channels,
     normal_indices,
     read_image_bytes,
 )
@@ -180,19 +181,6 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
-def _channels(data: bytes, path: str) -> int:
-    """1 for a grey image file, 3 for colour (``trainer.data.image_channels``, of bytes)."""
-    import io
-
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-
-
 def list_images(folder: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
     """The image files of a folder, as ``trainer.data.read_folder`` takes them (subfolders
     are classes, ``masks`` is not one; else every image is 'normal'), in the same order. A
@@ -223,7 +211,7 @@ def list_images(folder: str | Path, shape: tuple[int, int, int]) -> ImageFiles:
         raise DataError(f"no PNG or JPEG images under {folder}")
     if shape[0] == 0:
         first = f"{base}/{rows[0][2]}"
-        shape = (_channels(_read(fs, first), first), *shape[1:])
+        shape = (image_channels(_read(fs, first), first), *shape[1:])
     if shape[0] not in (1, 3):
         raise DataError(f"image folders support 1 or 3 channels, not {shape[0]}")
     return ImageFiles(
@@ -285,7 +273,7 @@ def _list_parquet(folder: str | Path, fs: pafs.FileSystem, base: str, files: lis
     if shape[0] == 0:
         first = files_info.subset(np.array([0]))
         data = _parquet_images(fs, _full(base, str(first.paths[0])), first.rows)[0]  # type: ignore[arg-type]
-        files_info = replace(files_info, shape=(_channels(data, str(folder)), *shape[1:]))
+        files_info = replace(files_info, shape=(image_channels(data, str(folder)), *shape[1:]))
     if files_info.shape[0] not in (1, 3):
         raise DataError(f"images support 1 or 3 channels, not {files_info.shape[0]}")
     return files_info
