@@ -60,11 +60,11 @@ def _source(category: str, args: argparse.Namespace) -> tuple[Source, np.ndarray
     return src, test.masks
 
 
-def _train(src: Source, model_cfg: Any, cfg: TrainConfig, tmp: Path, name: str) -> Any:
+def _train(src: Source, model_cfg: Any, cfg: TrainConfig, out: Path) -> Any:
     split = split_normal(src, GOOD, seed=cfg.seed)
     path = train_model(split, model_cfg, cfg, DatasetInfo(src.name),
                        lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)),
-                       {"kind": "in-process"}, out=tmp / name)  # fmt: skip
+                       {"kind": "in-process"}, out=out)  # fmt: skip
     return load_checkpoint(path)
 
 
@@ -76,7 +76,8 @@ def run_category(category: str, args: argparse.Namespace) -> dict[str, Any]:
         model_cfg, prof = choose_model(src.train.images)
         cfg = choose_training(model_cfg, epochs=args.epochs, seed=args.seed)
         t0 = time.monotonic()
-        loaded = _train(src, model_cfg, cfg, Path(tmp), "default")
+        keep = args.keep / category if args.keep else Path(tmp) / "default"
+        loaded = _train(src, model_cfg, cfg, keep)
         result["train_s"] = time.monotonic() - t0
         t0 = time.monotonic()
         scores = score_images(loaded.model, src.test.images, maps=True)
@@ -94,7 +95,7 @@ def run_category(category: str, args: argparse.Namespace) -> dict[str, Any]:
             old = ConvVLAEConfig(image_shape=src.train.image_shape)
             bcfg = TrainConfig(epochs=args.baseline_epochs, denoiser=False, seed=args.seed)
             t0 = time.monotonic()
-            base = _train(src, old, bcfg, Path(tmp), "baseline")
+            base = _train(src, old, bcfg, Path(tmp) / "baseline")
             b = score_images(base.model, src.test.images)
             result["baseline_train_s"] = time.monotonic() - t0
             result["image_auroc"]["elbo"] = auroc_by_class(labels, b.elbo, GOOD)
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stem", default="inspection")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--keep", type=Path, help="write each category's default checkpoint to "
+                   "KEEP/<category> (vlaewatch evaluate reads it)")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", os.cpu_count() or 1)))
     t0 = time.monotonic()
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({time.monotonic() - t:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
     report = {
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
-        "config": {k: v for k, v in vars(args).items() if k != "out"} | {"out": None},
+        "config": {k: v for k, v in vars(args).items() if k not in ("out", "keep")} | {"out": None},
         "categories": per_category,
         "summary": summarise(per_category),
         "published": PUBLISHED,

@@ -14,7 +14,9 @@ Fills (one per corrupted image, chosen at random):
 - ``shift``: the image itself, lighter, darker or tinted by a few per cent to a fifth: stains
   and discolouration (kept low in contrast on purpose);
 - ``smooth``: the image itself, blurred: worn or missing texture;
-- ``noise``: uniform noise: contamination, dirt.
+- ``noise``: uniform noise: contamination, dirt;
+- ``tint`` (colour images only): the image itself with its hue turned and its brightness
+  nearly kept: a discolouration that a brightness shift does not teach.
 
 Everything runs on the batch tensor with torch's generator, so the training loop's per-epoch
 seeding makes it exactly repeatable.
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FILLS = ("foreign", "flat", "shift", "smooth", "noise")
+COLOUR_FILLS = (*FILLS, "tint")
 # A pixel is in a corruption's mask where its alpha exceeds COVERED and the corruption moved it
 # by more than VISIBLE (a fill can match the pixel it covers: that is no defect to find).
 COVERED = 0.3
@@ -105,6 +108,12 @@ def _fill(x: Tensor, kind: str, i: int) -> Tensor:
     if kind == "smooth":
         k = int(torch.randint(2, 5, (1,))) * 2 + 1
         return F.avg_pool2d(img[None], k, 1, k // 2, count_include_pad=False)[0]
+    if kind == "tint":  # a zero-sum colour offset of 4 to 15 %, a little brightness
+        hue = torch.randn(c, device=dev)
+        hue = hue - hue.mean()
+        hue = hue / hue.norm().clamp_min(1e-6)
+        delta = hue * _u(1, 0.04, 0.15, dev) + _u(1, -0.03, 0.03, dev)
+        return (img + delta[:, None, None]).clamp(0, 1)
     return torch.rand(c, h, w, device=dev)
 
 
@@ -125,8 +134,9 @@ def corrupt(x: Tensor, p: float = 0.5) -> tuple[Tensor, Tensor]:
     if (~lines).any():
         masks[~lines] = blob_masks(int((~lines).sum()), h, w, x.device)
     out = x.clone()
+    fills = COLOUR_FILLS if x.shape[1] == 3 else FILLS
     for j, i in enumerate(hit):
-        kind = FILLS[int(torch.randint(0, len(FILLS), (1,)))]
+        kind = fills[int(torch.randint(0, len(fills), (1,)))]
         alpha = masks[j] * _u(1, 0.6, 1.0, x.device)
         out[i] = x[i] * (1 - alpha) + _fill(x, kind, i) * alpha
         changed = (out[i] - x[i]).abs().amax(dim=0) > VISIBLE
