@@ -220,14 +220,15 @@ class VLAEBase(nn.Module):
         them. Each term, standardised and smoothed, is measured from the normal images' mean
         map maximum in units of its spread; recon is the largest of the recon terms
         (``vlae.likelihood.recon_terms``), kl the KL term above 0 (below, it is the noise of
-        normal latents and would only blur recon)."""
+        normal latents and would only blur recon), times the config's ``kl_weight``."""
         peak = self.term_peak
         z = (self._term_maps(self.pixel_terms(x, c)) - peak[:, 0, None, None]) / peak[
             :, 1, None, None
         ]
         terms = self.map_terms
         recon = z[:, [terms.index(t) for t in recon_terms(self.has_head)]].max(dim=1).values
-        return recon, z[:, terms.index("kl")].clamp_min(0)
+        weight = getattr(self.config, "kl_weight", 1.0)  # only the spatial model weighs it
+        return recon, weight * z[:, terms.index("kl")].clamp_min(0)
 
     @torch.no_grad()
     def anomaly_score(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:

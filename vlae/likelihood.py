@@ -72,7 +72,8 @@ HEAD_SCORE_TEXT = (
     "(pooled), Gaussian-smoothed, then put in units of the spread of its normal per-image "
     "maximum (0 = a typical normal image's worst place). kl: the KL of each latent cell "
     "spread over its pixels, treated the same way (but standardised per pixel for aligned "
-    "parts), where it exceeds 0, else 0; recon and kl are the map's two parts at its maximum"
+    "parts), where it exceeds 0, else 0, times the architecture's kl_weight; recon and kl "
+    "are the map's two parts at its maximum"
 )
 
 

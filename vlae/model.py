@@ -82,6 +82,9 @@ class SpatialVLAEConfig:
     map_norm: MapNorm = "pooled"
     map_sigma: float = 2.0
     head: int = 0  # width of the defect head's first level (``vlae.head``); 0: no head
+    # Weight of the KL term in the ``local`` map (recon + kl_weight * kl). 1 in checkpoints
+    # written before it existed, so they score as they did.
+    kl_weight: float = 1.0
     arch: Arch = field(default="spatial", init=False)
 
 
