@@ -132,8 +132,11 @@ FLOORS = {
     "fabric": {"hole": (0.9, 0.95), "contamination": (0.8, 0.9), "scratch": (0.75, 0.9),
                "stain": (0.8, 0.9), "worn": (0.9, 0.9)},
     "washer": {"contamination": (0.8, 0.85), "crack": (0.9, 0.9), "hole": (0.7, 0.85),
-               "misplaced": (0.85, 0.0), "scratch": (0.9, 0.9), "stain": (0.7, 0.9)},
+               "misplaced": (0.75, 0.0), "scratch": (0.9, 0.9), "stain": (0.7, 0.9)},
 }  # fmt: skip
+# The misplaced washer is found through the KL term. At half weight beside the head (the
+# default since the inspection benchmark chose it) this 100-epoch fit measured 0.82, against
+# 0.99 at full weight; the default's 300 epochs give 0.999 in the benchmark.
 
 
 @pytest.mark.parametrize("name", ["fabric", "washer"])

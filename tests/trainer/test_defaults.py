@@ -31,6 +31,7 @@ def test_photographs_get_the_spatial_model_and_the_local_score() -> None:
     assert not texture_prof.aligned and part_prof.aligned
     assert (texture.map_norm, part.map_norm) == ("pooled", "pixel")
     assert part.image_shape == (3, 128, 128) and part.map_sigma == 2.0
+    assert texture.kl_weight == part.kl_weight == 0.5  # beside the defect head
     train = choose_training(part)
     assert train.denoising and train.noise == "structured" and not train.denoiser
     assert train.crop == 64

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -201,6 +203,25 @@ def test_the_defect_head_learns_alone_and_makes_the_score() -> None:
     peak = model.term_peak[-1]
     recon, _ = model.anomaly_maps(x)
     assert torch.allclose(recon, (z[:, -1] - peak[0]) / peak[1], atol=1e-5)
+
+
+def test_the_kl_weight_scales_the_kl_part_alone_and_older_cards_keep_weight_one() -> None:
+    # The default beside a defect head weighs the KL term by 0.5 (trainer.defaults); a card
+    # written before the field existed reads as 1, so its model scores as it did.
+    torch.manual_seed(0)
+    cfg = SpatialVLAEConfig(image_shape=(1, 16, 16), channels=(8, 16), latent_dim=4, head=4)
+    old = config_to_dict(cfg)
+    del old["kl_weight"]
+    assert config_from_dict(old).kl_weight == 1.0
+    model = build_model(cfg).eval()
+    model.set_map_stats(model.pixel_terms(torch.rand(8, 1, 16, 16)))
+    x = torch.rand(3, 1, 16, 16)
+    recon, kl = model.anomaly_maps(x)
+    half = build_model(dataclasses.replace(cfg, kl_weight=0.5)).eval()
+    half.load_state_dict(model.state_dict())
+    recon_half, kl_half = half.anomaly_maps(x)
+    assert float(kl.max()) > 0  # random weights: some place's KL is above its normal peak
+    assert torch.allclose(recon_half, recon) and torch.allclose(kl_half, 0.5 * kl)
 
 
 def test_too_few_normal_maps_for_per_pixel_statistics_fall_back_to_pooled() -> None:
