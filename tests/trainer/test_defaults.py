@@ -73,6 +73,23 @@ def test_corruptions_are_local_seeded_and_leave_the_rest_alone() -> None:
     assert a.min() >= 0 and a.max() <= 1
 
 
+def test_corruptions_land_mostly_on_the_part() -> None:
+    # A part (a bright square) on a dark fixture covering 1/16 of the image: uniform centres
+    # would hit it 1 time in 16; on_part_centres about ON_PART of the time.
+    from trainer.corrupt import ON_PART, on_part_centres
+
+    x = torch.full((400, 3, 64, 64), 0.1)
+    x[:, :, 8:24, 40:56] = 0.8
+    torch.manual_seed(0)
+    c = on_part_centres(x)
+    on = ((c[:, 0] >= 6) & (c[:, 0] < 26) & (c[:, 1] >= 38) & (c[:, 1] < 58)).float().mean()
+    assert ON_PART - 0.1 < float(on) < ON_PART + 0.15
+    assert bool((c >= 0).all()) and bool((c[:, 0] < 64).all()) and bool((c[:, 1] < 64).all())
+    # A flat image has nowhere to stand out: uniform.
+    flat = on_part_centres(torch.full((200, 1, 32, 32), 0.5))
+    assert float(flat[:, 0].std()) > 6
+
+
 def test_a_tint_turns_the_hue_and_keeps_the_brightness() -> None:
     # A stain on a coloured part is mostly a change of hue; a brightness shift does not
     # teach it (pill stains: image AUROC 0.61 -> 0.86 with tints among the fills).
