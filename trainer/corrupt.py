@@ -3,10 +3,10 @@
 The deck's DenoisingVLAE adds Gaussian noise and learns the clean image. For inspection, the
 "noise" that matters is what defects look like, so here it is local and structured, after
 DRAEM's reconstructive half (Zavrtanik et al. 2021): a region, a smooth blob or a thin polyline
-mostly centred on the part (``on_part_centres``), is filled with something that does not
-belong there, and the model learns to put the normal part back. Its reconstruction of a real
-defect is then the part as it should look, and the per-pixel reconstruction term lights up
-where the defect is.
+(on an aligned part, mostly centred on the part: ``on_part_centres``), is filled with
+something that does not belong there, and the model learns to put the normal part back. Its
+reconstruction of a real defect is then the part as it should look, and the per-pixel
+reconstruction term lights up where the defect is.
 
 Fills (one per corrupted image, chosen at random):
 - ``foreign``: another image of the batch, shifted, flipped or transposed, sometimes inverted:
@@ -45,17 +45,22 @@ def _u(n: int, lo: float, hi: float, device: torch.device) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, device=device)
 
 
-def blob_masks(n: int, h: int, w: int, device: torch.device, centres: Tensor) -> Tensor:
-    """Soft (n, h, w) masks of irregular blobs around ``centres`` (n, 2: row, column): smooth
-    noise at a random scale, cut at a random level so that each covers about 0.5 % to 12 % of
-    the image."""
+def blob_masks(
+    n: int, h: int, w: int, device: torch.device, centres: Tensor | None = None
+) -> Tensor:
+    """Soft (n, h, w) masks of irregular blobs around ``centres`` (n, 2: row, column; None:
+    random points): smooth noise at a random scale, cut at a random level so that each covers
+    about 0.5 % to 12 % of the image."""
     out = torch.empty(n, h, w, device=device)
     for i in range(n):
         cells = int(torch.randint(3, 9, (1,)))
         noise = torch.randn(1, 1, cells, cells, device=device)
         field = F.interpolate(noise, size=(h, w), mode="bicubic", align_corners=False)[0, 0]
         # Keep one blob near its centre: the field plus a bump around it.
-        cy, cx = float(centres[i, 0]), float(centres[i, 1])
+        if centres is None:
+            cy, cx = float(torch.rand(1)) * h, float(torch.rand(1)) * w
+        else:
+            cy, cx = float(centres[i, 0]), float(centres[i, 1])
         radius = float(_u(1, 0.04, 0.22, device)) * min(h, w)
         yy = torch.arange(h, device=device).view(-1, 1).float()
         xx = torch.arange(w, device=device).view(1, -1).float()
@@ -65,15 +70,20 @@ def blob_masks(n: int, h: int, w: int, device: torch.device, centres: Tensor) ->
     return out
 
 
-def line_masks(n: int, h: int, w: int, device: torch.device, centres: Tensor) -> Tensor:
+def line_masks(
+    n: int, h: int, w: int, device: torch.device, centres: Tensor | None = None
+) -> Tensor:
     """Soft (n, h, w) masks of thin polylines (scratches, cracks, fibres) starting at
-    ``centres`` (n, 2), 1 to 4 segments, 0.7 to 2.5 pixels wide."""
+    ``centres`` (n, 2; None: random points), 1 to 4 segments, 0.7 to 2.5 pixels wide."""
     yy = torch.arange(h, device=device).view(1, -1, 1).float()
     xx = torch.arange(w, device=device).view(1, 1, -1).float()
     out = torch.zeros(n, h, w, device=device)
     size = float(min(h, w))
     for i in range(n):
-        p = centres[i].to(device)
+        if centres is None:
+            p = torch.rand(2, device=device) * torch.tensor([h, w], device=device)
+        else:
+            p = centres[i].to(device)
         angle = float(torch.rand(1)) * 6.2832
         width = float(_u(1, 0.7, 2.5, device))
         for _ in range(int(torch.randint(1, 5, (1,)))):
@@ -93,8 +103,9 @@ def on_part_centres(x: Tensor) -> Tensor:
     the images drawn in proportion to how far the pixels around it stand out from the image's
     median (its 5 x 5 mean absolute deviation), elsewhere uniformly. A defect lies on the part,
     and on an object in a fixture most of a training crop is fixture: uniform centres taught
-    the repair and the defect head mostly on the conveyor (the pill's rows under 0.90:
-    bench/README.md). On a texture the deviation is spread over the whole image."""
+    the repair and the defect head mostly on the conveyor (the pill's rows under 0.90). On a
+    texture it favours the grain's extremes, and cost metal's worn patches (bench/README.md):
+    the trainer uses it for aligned parts only."""
     n, _, h, w = x.shape
     out = torch.rand(n, 2) * torch.tensor([h, w], dtype=torch.float32)
     if n == 0:
@@ -142,23 +153,27 @@ def _fill(x: Tensor, kind: str, i: int) -> Tensor:
     return torch.rand(c, h, w, device=dev)
 
 
-def corrupt(x: Tensor, p: float = 0.5) -> tuple[Tensor, Tensor]:
+def corrupt(x: Tensor, p: float = 0.5, on_part: bool = False) -> tuple[Tensor, Tensor]:
     """A copy of the batch (N, C, H, W) in [0, 1] with a structured corruption in a fraction
     ``p`` of its images (the others untouched: the model must also leave normal parts alone),
     and the corruption's mask (N, H, W): 1 where it covers a pixel and changed it visibly
-    (``VISIBLE``), what a defect head (``vlae.head``) learns to find."""
+    (``VISIBLE``), what a defect head (``vlae.head``) learns to find. ``on_part``: centres
+    from ``on_part_centres`` (for parts in a fixture); else uniform, in the draws made before
+    it existed, so a texture's fit repeats."""
     n, _, h, w = x.shape
     mask = torch.zeros(n, h, w, device=x.device)
     hit = torch.nonzero(torch.rand(n) < p).flatten().tolist()
     if not hit:
         return x, mask
-    centres = on_part_centres(x[hit])
+    centres = on_part_centres(x[hit]) if on_part else None
     lines = torch.rand(len(hit)) < 0.35
     masks = torch.empty(len(hit), h, w, device=x.device)
     if lines.any():
-        masks[lines] = line_masks(int(lines.sum()), h, w, x.device, centres[lines])
+        at = None if centres is None else centres[lines]
+        masks[lines] = line_masks(int(lines.sum()), h, w, x.device, at)
     if (~lines).any():
-        masks[~lines] = blob_masks(int((~lines).sum()), h, w, x.device, centres[~lines])
+        at = None if centres is None else centres[~lines]
+        masks[~lines] = blob_masks(int((~lines).sum()), h, w, x.device, at)
     out = x.clone()
     fills = COLOUR_FILLS if x.shape[1] == 3 else FILLS
     for j, i in enumerate(hit):

@@ -44,6 +44,9 @@ class TrainConfig:
     # corruptions (trainer/corrupt.py) in ``corrupt_fraction`` of the images.
     noise: Noise = "gaussian"
     corrupt_fraction: float = 0.5
+    # Centre most corruptions on the part (``trainer.corrupt.on_part_centres``): for objects in
+    # a fixture, whose training crops are mostly fixture.
+    corrupt_on_part: bool = False
     # Train a fully convolutional model on random square crops of this size (0: whole
     # images): four times the steps a second at half the side, and a new view each time.
     crop: int = 0
@@ -169,7 +172,7 @@ def _loss_terms(
     without a head). Training samples z and runs the wrapped model; validation does not."""
     forward = m.model if train else None
     if m.denoising and cfg.noise == "structured":
-        inp, mask = corrupt(x, cfg.corrupt_fraction)
+        inp, mask = corrupt(x, cfg.corrupt_fraction, cfg.corrupt_on_part)
         if m.core.has_head:
             return m.core.repair_terms(inp, x, mask, c=c, sample=train, forward=forward)
     elif m.denoising:
