@@ -3,7 +3,7 @@
 The deck's DenoisingVLAE adds Gaussian noise and learns the clean image. For inspection, the
 "noise" that matters is what defects look like, so here it is local and structured, after
 DRAEM's reconstructive half (Zavrtanik et al. 2021): a region, a smooth blob or a thin polyline
-(on an aligned part, mostly centred on the part: ``on_part_centres``), is filled with
+(or, asked for on an aligned part, mostly on the part: ``on_part_centres``), is filled with
 something that does not belong there, and the model learns to put the normal part back. Its
 reconstruction of a real defect is then the part as it should look, and the per-pixel
 reconstruction term lights up where the defect is.
@@ -105,7 +105,7 @@ def on_part_centres(x: Tensor) -> Tensor:
     and on an object in a fixture most of a training crop is fixture: uniform centres taught
     the repair and the defect head mostly on the conveyor (the pill's rows under 0.90). On a
     texture it favours the grain's extremes, and cost metal's worn patches (bench/README.md):
-    the trainer uses it for aligned parts only."""
+    meant for aligned parts only, and not yet a default (``TrainConfig.corrupt_on_part``)."""
     n, _, h, w = x.shape
     out = torch.rand(n, 2) * torch.tensor([h, w], dtype=torch.float32)
     if n == 0:
