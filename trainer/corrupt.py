@@ -105,7 +105,8 @@ def on_part_centres(x: Tensor) -> Tensor:
     and on an object in a fixture most of a training crop is fixture: uniform centres taught
     the repair and the defect head mostly on the conveyor (the pill's rows under 0.90). On a
     texture it favours the grain's extremes, and cost metal's worn patches (bench/README.md):
-    meant for aligned parts only, and not yet a default (``TrainConfig.corrupt_on_part``)."""
+    used for aligned parts only (``TrainConfig.corrupt_on_part``, set by
+    ``trainer.defaults.choose_training``)."""
     n, _, h, w = x.shape
     out = torch.rand(n, 2) * torch.tensor([h, w], dtype=torch.float32)
     if n == 0:

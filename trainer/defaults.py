@@ -115,14 +115,17 @@ def choose_training(model_cfg: ModelConfig, **overrides: Any) -> TrainConfig:
     """Training settings for a chosen model: a ``SpatialVLAE`` learns to repair structured
     corruptions (it is its own DenoisingVLAE: no companion denoiser) on random crops of half
     the image side (down to a multiple of its cell), for 300 epochs at a learning rate of
-    2e-3 on a cosine schedule; the other models keep the settings measured on digits
-    (TrainConfig's defaults, 20 epochs). ValueError for settings that cannot train."""
+    2e-3 on a cosine schedule; on an aligned part (``map_norm`` "pixel") the corruptions are
+    centred mostly on the part rather than on the fixture around it (``corrupt_on_part``); the
+    other models keep the settings measured on digits (TrainConfig's defaults, 20 epochs).
+    ValueError for settings that cannot train."""
     fields: dict[str, Any] = {"epochs": 20}
     step = 2 ** len(model_cfg.channels) if isinstance(model_cfg, SpatialVLAEConfig) else 0
     if step:
         half = min(model_cfg.image_shape[1:]) // 2
         fields = {"epochs": 300, "lr": 2e-3, "lr_schedule": "cosine", "denoising": True,
                   "noise": "structured", "denoiser": False,
+                  "corrupt_on_part": model_cfg.map_norm == "pixel",
                   "crop": half - half % step}  # fmt: skip
     fields |= {k: v for k, v in overrides.items() if v is not None}
     cfg = TrainConfig(**fields)

@@ -35,6 +35,10 @@ def test_photographs_get_the_spatial_model_and_the_local_score() -> None:
     train = choose_training(part)
     assert train.denoising and train.noise == "structured" and not train.denoiser
     assert train.crop == 64
+    # On a part in a fixture the corruptions go mostly onto the part; a texture's stay uniform
+    # (centred on its grain's extremes they cost metal's worn patches: bench/README.md).
+    assert train.corrupt_on_part and not choose_training(texture).corrupt_on_part
+    assert not choose_training(part, corrupt_on_part=False).corrupt_on_part
 
 
 def test_what_the_user_names_wins_over_the_choice() -> None:
@@ -88,7 +92,7 @@ def test_corruptions_land_mostly_on_the_part() -> None:
     # A flat image has nowhere to stand out: uniform.
     flat = on_part_centres(torch.full((200, 1, 32, 32), 0.5))
     assert float(flat[:, 0].std()) > 6
-    # Asked for (TrainConfig.corrupt_on_part; not yet a default), it moves the corruptions.
+    # Asked for (TrainConfig.corrupt_on_part), it moves the corruptions.
     torch.manual_seed(0)
     a = corrupt(x[:8], 0.5)[1]
     torch.manual_seed(0)
