@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
 from bench.inspection import main
 from vlae.checkpoint import load_checkpoint, read_card
 
@@ -26,3 +29,26 @@ def test_a_tiny_run_reports_each_defect_and_keeps_its_checkpoint(tmp_path: Path)
     card = read_card(keep / "washer")
     assert card.score_kind == "local" and card.variant == "DenoisingSpatialVLAE"
     assert load_checkpoint(keep / "washer").model.config.image_shape == (1, 32, 32)
+
+
+def test_categories_side_by_side_give_the_figures_of_one_after_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes of one thread each against this process alone on one thread: the same
+    # arithmetic, so the same figures, reported in the order named.
+    tiny = ["--categories", "pill,fabric", "--size", "32", "--n-train", "40", "--n-test-good",
+            "8", "--n-test-per-defect", "4", "--epochs", "1", "--baseline-epochs", "0",
+            "--no-pyod"]  # fmt: skip
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    threads = torch.get_num_threads()
+    try:
+        assert main([*tiny, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main([*tiny, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / d / "inspection.json").read_text()) for d in ("one", "two"))
+    assert list(two["categories"]) == ["pill", "fabric"]
+    for cat in ("pill", "fabric"):
+        for key in ("image_auroc", "pixel_auroc"):
+            assert two["categories"][cat][key] == one["categories"][cat][key], (cat, key)
+    assert "categories 2 at once, 1 torch thread(s) each" in two["machine"]
