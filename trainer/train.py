@@ -45,8 +45,8 @@ class TrainConfig:
     noise: Noise = "gaussian"
     corrupt_fraction: float = 0.5
     # Centre most corruptions on the part (``trainer.corrupt.on_part_centres``): for objects in
-    # a fixture, whose training crops are mostly fixture. Not yet a default: measured on the
-    # pill and washer only (bench/README.md).
+    # a fixture, whose training crops are mostly fixture (``choose_training`` sets it for
+    # them; on a texture it cost worn patches: bench/README.md).
     corrupt_on_part: bool = False
     # Train a fully convolutional model on random square crops of this size (0: whole
     # images): four times the steps a second at half the side, and a new view each time.
