@@ -40,7 +40,11 @@ from vlae.checkpoint import load_checkpoint, read_card
 from vlae.score import score_images
 
 # (category, image side, epochs): small enough for the test session, long enough for floors.
-MODELS = {"fabric": ("fabric", 64, 100), "washer": ("washer", 64, 100), "pill128": ("pill", 128, 2)}
+# The washer's corruptions land mostly on the part (``corrupt_on_part``, the default for an
+# aligned part), whose fit is slower to find the misplaced washer and its scratches: at 100
+# epochs they measured 0.45 and 0.87 (0.88 and 0.99 with uniform corruptions), at 200 0.87
+# and 0.92; the default's 300 epochs give 1.00 and 0.97 in the inspection benchmark.
+MODELS = {"fabric": ("fabric", 64, 100), "washer": ("washer", 64, 200), "pill128": ("pill", 128, 2)}
 N_TRAIN, N_GOOD, N_PER_DEFECT = 240, 40, 12
 
 
@@ -121,22 +125,22 @@ def _aurocs(test: Any, scores: np.ndarray, maps: np.ndarray) -> dict[str, tuple[
     return out
 
 
-# Floors (image AUROC, pixel AUROC; 0: none): what these 100-epoch fits with the defect head
-# measured, less a margin for 12 images a defect (fabric contamination 0.92 / 1.00, hole
-# 1.00 / 1.00, scratch 0.86 / 0.97, stain 0.94 / 0.98, worn 0.99 / 1.00; washer contamination
-# 0.91 / 0.94, crack 1.00 / 1.00, hole 0.81 / 0.93, misplaced 0.99, scratch 1.00 / 1.00,
-# stain 0.84 / 0.97). Without the head, fits measured washer contamination 0.79 / 0.83 and
-# crack and fabric scratch pixel AUROC 0.88, under these floors; the whole-image score was at
-# chance.
+# Floors (image AUROC, pixel AUROC; 0: none): what these fits with the defect head measured,
+# less a margin for 12 images a defect (fabric at 100 epochs: contamination 0.92 / 1.00, hole
+# 1.00 / 1.00, scratch 0.86 / 0.97, stain 0.94 / 0.98, worn 0.99 / 1.00; the washer at 200,
+# on one thread: contamination 0.87 / 0.89, crack 0.98 / 0.99, hole 0.96 / 0.97, misplaced
+# 0.87, scratch 0.92 / 0.99, stain 0.99 / 0.99). Without the head, fits measured washer
+# contamination 0.79 / 0.83 and crack and fabric scratch pixel AUROC 0.88, under these
+# floors; the whole-image score was at chance.
 FLOORS = {
     "fabric": {"hole": (0.9, 0.95), "contamination": (0.8, 0.9), "scratch": (0.75, 0.9),
                "stain": (0.8, 0.9), "worn": (0.9, 0.9)},
-    "washer": {"contamination": (0.8, 0.85), "crack": (0.9, 0.9), "hole": (0.7, 0.85),
-               "misplaced": (0.75, 0.0), "scratch": (0.9, 0.9), "stain": (0.7, 0.9)},
+    "washer": {"contamination": (0.8, 0.85), "crack": (0.9, 0.9), "hole": (0.85, 0.9),
+               "misplaced": (0.75, 0.0), "scratch": (0.85, 0.9), "stain": (0.9, 0.9)},
 }  # fmt: skip
-# The misplaced washer is found through the KL term. At half weight beside the head (the
-# default since the inspection benchmark chose it) this 100-epoch fit measured 0.82, against
-# 0.99 at full weight; the default's 300 epochs give 0.999 in the benchmark.
+# The misplaced washer is found through the KL term, at half weight beside the head (the
+# default since the inspection benchmark chose it); the default's 300 epochs give 1.00 in
+# the benchmark.
 
 
 @pytest.mark.parametrize("name", ["fabric", "washer"])
@@ -174,8 +178,9 @@ def test_served_scores_and_maps_equal_evaluate(
 
 # Floors (share of defective items with a region at alpha 0.05; share of those whose largest
 # region's box overlaps the defect's mask): measured with the defect head, fabric 42 of 60
-# detected, 41 of them located; the washer 60 of 72 and 55 (0.92: four misplaced washers, whose
-# mask is partly where the part should have been, and a stain lit up elsewhere).
+# detected, 41 of them located; the washer at 100 epochs with uniform corruptions 60 of 72
+# and 55 (0.92: four misplaced washers, whose mask is partly where the part should have been,
+# and a stain lit up elsewhere), at 200 with the default's 56 of 72 above the threshold.
 LOCATED = {"fabric": (0.55, 0.9), "washer": (0.65, 0.85)}
 
 
