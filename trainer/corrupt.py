@@ -39,6 +39,9 @@ COVERED = 0.3
 VISIBLE = 0.02
 # Share of corruptions centred where the image stands out (``on_part_centres``).
 ON_PART = 0.7
+# Share of corruptions drawn as thin polylines rather than blobs, unless asked otherwise
+# (``TrainConfig.corrupt_lines``).
+LINES = 0.35
 
 
 def _u(n: int, lo: float, hi: float, device: torch.device) -> Tensor:
@@ -154,27 +157,30 @@ def _fill(x: Tensor, kind: str, i: int) -> Tensor:
     return torch.rand(c, h, w, device=dev)
 
 
-def corrupt(x: Tensor, p: float = 0.5, on_part: bool = False) -> tuple[Tensor, Tensor]:
+def corrupt(
+    x: Tensor, p: float = 0.5, on_part: bool = False, lines: float = LINES
+) -> tuple[Tensor, Tensor]:
     """A copy of the batch (N, C, H, W) in [0, 1] with a structured corruption in a fraction
     ``p`` of its images (the others untouched: the model must also leave normal parts alone),
     and the corruption's mask (N, H, W): 1 where it covers a pixel and changed it visibly
     (``VISIBLE``), what a defect head (``vlae.head``) learns to find. ``on_part``: centres
     from ``on_part_centres`` (for parts in a fixture); else uniform, in the draws made before
-    it existed, so a texture's fit repeats."""
+    it existed, so a texture's fit repeats. ``lines``: the share of thin polylines among the
+    corruptions, the rest blobs (the draws are the same at every share)."""
     n, _, h, w = x.shape
     mask = torch.zeros(n, h, w, device=x.device)
     hit = torch.nonzero(torch.rand(n) < p).flatten().tolist()
     if not hit:
         return x, mask
     centres = on_part_centres(x[hit]) if on_part else None
-    lines = torch.rand(len(hit)) < 0.35
+    thin = torch.rand(len(hit)) < lines
     masks = torch.empty(len(hit), h, w, device=x.device)
-    if lines.any():
-        at = None if centres is None else centres[lines]
-        masks[lines] = line_masks(int(lines.sum()), h, w, x.device, at)
-    if (~lines).any():
-        at = None if centres is None else centres[~lines]
-        masks[~lines] = blob_masks(int((~lines).sum()), h, w, x.device, at)
+    if thin.any():
+        at = None if centres is None else centres[thin]
+        masks[thin] = line_masks(int(thin.sum()), h, w, x.device, at)
+    if (~thin).any():
+        at = None if centres is None else centres[~thin]
+        masks[~thin] = blob_masks(int((~thin).sum()), h, w, x.device, at)
     out = x.clone()
     fills = COLOUR_FILLS if x.shape[1] == 3 else FILLS
     for j, i in enumerate(hit):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainer.corrupt import corrupt
+from trainer.corrupt import LINES, corrupt
 from vlae.base import VLAEBase
 from vlae.model import ModelConfig, add_noise, build_model
 
@@ -48,6 +48,9 @@ class TrainConfig:
     # a fixture, whose training crops are mostly fixture (``choose_training`` sets it for
     # them; on a texture it cost worn patches: bench/README.md).
     corrupt_on_part: bool = False
+    # Share of the corruptions that are thin polylines (scratches, cracks), the rest blobs
+    # (``choose_training`` takes more of them on an aligned part: bench/README.md).
+    corrupt_lines: float = LINES
     # Train a fully convolutional model on random square crops of this size (0: whole
     # images): four times the steps a second at half the side, and a new view each time.
     crop: int = 0
@@ -173,7 +176,7 @@ def _loss_terms(
     without a head). Training samples z and runs the wrapped model; validation does not."""
     forward = m.model if train else None
     if m.denoising and cfg.noise == "structured":
-        inp, mask = corrupt(x, cfg.corrupt_fraction, cfg.corrupt_on_part)
+        inp, mask = corrupt(x, cfg.corrupt_fraction, cfg.corrupt_on_part, cfg.corrupt_lines)
         if m.core.has_head:
             return m.core.repair_terms(inp, x, mask, c=c, sample=train, forward=forward)
     elif m.denoising:

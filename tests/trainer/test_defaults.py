@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from trainer.corrupt import _fill, corrupt
+from trainer.corrupt import LINES, _fill, corrupt
 from trainer.defaults import choose_model, choose_training
 from trainer.inspection import good
 from trainer.train import TrainArrays, TrainConfig, fit
@@ -39,6 +40,8 @@ def test_photographs_get_the_spatial_model_and_the_local_score() -> None:
     # (centred on its grain's extremes they cost metal's worn patches: bench/README.md).
     assert train.corrupt_on_part and not choose_training(texture).corrupt_on_part
     assert not choose_training(part, corrupt_on_part=False).corrupt_on_part
+    # ... and more of them are thin lines (scratches, cracks).
+    assert (train.corrupt_lines, choose_training(texture).corrupt_lines) == (0.6, 0.35)
 
 
 def test_what_the_user_names_wins_over_the_choice() -> None:
@@ -98,6 +101,21 @@ def test_corruptions_land_mostly_on_the_part() -> None:
     torch.manual_seed(0)
     b = corrupt(x[:8], 0.5, on_part=True)[1]
     assert not torch.equal(a, b)
+
+
+def test_the_share_of_thin_lines_is_asked_for() -> None:
+    # A thin polyline (0.7 to 2.5 pixels wide) leaves almost nothing after a 5 x 5 erosion;
+    # a blob (0.5 to 12 % of the image) mostly survives it.
+    x = torch.from_numpy(good("tiles", 64).astype(np.float32) / 255)
+
+    def thick(lines: float) -> float:
+        torch.manual_seed(0)
+        mask = corrupt(x, 1.0, lines=lines)[1]
+        core = -F.max_pool2d(-mask[:, None], 5, 1, 2)[:, 0]
+        return float((core.flatten(1).sum(1) > 0).float().mean())
+
+    assert thick(0.0) > 0.8 and thick(1.0) < 0.1
+    assert 0.3 < thick(0.6) < 0.6 and thick(LINES) > thick(0.6)
 
 
 def test_a_tint_turns_the_hue_and_keeps_the_brightness() -> None:
