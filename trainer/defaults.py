@@ -129,10 +129,10 @@ def choose_training(model_cfg: ModelConfig, **overrides: Any) -> TrainConfig:
     step = 2 ** len(model_cfg.channels) if isinstance(model_cfg, SpatialVLAEConfig) else 0
     if step:
         half = min(model_cfg.image_shape[1:]) // 2
+        aligned = model_cfg.map_norm == "pixel"
         fields = {"epochs": 300, "lr": 2e-3, "lr_schedule": "cosine", "denoising": True,
-                  "noise": "structured", "denoiser": False,
-                  "corrupt_on_part": model_cfg.map_norm == "pixel",
-                  "corrupt_lines": PART_LINES if model_cfg.map_norm == "pixel" else LINES,
+                  "noise": "structured", "denoiser": False, "corrupt_on_part": aligned,
+                  "corrupt_lines": PART_LINES if aligned else LINES,
                   "crop": half - half % step}  # fmt: skip
     fields |= {k: v for k, v in overrides.items() if v is not None}
     cfg = TrainConfig(**fields)
