@@ -47,7 +47,7 @@ format: install
 
 # Everything, the reliability tests included (about 5 of its minutes; CI has the time).
 test: lint system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The console's screenshots in docs/ (the README's images), taken by its browser tests; other
 # test runs write them to a temporary folder.

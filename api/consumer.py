@@ -9,6 +9,7 @@ redelivered entry never makes a second alert.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -41,6 +42,8 @@ from contract.streams import (
 
 logger = logging.getLogger("vlaewatch.api")
 DEADLETTER_MAXLEN = 10_000
+# How often a stopping consumer thread is cancelled again (``ConsumerThread.stop``).
+RECANCEL_S = 0.5
 
 
 def _letter(eid: str, fields: dict[Any, Any], reason: str, status: int) -> DeadLetterRecord:
@@ -335,12 +338,23 @@ class ConsumerThread:
         finally:
             await client.aclose()
 
-    def stop(self, timeout: float = 30) -> None:
-        """Cancel the consumer (a batch it was handling stays pending, reclaimed later)."""
-        if self._loop is not None and self._task is not None:
-            self._loop.call_soon_threadsafe(self._task.cancel)
+    def stop(self, timeout: float = 10) -> bool:
+        """Cancel the consumer (a batch it was handling stays pending, reclaimed later), and
+        cancel it again every ``RECANCEL_S`` until its thread ends: a cancellation can be lost
+        in a library's await, and one lost cancel must not hold a shutdown for the whole
+        ``timeout`` (the API's stop waited 30 s and was killed). False if the thread was still
+        running after ``timeout``; it is a daemon and ends with the process."""
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            loop, task = self._loop, self._task
+            if loop is not None and task is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(task.cancel)
+            self._thread.join(min(RECANCEL_S, max(deadline - time.monotonic(), 0)))
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            logger.warning("score consumer: still running %.0f s after stop; leaving it", timeout)
+            return False
+        return True
 
     @property
     def running(self) -> bool:

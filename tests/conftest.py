@@ -137,7 +137,8 @@ class ApiProcess:
             args += ["--scorer-url", scorer_url]
         for name, value in flags.items():
             args += [f"--{name.replace('_', '-')}", str(value)]
-        env = {**os.environ, **(env or {}), "VLAEWATCH_HOME": str(home),
+        # PYTHONFAULTHANDLER: a stop that hangs dumps every thread's stack (SIGABRT) to the log.
+        env = {**os.environ, **(env or {}), "VLAEWATCH_HOME": str(home), "PYTHONFAULTHANDLER": "1",
                "VLAEWATCH_API_KEYS": ",".join(f"{k}:{role}:{NAMES[role]}"
                                               for role, k in API_KEYS.items())}  # fmt: skip
         self.log = (home / f"api-{self.port}.log").open("w")
@@ -159,14 +160,22 @@ class ApiProcess:
             time.sleep(0.1)
         raise RuntimeError("vlaewatch api did not become healthy")
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process and wait for it; one still up after ``timeout`` is aborted, and
+        its stacks (faulthandler) and the log's tail are printed: a hung stop says where."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(30)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.proc.send_signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                tail = Path(self.log.name).read_text()[-20_000:]
+                print(f"vlaewatch api still up {timeout:.0f} s after signal {sig}:\n{tail}")
         self.log.close()
         return self.proc.returncode
 

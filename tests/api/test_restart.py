@@ -116,3 +116,41 @@ def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
         assert above <= set(alerts)
     finally:
         second.stop()
+
+
+def test_a_lost_cancel_does_not_hold_the_consumer_up_at_stop(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer thread stops within a second even when its first cancel is lost in an
+    await (a stop once waited out its 30 s and the API was killed): it is cancelled again."""
+    from api.annotations import Annotator
+    from api.config import ApiConfig
+    from api.consumer import ConsumerThread, ScoreConsumer
+    from api.metrics import Metrics
+
+    cancels: list[float] = []
+
+    async def swallows_one_cancel(self: ScoreConsumer) -> None:
+        import asyncio
+
+        self.running = True
+        try:
+            while True:
+                try:
+                    await asyncio.sleep(3600)
+                except asyncio.CancelledError:
+                    cancels.append(time.monotonic())
+                    if len(cancels) > 1:
+                        raise
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        finally:
+            self.running = False
+
+    monkeypatch.setattr(ScoreConsumer, "run", swallows_one_cancel)
+    cfg = ApiConfig(redis_url=redis_server.url, key_prefix=f"stop{uuid.uuid4().hex[:6]}")
+    consumer = ConsumerThread(cfg, Metrics(), Annotator(None, None)).start()
+    assert consumer.running
+    began = time.monotonic()
+    assert consumer.stop(timeout=10)
+    assert len(cancels) == 2 and not consumer.running
+    assert time.monotonic() - began < 2
