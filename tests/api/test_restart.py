@@ -121,7 +121,7 @@ def test_two_apis_side_by_side_one_killed_lose_nothing_duplicate_nothing(
 def test_a_lost_cancel_does_not_hold_the_consumer_up_at_stop(
     redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The consumer thread stops within a second even when its first cancel is lost in an
+    """The consumer thread stops within 2 s even when its first cancel is lost in an
     await (a stop once waited out its 30 s and the API was killed): it is cancelled again."""
     from api.annotations import Annotator
     from api.config import ApiConfig
