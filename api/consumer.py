@@ -347,8 +347,8 @@ class ConsumerThread:
         deadline = time.monotonic() + timeout
         while self._thread.is_alive() and time.monotonic() < deadline:
             loop, task = self._loop, self._task
-            if loop is not None and task is not None and not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            if loop is not None and task is not None:
+                with contextlib.suppress(RuntimeError):  # its loop has closed: it is ending
                     loop.call_soon_threadsafe(task.cancel)
             self._thread.join(min(RECANCEL_S, max(deadline - time.monotonic(), 0)))
         if self._thread.is_alive():
