@@ -14,7 +14,9 @@ Fills (one per corrupted image, chosen at random):
 - ``flat``: one random colour: a hole, a cut-out, paint;
 - ``shift``: the image itself, lighter, darker or tinted by a few per cent to a fifth: stains
   and discolouration (kept low in contrast on purpose);
-- ``smooth``: the image itself, blurred: worn or missing texture;
+- ``smooth``: the image itself, blurred: worn or missing texture. The camera's noise is then
+  put back (``noise_level``): a worn part under a camera is as noisy as the rest of it, and a
+  noise-free patch taught the head to look for missing noise, which no real worn patch lacks;
 - ``noise``: uniform noise: contamination, dirt;
 - ``tint`` (colour images only): the image itself with its hue turned and its brightness
   nearly kept: a discolouration that a brightness shift does not teach.
@@ -39,6 +41,8 @@ COVERED = 0.3
 VISIBLE = 0.02
 # Share of corruptions centred where the image stands out (``on_part_centres``).
 ON_PART = 0.7
+# Fills that take away the camera's noise along with what they replace; it is put back.
+NOISELESS = ("smooth",)
 # Share of corruptions drawn as thin polylines rather than blobs, unless asked otherwise
 # (``TrainConfig.corrupt_lines``).
 LINES = 0.35
@@ -157,6 +161,15 @@ def _fill(x: Tensor, kind: str, i: int) -> Tensor:
     return torch.rand(c, h, w, device=dev)
 
 
+def noise_level(img: Tensor) -> Tensor:
+    """The sensor noise's standard deviation per channel (C, 1, 1) of an image (C, H, W), by
+    Immerkaer's estimator (1996) made robust: the median absolute response to a 3 x 3 mask that
+    cancels any locally linear image, in units of a Gaussian's spread. Texture adds a little."""
+    k = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], device=img.device)
+    r = F.conv2d(img[:, None], k.view(1, 1, 3, 3))[:, 0] / 6.0  # unit gain for white noise
+    return (r.abs().flatten(1).median(dim=1).values / 0.6745)[:, None, None]
+
+
 def corrupt(
     x: Tensor, p: float = 0.5, on_part: bool = False, lines: float = LINES
 ) -> tuple[Tensor, Tensor]:
@@ -189,4 +202,6 @@ def corrupt(
         out[i] = x[i] * (1 - alpha) + _fill(x, kind, i) * alpha
         changed = (out[i] - x[i]).abs().amax(dim=0) > VISIBLE
         mask[i] = ((alpha > COVERED) & changed).float()
+        if kind in NOISELESS:  # after the mask: noise alone is no defect to find
+            out[i] = (out[i] + alpha * noise_level(x[i]) * torch.randn_like(x[i])).clamp(0, 1)
     return out, mask

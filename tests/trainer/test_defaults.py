@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.corrupt import LINES, _fill, corrupt
+import trainer.corrupt
+from trainer.corrupt import LINES, VISIBLE, _fill, corrupt, noise_level
 from trainer.defaults import choose_model, choose_training
 from trainer.inspection import good
 from trainer.train import TrainArrays, TrainConfig, fit
@@ -69,9 +70,12 @@ def test_corruptions_are_local_seeded_and_leave_the_rest_alone() -> None:
     b, mask_b = corrupt(x, 0.5)
     assert torch.equal(a, b) and torch.equal(mask, mask_b)  # a run is repeatable
     changed = (a - x).abs().amax(dim=1) > 1e-6  # (N, H, W)
-    # The mask (what a defect head learns to find) is where a pixel visibly changed.
+    # The mask (what a defect head learns to find) is where a pixel visibly changed: where the
+    # fill moved it by more than VISIBLE, before a blurred fill's noise is put back (which can
+    # move a few of those pixels back a little).
     assert mask.sum() > 0 and bool((mask.bool() <= changed).all())
-    assert bool(((a - x).abs().amax(dim=1)[mask.bool()] > 0.02).all())
+    moved = (a - x).abs().amax(dim=1)[mask.bool()]
+    assert float((moved > VISIBLE).float().mean()) > 0.97 and bool((moved > VISIBLE / 4).all())
     touched = changed.flatten(1).any(dim=1)
     assert 0.25 < touched.float().mean() < 0.75  # about half of the images
     # Each corruption is a local region, not the whole image.
@@ -143,3 +147,31 @@ def test_a_defect_head_needs_structured_corruptions_to_learn_from() -> None:
     images = torch.from_numpy(good("fabric", 8).astype(np.float32) / 255)
     result = fit(chosen, choose_training(chosen, epochs=1), TrainArrays(images, images[:2]))
     assert any(k.startswith("head.") for k in result.state_dicts["model"])
+
+
+def test_a_blurred_fill_keeps_the_cameras_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worn patch under a camera is as noisy as the rest of the part. A blurred fill without
+    # that noise taught the head to look for missing noise, which real worn patches keep
+    # (metal's worn patches: image AUROC 0.856 -> 0.975 with the noise put back).
+    torch.manual_seed(0)
+    ramp = torch.linspace(0.3, 0.7, 64)
+    flat = (ramp.view(1, 1, 1, -1) + 0.1 * ramp.view(1, 1, -1, 1)).repeat(4, 1, 1, 1)
+    est = noise_level((flat + 0.01 * torch.randn_like(flat))[0])
+    assert est.shape == (1, 1, 1) and 0.0085 < float(est) < 0.0115  # a ramp has no noise
+
+    x = torch.from_numpy(good("metal", 16).astype(np.float32) / 255)
+    monkeypatch.setattr("trainer.corrupt.FILLS", ("smooth",))
+    torch.manual_seed(1)
+    out, mask = corrupt(x, 1.0, lines=0.0)
+    real = trainer.corrupt.noise_level
+    monkeypatch.setattr("trainer.corrupt.noise_level", lambda img: torch.zeros_like(real(img)))
+    torch.manual_seed(1)
+    quiet, mask_q = corrupt(x, 1.0, lines=0.0)  # the same draws, no noise put back
+    assert torch.equal(mask, mask_q) and int(mask.sum()) > 500
+    added = (out - quiet)[:, 0]
+    sigma = torch.stack([real(img) for img in x]).view(-1, 1, 1).expand_as(added)
+    ratio = float(added[mask > 0].std() / sigma[mask > 0].mean())
+    assert 0.5 < ratio < 1.1  # the image's own noise, times the fill's alpha (0.6 to 1)
+    moved = ((quiet - x).abs().amax(dim=1, keepdim=True) > 0).float()
+    untouched = F.max_pool2d(moved, 9, 1, 4)[:, 0] == 0  # well outside the blob (alpha 0)
+    assert bool(untouched.any()) and float(added[untouched].abs().max()) == 0.0
