@@ -35,11 +35,11 @@ if TYPE_CHECKING:
 
 DEMO_PARTS = ("fabric", "pill")
 # The demo trains once and then judges its alerts. On generated parts it trains for half the
-# 300 epochs `train` takes (trainer/defaults.py): minutes, while the largest region of an alert
-# still lands on the defect (0.9 of them on fabric). Tints among the corruptions slow the
-# pill's fit: at 100 epochs its pixel AUROC fell under the demo's floor (0.63 against 0.7), at
-# 150 it held (0.80). On a dataset of digits it trains longer than `train` would: 30 epochs
-# against 20.
+# 300 epochs `train` takes on a texture, a third of a part's 450 (trainer/defaults.py):
+# minutes, while the largest region of an alert still lands on the defect (0.9 of them on
+# fabric). Tints among the corruptions slow the pill's fit: at 100 epochs its pixel AUROC fell
+# under the demo's floor (0.63 against 0.7), at 150 it held (0.80). On a dataset of digits it
+# trains longer than `train` would: 30 epochs against 20.
 DEMO_EPOCHS = {"inspection": 150, "other": 30}
 # Generated parts a line of the demo: good ones to train on, and a stream of held-out good
 # parts with 5-10 % defective ones (each defect type of the part, DEMO_PER_DEFECT times),
