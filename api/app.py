@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.alerts import AlertStore
@@ -79,7 +81,6 @@ def create_app(cfg: ApiConfig) -> FastAPI:
         "stream. Send an API key in `X-API-Key`: viewers read; operators also calibrate, "
         "acknowledge and label.",
         lifespan=lifespan,
-        max_body_size=cfg.max_body_bytes,
     )
     install_handlers(app)
     # Answers any route may give, each an ErrorBody (validation errors too: api.errors).
@@ -91,8 +92,43 @@ def create_app(cfg: ApiConfig) -> FastAPI:
     }
     for module in (thresholds, alerts, items, explore, stats, system):
         app.include_router(module.router, responses=common)
+    app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
     app.add_middleware(_Timing, metrics=metrics)
     return app
+
+
+class _BodyLimit:
+    """Request bodies of at most ``limit`` bytes; a larger one gets 413 with the reason, an
+    ErrorBody like every other error: by its Content-Length before any of it is read, or,
+    sent chunked, once the bytes read pass the limit. (Starlette's limit answers a declared
+    length with plain text.)"""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reason = f"request body over the limit of {self.limit} bytes"
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": reason}, status_code=413)(scope, receive, send)
+            return
+        read = 0
+
+        async def counted() -> Message:
+            nonlocal read
+            message = await receive()
+            read += len(message.get("body", b""))
+            if read > self.limit:
+                # An HTTPException: FastAPI passes it on from a body read (anything else
+                # becomes 400) to its handler, which answers {"detail": reason}.
+                raise HTTPException(413, reason)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class _Timing:
