@@ -21,6 +21,7 @@ from PIL import Image
 from contract.records import Region, ScoreRecord
 from scorer.publish import decode_map
 from tests.conftest import API_KEYS
+from tests.streams import entries_since, stream_end
 
 OP = {"X-API-Key": API_KEYS["operator"]}
 VIEW = {"X-API-Key": API_KEYS["viewer"]}
@@ -326,6 +327,7 @@ def test_regions_reach_the_stream_the_alert_and_the_live_stream(
     # A line with a pixel threshold: every item scored on it carries the regions of its map
     # above it, into the score stream, the alert and the SSE event.
     line = _line()
+    start = stream_end(client, "vlaewatch:scores")
     _set_manual(api_url, line, -1e9)  # every item alerts
     r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=OP, json={
         "line": line, "target": "pixel", "params": {"method": "fpr", "alpha": 0.05},
@@ -368,7 +370,8 @@ def test_regions_reach_the_stream_the_alert_and_the_live_stream(
         assert (len(x["regions"]) > 0) == bool(found.any())
         assert all(rg["peak"] > pixel for rg in x["regions"])
     assert any(x["regions"] for x in served.values())
-    entries = {e[b"item_id"].decode(): e for _, e in client.xrange("vlaewatch:scores", "-", "+")
+    entries = {e[b"item_id"].decode(): e
+               for _, e in entries_since(client, "vlaewatch:scores", start)
                if e[b"line"].decode() == line}  # fmt: skip
     assert set(entries) == set(ids)
     last = client.xrevrange("vlaewatch:scores", count=1)[0][0].decode()
@@ -588,10 +591,11 @@ def test_malformed_score_entries_are_dead_lettered_and_acked(
     api_url: str, client: redis.Redis
 ) -> None:
     line = _line()
+    start = stream_end(client, "vlaewatch:deadletter")
     eid = client.xadd("vlaewatch:scores", {"item_id": f"{line}-x", "line": line,
                                            "score": "not-a-number"}).decode()  # fmt: skip
     _consumed(client, eid)
-    dead = [f for _, f in client.xrange("vlaewatch:deadletter")
+    dead = [f for _, f in entries_since(client, "vlaewatch:deadletter", start)
             if f.get(b"frame_id", b"").decode() == eid]  # fmt: skip
     assert len(dead) == 1 and dead[0][b"source"] == b"scores"
     assert b"score" in dead[0][b"reason"]

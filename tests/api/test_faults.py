@@ -14,6 +14,7 @@ import redis
 
 from tests.api.test_api import _alerts, _consumed, _set_manual
 from tests.scorer.test_service import _npy, _png
+from tests.streams import entries_since, stream_end
 
 pytestmark = pytest.mark.reliability
 
@@ -33,10 +34,11 @@ def _send_frames(url: str, images: np.ndarray, line: str, tag: str) -> list[str]
     return ids
 
 
-def _scored(client: redis.Redis, line: str) -> dict[str, float]:
-    """Item id -> score of the line's entries in the score stream (duplicates collapse)."""
+def _scored(client: redis.Redis, line: str, start: str = "0-0") -> dict[str, float]:
+    """Item id -> score of the line's entries in the score stream after ``start`` (recorded
+    with ``stream_end`` when the test began; duplicates collapse)."""
     out = {}
-    for _, fields in client.xrange("vlaewatch:scores", "-", "+"):
+    for _, fields in entries_since(client, "vlaewatch:scores", start):
         if fields.get(b"line") == line.encode():
             out[fields[b"item_id"].decode()] = float(fields[b"score"])
     return out
@@ -46,6 +48,7 @@ def test_redis_sigkilled_mid_stream_loses_no_acknowledged_item(
     redis_server: Any, scorer_url: str, api_url: str, digits: Any
 ) -> None:
     line = f"k{uuid.uuid4().hex[:8]}"
+    start = stream_end(redis.Redis.from_url(redis_server.url), "vlaewatch:scores")
     images = digits.test.images[:90, 0]
     probe = _post(scorer_url, images[:30], line, [f"{line}-probe-{i}" for i in range(30)])
     assert probe.status_code == 200, probe.text
@@ -72,9 +75,9 @@ def test_redis_sigkilled_mid_stream_loses_no_acknowledged_item(
 
     client = redis.Redis.from_url(redis_server.url)
     deadline = time.monotonic() + 90
-    while not acked <= set(_scored(client, line)) and time.monotonic() < deadline:
+    while not acked <= set(_scored(client, line, start)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    scored = _scored(client, line)
+    scored = _scored(client, line, start)
     assert acked <= set(scored), f"lost: {sorted(acked - set(scored))}"
     assert not any("-down-" in i for i in scored)  # refused with 503, never half-published
     last = client.xrevrange("vlaewatch:scores", count=1)[0][0].decode()

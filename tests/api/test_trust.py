@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,9 @@ import redis
 from contract.keys import FRAMES_GROUP
 from tests.api.test_api import OP, VIEW, _alerts, _consumed, _publish, _score, _set_manual
 from tests.scorer.test_service import _npy, _png, _wait_for
+from tests.streams import entries_since, stream_end
+
+DEAD = "vlaewatch:deadletter"
 
 pytestmark = pytest.mark.reliability
 
@@ -26,8 +28,9 @@ def _line() -> str:
     return f"k{uuid.uuid4().hex[:8]}"
 
 
-def _letters(client: redis.Redis, item_id: str) -> list[dict[bytes, bytes]]:
-    return [f for _, f in client.xrange("vlaewatch:deadletter")
+def _letters(client: redis.Redis, item_id: str, start: str) -> list[dict[bytes, bytes]]:
+    """The dead letters of ``item_id`` written after ``start`` (the test's first id)."""
+    return [f for _, f in entries_since(client, DEAD, start)
             if f.get(b"item_id") == item_id.encode()]  # fmt: skip
 
 
@@ -65,6 +68,7 @@ def test_an_alert_that_cannot_be_stored_is_not_acked(
     # alert may be stored, and its entry must stay pending until it can be. Before: the
     # create failed halfway and the entry was acked in the same pipeline: lost.
     freed, stuck = _line(), _line()
+    start = stream_end(client, DEAD)
     for line in (freed, stuck):
         _set_manual(api_url, line, 0.0)
         client.set(f"vlaewatch:alerts:line:{line}", "occupied")
@@ -76,13 +80,16 @@ def test_an_alert_that_cannot_be_stored_is_not_acked(
         last = info[b"api"]["last-delivered-id"].decode()
         return tuple(map(int, last.split("-"))) >= tuple(map(int, eid.split("-")))
 
-    _wait_for(lambda: delivered(second))
-    time.sleep(0.3)
+    def refused() -> Any:
+        """Health once the consumer has tried to store an alert and failed."""
+        health = httpx.get(f"{api_url}/v1/health").json()
+        return health if "WRONGTYPE" in (health["reason"] or "") else None
+
+    health = _wait_for(lambda: delivered(second) and refused())
+    assert health["status"] == "degraded", health
     assert {first, second} <= _pending(client, "vlaewatch:scores", "api")
     assert not client.exists(f"vlaewatch:alert:{a}", f"vlaewatch:alert_events:{a}")
     assert httpx.get(f"{api_url}/v1/alerts/{a}", headers=VIEW).status_code == 404
-    health = httpx.get(f"{api_url}/v1/health").json()
-    assert health["status"] == "degraded" and "WRONGTYPE" in health["reason"], health
 
     # Once the key is free, the entry is delivered again and the alert stored, whole.
     client.delete(f"vlaewatch:alerts:line:{freed}")
@@ -93,7 +100,7 @@ def test_an_alert_that_cannot_be_stored_is_not_acked(
     _wait_for(lambda: first not in _pending(client, "vlaewatch:scores", "api"))
 
     # The one that never can is dead-lettered with the reason after max_deliveries (5).
-    letters = _wait_for(lambda: _letters(client, b), timeout=60)
+    letters = _wait_for(lambda: _letters(client, b, start), timeout=60)
     assert letters[0][b"source"] == b"scores" and letters[0][b"frame_id"] == second.encode()
     assert b"delivered 5 times" in letters[0][b"reason"] and b"WRONGTYPE" in letters[0][b"reason"]
     _wait_for(lambda: second not in _pending(client, "vlaewatch:scores", "api"))
@@ -107,6 +114,7 @@ def test_an_item_id_belongs_to_one_line(
     # Item ids are unique across lines while their image is retained. Before: the second
     # line's item overwrote the first one's image, and its alert was dropped as a duplicate.
     first, second = _line(), _line()
+    start = stream_end(client, DEAD)
     for line in (first, second):
         _set_manual(api_url, line, 0.0)
     item = f"shared-{uuid.uuid4().hex[:8]}"
@@ -118,7 +126,7 @@ def test_an_item_id_belongs_to_one_line(
     (result,) = r.json()["results"]
     assert r.json()["n_failed"] == 1 and not result["ok"] and result["status"] == 409, result
     assert f"held by line {first!r}" in result["error"]
-    letter = _wait_for(lambda: _letters(client, item))[0]
+    letter = _wait_for(lambda: _letters(client, item, start))[0]
     assert letter[b"status"] == b"409" and letter[b"line"] == second.encode()
     stored = client.getrange(f"vlaewatch:item:{item}", 0, 100).split(b" ")[2]
     assert stored == first.encode()  # the first line's image is untouched
@@ -129,7 +137,7 @@ def test_an_item_id_belongs_to_one_line(
     _, last = _publish(client, second, [7.0], version, [item])
     _consumed(client, last)
     assert httpx.get(f"{api_url}/v1/alerts/{item}", headers=VIEW).json()["line"] == first
-    reasons = [x[b"reason"] for x in _letters(client, item) if x[b"source"] == b"scores"]
+    reasons = [x[b"reason"] for x in _letters(client, item, start) if x[b"source"] == b"scores"]
     assert reasons and b"already alerted on another line" in reasons[0]
 
 
@@ -141,6 +149,7 @@ def test_a_frame_delivered_too_often_is_dead_lettered(
     # Before: it was reclaimed and handed out again, every reclaim_idle_ms, forever.
     line = _line()
     item = f"{line}-x"
+    start = stream_end(client, DEAD)
     with client.pipeline(transaction=True) as pipe:  # nothing can read it in between
         pipe.xadd("vlaewatch:frames", {"image": _png(digits.test.images[0, 0]), "line": line,
                                        "item_id": item})  # fmt: skip
@@ -149,7 +158,7 @@ def test_a_frame_delivered_too_often_is_dead_lettered(
     assert read[0][1][0][0] == eid, "another frame was undelivered"
     for _ in range(4):
         client.xclaim("vlaewatch:frames", FRAMES_GROUP, "ghost", 0, [eid])
-    letter = _wait_for(lambda: _letters(client, item), timeout=30)[0]
+    letter = _wait_for(lambda: _letters(client, item, start), timeout=30)[0]
     assert letter[b"source"] == b"frames" and letter[b"frame_id"] == eid
     assert b"delivered 5 times" in letter[b"reason"]
     assert eid.decode() not in _pending(client, "vlaewatch:frames", FRAMES_GROUP)
@@ -231,20 +240,24 @@ def test_a_nan_timestamp_is_refused_and_live_streams_go_on(
     # Before: a frame's ts of NaN was scored, its alert carried null, and every live stream
     # failed on it and closed.
     line = _line()
+    start = stream_end(client, DEAD)
     _set_manual(api_url, line, 0.0)
     got: list[dict[str, Any]] = []
+    subscribed = threading.Event()
 
     def listen() -> None:
         with httpx.stream("GET", f"{api_url}/v1/stream", params={"line": line},
                           headers=VIEW, timeout=60) as r:  # fmt: skip
             for text in r.iter_lines():
+                if text.startswith(":"):  # the comment sent once the stream has subscribed
+                    subscribed.set()
                 if text.startswith("data:"):
                     got.append(json.loads(text[5:]))
                     return
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(1.0)  # subscribed
+    assert subscribed.wait(10)
     png = _png(digits.test.images[0, 0])
     other = _line()  # ?line= keeps other lines' alerts out of the stream
     _set_manual(api_url, other, 0.0)
@@ -260,7 +273,7 @@ def test_a_nan_timestamp_is_refused_and_live_streams_go_on(
     assert [a["item_id"] for a in got] == [f"{line}-good"]
 
     def letter(source: bytes, eid: bytes) -> list[dict[bytes, bytes]]:
-        return [f for _, f in client.xrange("vlaewatch:deadletter")
+        return [f for _, f in entries_since(client, DEAD, start)
                 if f[b"frame_id"] == eid and f[b"source"] == source]  # fmt: skip
 
     for source, eid in ((b"frames", nan_frame), (b"scores", nan_score)):

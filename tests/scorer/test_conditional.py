@@ -16,6 +16,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from tests.conftest import LINE_CONDITIONS
+from tests.streams import entries_since, stream_end
 from vlae.checkpoint import read_card
 
 PREFIX = "vlaewatch-cond"
@@ -68,6 +69,7 @@ def test_an_unmapped_line_is_refused_per_item_and_dead_lettered(
     conditional_scorer_url: str, redis_server: Any, digits: Any
 ) -> None:
     client = redis.Redis.from_url(redis_server.url)
+    start = stream_end(client, f"{PREFIX}:deadletter")
     images = digits.test.images[:2, 0]
     buf = io.BytesIO()
     np.save(buf, images)
@@ -79,7 +81,7 @@ def test_an_unmapped_line_is_refused_per_item_and_dead_lettered(
     results = resp.json()["results"]
     assert all(r["ok"] is False and r["status"] == 422 for r in results)
     assert "line 'line-z' has no condition" in results[0]["error"]
-    dead = [f for _, f in client.xrange(f"{PREFIX}:deadletter")
+    dead = [f for _, f in entries_since(client, f"{PREFIX}:deadletter", start)
             if f[b"item_id"].decode() in ids]  # fmt: skip
     assert len(dead) == 2 and b"has no condition" in dead[0][b"reason"]
 

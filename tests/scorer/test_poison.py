@@ -17,6 +17,7 @@ import redis
 from contract.keys import FRAMES_GROUP
 from tests.api.test_faults import _scored
 from tests.scorer.test_service import _npy, _png, _wait_for
+from tests.streams import entries_since, stream_end
 
 pytestmark = pytest.mark.reliability
 
@@ -79,6 +80,8 @@ def test_a_poison_frame_is_dead_lettered_and_its_read_scored(
     # failing again, forever.
     client = redis.Redis.from_url(redis_server.url)
     line = f"p{uuid.uuid4().hex[:8]}"
+    scores = stream_end(client, "vlaewatch:scores")
+    letters = stream_end(client, "vlaewatch:deadletter")
     good = [f"{line}-good-{i}" for i in range(3)]
     with client.pipeline(transaction=True) as pipe:  # one read: the frames arrive together
         for i, item in enumerate(good[:2]):
@@ -89,14 +92,14 @@ def test_a_poison_frame_is_dead_lettered_and_its_read_scored(
         pipe.xadd("vlaewatch:frames", {"image": _png(digits.test.images[2, 0]), "line": line,
                                        "item_id": good[2]})  # fmt: skip
         pipe.execute()
-    _wait_for(lambda: set(good) <= set(_scored(client, line)), timeout=60)
+    _wait_for(lambda: set(good) <= set(_scored(client, line, scores)), timeout=60)
 
     def dead() -> list[dict[bytes, bytes]]:
-        return [f for _, f in client.xrange("vlaewatch:deadletter")
+        return [f for _, f in entries_since(client, "vlaewatch:deadletter", letters)
                 if f.get(b"item_id") == f"{line}-bad".encode()]  # fmt: skip
 
-    letters = _wait_for(dead, timeout=30)
-    assert letters[0][b"source"] == b"frames" and b"no pixels" in letters[0][b"reason"]
+    found = _wait_for(dead, timeout=30)
+    assert found[0][b"source"] == b"frames" and b"no pixels" in found[0][b"reason"]
     _wait_for(lambda: client.xpending("vlaewatch:frames", FRAMES_GROUP)["pending"] == 0)
 
 

@@ -21,10 +21,12 @@ from contract.keys import FRAMES_GROUP
 from contract.records import ItemBlob, ScoreRecord
 from scorer.config import DeploymentConfig, ScorerConfig
 from scorer.service import DeployError, deploy
+from tests.streams import entries_since, stream_end
 from trainer.evaluate import evaluate
 from vlae.checkpoint import load_checkpoint, read_card
 from vlae.score import score_images
 
+DEAD = "vlaewatch:deadletter"
 SCORE_FIELDS = {"item_id", "line", "ts_ingested", "ts_scored", "score", "recon", "kl",
                 "complexity", "model_version"}  # fmt: skip
 
@@ -49,9 +51,11 @@ def _post_npy(url: str, images: np.ndarray, ids: list[str], line: str = "cam1") 
     return resp.json()
 
 
-def _entries(client: redis.Redis, stream: str, ids: set[str]) -> list[dict[str, str]]:
+def _entries(client: redis.Redis, stream: str, ids: set[str], start: str) -> list[dict[str, str]]:
+    """The entries of ``ids`` in ``stream`` after ``start`` (recorded with ``stream_end`` when
+    the test began), decoded."""
     out = []
-    for _, fields in client.xrange(stream):
+    for _, fields in entries_since(client, stream, start):
         f = {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
         if f.get("item_id") in ids:
             out.append(f)
@@ -74,6 +78,7 @@ def test_served_scores_equal_evaluate_and_stream_one_entry_each(
     test = digits.test
     tag = uuid.uuid4().hex[:8]
     ids = [f"t{tag}-{i}" for i in range(len(test))]
+    start = stream_end(client, "vlaewatch:scores")
     body = _post_npy(scorer_url, test.images[:, 0], ids)
     assert body["n_scored"] == len(test) and body["n_failed"] == 0
     results = body["results"]
@@ -99,7 +104,7 @@ def test_served_scores_equal_evaluate_and_stream_one_entry_each(
     anomalous = served[labels != "0"].mean()
     assert anomalous > normal
 
-    entries = _entries(client, "vlaewatch:scores", set(ids))
+    entries = _entries(client, "vlaewatch:scores", set(ids), start)
     assert len(entries) == len(ids)  # exactly one per scored item
     assert all(set(e) == SCORE_FIELDS for e in entries)
     rec = ScoreRecord.from_fields(entries[0])
@@ -135,6 +140,7 @@ def test_corrupt_png_fails_alone_and_is_dead_lettered(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     ids = [f"c{tag}-{i}" for i in range(3)]
+    scores, letters = stream_end(client, "vlaewatch:scores"), stream_end(client, DEAD)
     good = _png(digits.test.images[0, 0])
     files = [("files", ("a.png", good, "image/png")),
              ("files", ("b.png", good[: len(good) // 2], "image/png")),
@@ -146,9 +152,9 @@ def test_corrupt_png_fails_alone_and_is_dead_lettered(
     assert [r["ok"] for r in results] == [True, False, True]
     assert results[1]["status"] == 422 and "cannot decode" in results[1]["error"]
     assert results[0]["score"] == pytest.approx(results[2]["score"])
-    dead = _entries(client, "vlaewatch:deadletter", {ids[1]})
+    dead = _entries(client, DEAD, {ids[1]}, letters)
     assert len(dead) == 1 and dead[0]["source"] == "http" and "cannot decode" in dead[0]["reason"]
-    assert {e["item_id"] for e in _entries(client, "vlaewatch:scores", set(ids))} == {
+    assert {e["item_id"] for e in _entries(client, "vlaewatch:scores", set(ids), scores)} == {
         ids[0], ids[2]}  # fmt: skip
 
 
@@ -183,6 +189,7 @@ def test_frames_stream_is_consumed_scored_and_acked(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     good_id, bad_id = f"f{tag}-ok", f"f{tag}-bad"
+    scores, letters = stream_end(client, "vlaewatch:scores"), stream_end(client, DEAD)
     sent = [
         client.xadd("vlaewatch:frames", {"image": _png(digits.test.images[5, 0]), "line": "cam3",
                                          "item_id": good_id, "ts": time.time()}),
@@ -190,14 +197,12 @@ def test_frames_stream_is_consumed_scored_and_acked(
                                          "item_id": bad_id}),
     ]  # fmt: skip
     garbage = client.xadd("vlaewatch:frames", {"line": "cam3", "what": "no image field"})
-    scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {good_id}))
+    scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {good_id}, scores))
     assert scored[0]["line"] == "cam3"
-    dead = _wait_for(lambda: _entries(client, "vlaewatch:deadletter", {bad_id}))
+    dead = _wait_for(lambda: _entries(client, DEAD, {bad_id}, letters))
     assert dead[0]["source"] == "frames" and "cannot decode" in dead[0]["reason"]
     garbage_id = garbage.decode()
-    dead = _wait_for(
-        lambda: [e for e in _entries(client, "vlaewatch:deadletter", {f"frame-{garbage_id}"})]
-    )
+    dead = _wait_for(lambda: _entries(client, DEAD, {f"frame-{garbage_id}"}, letters))
     assert "image" in dead[0]["reason"] and dead[0]["frame_id"] == garbage_id
     _wait_for(lambda: client.xpending("vlaewatch:frames", FRAMES_GROUP)["pending"] == 0)
     # Handled frames are deleted: the stream holds the backlog, not the history.
@@ -209,10 +214,11 @@ def test_frames_left_pending_by_a_dead_consumer_are_reclaimed(
     scorer_url: str, client: redis.Redis, digits: Any
 ) -> None:
     item = f"p{uuid.uuid4().hex[:8]}"
+    start = stream_end(client, "vlaewatch:scores")
     client.xadd("vlaewatch:frames", {"image": _png(digits.test.images[7, 0]), "item_id": item})
     # A consumer that reads the frame and dies before acknowledging it.
     client.xreadgroup(FRAMES_GROUP, "dead-consumer", {"vlaewatch:frames": ">"}, count=1000)
-    scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {item}), timeout=30)
+    scored = _wait_for(lambda: _entries(client, "vlaewatch:scores", {item}, start), timeout=30)
     assert len(scored) == 1
 
 
@@ -317,11 +323,18 @@ def test_model_swap_mid_stream_loses_no_request(
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        # Every client under way before the swap (a failure ends the wait: reported below).
+        _wait_for(lambda: failures or all(answered), timeout=60)
         deploy(base.model_copy(update={"checkpoint": str(checkpoint_b)}),
                DeploymentConfig(num_cpus=0.25), port=port)  # fmt: skip
         _wait_for(lambda: seen and seen[-1] == v2, timeout=30)
-        time.sleep(0.5)
+        mark = list(answered)
+
+        def one_more_each() -> bool:
+            """Each client answered again once the new version answers."""
+            return bool(failures) or all(a > m for a, m in zip(answered, mark, strict=True))
+
+        _wait_for(one_more_each, timeout=60)
     finally:
         stop.set()
         for t in threads:
