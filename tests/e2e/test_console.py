@@ -7,14 +7,12 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from tests.conftest import API_KEYS
 
@@ -24,19 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = (ROOT / "docs" if os.environ.get("VLAEWATCH_DOC_SHOTS")
          else Path(tempfile.gettempdir()) / "vlaewatch-console-shots")  # fmt: skip
 SHOTS.mkdir(exist_ok=True)
-CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test` (target `system-deps`)
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), "Debian chromium is missing: run `make system-deps`"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _open(browser: Browser, api_url: str, key: str) -> Page:
@@ -77,6 +62,24 @@ def test_console_calibrates_and_handles_an_alert(
     assert (current["line"], current["value"], current["who"], current["why"]) == (
         line, 0.0, "olga", "browser test")  # fmt: skip
     page.wait_for_selector("#history tbody tr:has-text('browser test')")
+
+    # Roll back from the history: a second version, then version 1's button, which makes
+    # version 1's threshold current again as version 3 (the rest of the test relies on 0).
+    page.fill("#param", "7")
+    page.fill("#note", "too strict")
+    page.click("#apply-btn")
+    page.wait_for_selector("#result-summary:has-text('Applied as version 2')")
+    page.fill("#note", "back to 0")
+    page.click("#history button.rollback[data-version='1']")
+    page.wait_for_selector("#history tbody tr:has-text('rollback'):has-text('current')")
+    current = httpx.get(f"{api_url}/v1/thresholds/{line}", headers=op).json()
+    assert (current["version"], current["value"], current["method"], current["who"],
+            current["why"], current["params"]["to_version"]) == (
+        3, 0.0, "rollback", "olga", "back to 0", 1)  # fmt: skip
+    history = httpx.get(f"{api_url}/v1/thresholds/{line}/history", headers=op).json()
+    rows = [(v["version"], v["value"], v["method"], v["who"]) for v in history["versions"]]
+    assert rows == [(3, 0.0, "rollback", "olga"), (2, 7.0, "manual", "olga"),
+                    (1, 0.0, "manual", "olga")]  # fmt: skip
 
     # A pixel threshold for the line too: its alerts carry regions and show the overlay.
     r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=op, json={

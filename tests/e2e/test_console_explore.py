@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import numpy as np
+from playwright.sync_api import Browser
 
 from tests.conftest import API_KEYS
-from tests.e2e.test_console import SHOTS, _open, browser  # noqa: F401  (the browser fixture)
+from tests.e2e.test_console import SHOTS, _open
 
 
 def _loaded(selector: str) -> str:
@@ -20,7 +21,7 @@ def _loaded(selector: str) -> str:
 
 
 def test_console_shows_the_latent_map_and_nearest_normal_items(
-    browser: Any,  # noqa: F811
+    browser: Browser,
     api_url: str,
     scorer_url: str,
     digits: Any,
