@@ -21,14 +21,18 @@ from vlae.model import VLAEConfig
 
 pytestmark = pytest.mark.reliability
 
-EPOCHS = 8
+# Epochs per reader. The kill lands about 0.1 s after the second checkpoint is on disk; the
+# epochs left after it are what keep it mid-run. Measured on 2 busy cores: an epoch of 400
+# images in memory takes about 0.5 s (so 10 epochs, 5 s, are left), a streamed epoch about
+# 3 s whatever the image count (Ray Data starts a read each epoch; 4 left, 12 s).
+EPOCHS = {"memory": 12, "stream": 6}
+IMAGES = 440
 
 
 def _arrays() -> TrainArrays:
-    # Big enough that an epoch takes a moment, so the kill lands mid-run.
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(3200, 1, 28, 28, generator=g) > 0.7).float()
-    return TrainArrays(train_x=x[:3000], val_x=x[3000:])
+    x = (torch.rand(IMAGES, 1, 28, 28, generator=g) > 0.7).float()
+    return TrainArrays(train_x=x[:400], val_x=x[400:])
 
 
 def _streamed(folder: Path) -> TrainArrays:
@@ -40,7 +44,7 @@ def _streamed(folder: Path) -> TrainArrays:
 
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4000):
+    for i in range(IMAGES):
         Image.fromarray(((rng.random((28, 28)) > 0.7) * 255).astype(np.uint8)).save(
             folder / f"{i:04d}.png")  # fmt: skip
     split = split_files(list_images(folder, (1, 28, 28)), ["normal"])
@@ -73,16 +77,17 @@ def test_worker_sigkilled_mid_fit_resumes_from_last_checkpoint(
     ray_cluster: Any, tmp_path: Path, reader: str
 ) -> None:
     data = _arrays() if reader == "memory" else _streamed(tmp_path / "images")
+    epochs = EPOCHS[reader]
     name = new_run_name("test-kill")
     launch = RayLaunch(storage_path=tmp_path, run_name=name, num_workers=2, cpus_per_worker=1,
-                       max_failures=1, checkpoints_to_keep=EPOCHS,
+                       max_failures=1, checkpoints_to_keep=epochs,
                        checkpoint_every_s=0)  # fmt: skip
     model = VLAEConfig(latent_dim=8, hidden=(256, 128))
     result: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            result["fit"] = fit_with_ray(model, TrainConfig(epochs=EPOCHS, batch_size=32),
+            result["fit"] = fit_with_ray(model, TrainConfig(epochs=epochs, batch_size=32),
                                          data, launch)  # fmt: skip
         except BaseException as exc:
             result["error"] = exc
@@ -113,8 +118,8 @@ def test_worker_sigkilled_mid_fit_resumes_from_last_checkpoint(
         pytest.fail(f"the run did not survive the worker kill: {result['error']!r}")
 
     fit: FitResult = result["fit"]
-    assert [h["epoch"] for h in fit.history] == [float(e) for e in range(1, EPOCHS + 1)]
-    assert killed_after < EPOCHS - 1, "the kill came after the last epoch: nothing to resume"
+    assert [h["epoch"] for h in fit.history] == [float(e) for e in range(1, epochs + 1)]
+    assert killed_after < epochs - 1, "the kill came after the last epoch: nothing to resume"
     # Resumed, not restarted: the epochs before the kill are the checkpointed ones, timings
     # included (a restart from scratch would have measured them again).
     assert fit.history[: killed_after + 1] == saved[killed_after]
