@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PKGS   := contract vlae trainer scorer api deploy vlaewatch bench
 
-.PHONY: install demo test test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
+.PHONY: install demo test test-fast test-reliability lint format clean system-deps bench-quality bench-speed bench-speed-inspection \
 	bench-soak bench-ab bench-inspection bench-fastpaths docs-shots \
 	bench-scale-out bench-training-memory
 
@@ -45,9 +45,16 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Everything, the reliability tests included (about 5 of its minutes; CI has the time).
+# Everything: lint, then every test, the reliability ones included; the 20 slowest are listed.
 test: lint system-deps
 	$(BIN)/python -m pytest -q --durations=20
+
+# The developer's loop, in minutes: ruff, then the tests that need no Ray cluster, no service
+# process, no browser and no longer fit (`-m "not slow"`, tests/conftest.py says which).
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q -m "not slow" --durations=20
 
 # The console's screenshots in docs/ (the README's images), taken by its browser tests; other
 # test runs write them to a temporary folder.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,9 +10,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 # Ray reads these at import time; set them before anything imports ray.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local cluster on loopback
@@ -193,6 +197,41 @@ def api_url(
     assert api.stop() in (0, -signal.SIGTERM)
 
 
+CHROMIUM = "/usr/bin/chromium"  # Debian's, installed by `make test` (target `system-deps`)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (Debian's, driven by Playwright), launched once for every browser test."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian chromium is missing: run `make system-deps`"
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_browser_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """While the session's browser is open, Playwright's sync API leaves its event loop marked
+    as running in this thread between calls: a later test without the browser would find
+    itself "inside" that loop (``asyncio.run`` refuses to start). Such a test runs without it;
+    the mark is put back for the browser's next call."""
+    if "browser" in request.fixturenames:
+        yield
+        return
+    loop = asyncio._get_running_loop()
+    asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(loop)
+
+
 # --- explorer and conditional models (issue 10) --------------------------------------------
 
 LINE_CONDITIONS = {"line-a": "0", "line-b": "1"}
@@ -270,3 +309,42 @@ def s3_stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+# --- the developer's loop: `make test-fast` -------------------------------------------------
+
+from tests.demo_run import demo_run  # noqa: E402, F401  (the session's default demo)
+
+# `make test-fast` runs `pytest -m "not slow"`: units, contracts, schemas and fuzzing of pure
+# functions, with no Ray cluster, no service process and no fit longer than a few seconds. A
+# test is slow when it asks for a fixture that starts one of those, or is named below: it
+# starts its own cluster or processes (an API, a scorer, Prometheus, a Redis Cluster, an S3
+# stand-in), or fits for longer.
+SLOW_FIXTURES = frozenset({"ray_cluster", "demo_run", "browser"})
+SLOW_TESTS = (
+    "tests/api/test_cli_api.py",
+    "tests/api/test_limits.py",
+    "tests/api/test_ratelimit.py::test_a_key_over_its_rate",
+    "tests/api/test_ratelimit.py::test_public_routes",
+    "tests/api/test_restart.py",
+    "tests/api/test_tls.py::test_scorer_and_api",
+    "tests/bench/test_inspection_bench.py",
+    "tests/contract/test_cluster.py",
+    "tests/deploy/test_grafana.py::test_api_annotates",
+    "tests/deploy/test_loopback.py",
+    "tests/deploy/test_prometheus.py",
+    "tests/deploy/test_two_nodes.py",
+    "tests/e2e/",
+    "tests/scorer/test_blobs.py::test_a_batch_is_one_object",
+    "tests/scorer/test_cli_serve.py",
+    "tests/trainer/test_cli.py::test_console_script",
+    "tests/trainer/test_quality.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or any(
+            item.nodeid.startswith(prefix) for prefix in SLOW_TESTS
+        ):
+            item.add_marker(pytest.mark.slow)

@@ -3,47 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import random
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.e2e.test_console import SHOTS, browser  # noqa: F401  (the browser fixture)
-
-BIN = Path(sys.executable).parent / "vlaewatch"
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range (and above Ray's worker ports): the demo binds it
-    minutes later, after training, and an ephemeral port may have gone to a Ray process by
-    then (seen: "Failed to bind to address")."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20_000, 30_000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-30000")
-
-
-def _env(tmp_path: Path) -> tuple[dict[str, str], str, Path]:
-    ray_tmp = tempfile.mkdtemp(prefix="vwdemo", dir="/tmp")
-    home = tmp_path / "home"
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "VLAEWATCH_HOME": str(home), "RAY_ADDRESS": ""}
-    for name in ("REDIS_URL", "VLAEWATCH_API_KEYS"):
-        env.pop(name, None)
-    return env, ray_tmp, home
+from tests.demo_run import BIN, DEMO_TIMEOUT, DemoRun, demo_env, free_port
+from tests.e2e.test_console import SHOTS
 
 
 def _nothing_left(*patterns: str) -> None:
@@ -52,57 +20,25 @@ def _nothing_left(*patterns: str) -> None:
         assert left.stdout.strip() == "", f"processes left behind: {pattern}"
 
 
-def _summary_in_time(
-    proc: subprocess.Popen[str], out: Path, err: Path, timeout_s: float = 1200
-) -> Any:
-    # Two lines' models of 150 epochs each: 400 s ran out for 100 epochs each on a shared
-    # 2-core VM where a fit took 2.2 times as long as where the demo was first timed.
-    deadline = time.monotonic() + timeout_s
-    while not out.exists():
-        assert proc.poll() is None, err.read_text()[-3000:]
-        assert time.monotonic() < deadline, "no summary in time"
-        time.sleep(0.5)
-    time.sleep(0.5)
-    return json.loads(out.read_text())
-
-
-def _stop(proc: subprocess.Popen[str], err_file: Path) -> str:
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    err = err_file.read_bytes().decode()  # as written: a progress bar's \r kept
-    assert proc.returncode == 0, err[-3000:]
-    assert "stopping" in err
-    return err
-
-
-def test_demo_streams_two_inspection_lines_and_shows_where(
-    tmp_path: Path,
-    browser: Any,  # noqa: F811
-) -> None:
+@DEMO_TIMEOUT
+def test_demo_streams_two_inspection_lines_and_shows_where(demo_run: DemoRun, browser: Any) -> None:
     # The default demo: two lines of generated parts (a grey fabric surface, a colour pill),
     # a model each, both thresholds calibrated from normal parts, the summary with where; it
     # keeps serving the console, where an alert card shows its overlay and zooms on a region.
-    env, ray_tmp, home = _env(tmp_path)
-    out, err_file, api_port = tmp_path / "out.json", tmp_path / "demo.err", free_port()
-    # stderr to a file, not a pipe: training prints more than a pipe holds unread.
-    with err_file.open("w") as stderr:
-        proc = subprocess.Popen(
-            [str(BIN), "demo", "--summary-json", str(out), "--scorer-port", str(free_port()),
-             "--api-port", str(api_port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-        )  # fmt: skip
     try:
-        summary = _summary_in_time(proc, out, err_file)
-        _assert_inspection_summary(summary, api_port)
-        _console_shows_where(browser, summary)
+        _assert_inspection_summary(demo_run.summary, demo_run.api_port)
+        _console_shows_where(browser, demo_run.summary)
     finally:
-        err = _stop(proc, err_file)
+        err = demo_run.stop()
+    assert demo_run.proc.returncode == 0, err[-3000:]
+    assert "stopping" in err
     assert "[6/6] summary" in err and "150/150 [" in err and "located" in err
+    assert "64 calibration scores cannot guarantee alpha 0.01: using 1/(n+1) = 0.0154" in err
     _quiet(err)
     # Stopped with the console still open (its live stream): no traceback of the API's.
     assert "Exception in ASGI application" not in err and "graceful shutdown exceeded" not in err
-    assert (home / "demo-parts" / "fabric" / "masks").is_dir()  # the parts, as PNGs
-    _nothing_left(ray_tmp, str(home / "redis"))
+    assert (demo_run.home / "demo-parts" / "fabric" / "masks").is_dir()  # the parts, as PNGs
+    _nothing_left(demo_run.ray_tmp, str(demo_run.home / "redis"))
 
 
 def _quiet(err: str) -> None:
@@ -131,25 +67,34 @@ def _assert_inspection_summary(summary: dict[str, Any], api_port: int) -> None:
     for line in ("cam1", "cam2"):
         cal = summary["calibration"][line]
         assert cal["image"]["target"] == "image" and cal["pixel"]["target"] == "pixel"
+        # 64 calibration images cannot guarantee the asked 1 %: the demo calibrates at the
+        # smallest rate they can, 1/65, and says so (checked on stderr by the caller).
+        for target in ("image", "pixel"):
+            assert cal[target]["false_alarm_rate"]["n_calibration"] == 64, cal[target]
+            assert cal[target]["alpha"] == pytest.approx(1 / 65), cal[target]
         figures = summary["lines"][line]
-        # The pill (cam2) measured 0.65 to 0.68 image AUROC here; chance is 0.5.
-        assert figures["image_auroc"] > 0.6 and figures["pixel_auroc"] > 0.7, figures
-        # The 95 % interval is missed by one line in 20 runs by design (fabric: 0.063 against
-        # [0, 0.056] once): bounded by the 99.9th percentile above, plus the sampling noise of
-        # 300 good parts.
-        low, _ = figures["false_region_interval"]
-        assert low <= figures["false_region_rate"] <= 0.13, figures
+        # Measured at the demo's 150 epochs: fabric 0.985 image, 0.999 pixel AUROC; the pill
+        # 0.818 and 0.823 (0.882 and 0.891 in an earlier run); chance is 0.5.
+        floors = {"cam1": (0.93, 0.95), "cam2": (0.7, 0.7)}[line]
+        assert figures["image_auroc"] >= floors[0], figures
+        assert figures["pixel_auroc"] >= floors[1], figures
+        # Inside the interval the calibration promised for the rate on good parts (measured
+        # 0.007 and 0.003 in [0, 0.056]). The promise is a 95 % one: the demo's parts and fits
+        # are seeded, so a build holds it or not, and a change that takes a line outside it
+        # moves what the operator was told to expect.
+        low, high = figures["false_region_interval"]
+        assert low <= figures["false_region_rate"] <= high, figures
         assert figures["false_region_target"] == cal["pixel"]["alpha"]
         if figures["localisation_hit_rate"] is not None:
             assert figures["localisation_hit_rate"] >= 0.9, figures
     assert any(f["localisation_hit_rate"] is not None for f in summary["lines"].values())
-    # Floors a regression would cross (measured: recall 0.22 at a 1.5 % false-alarm target,
-    # and p50 22 ms, before the defect head; the rate streamed, 100 images/s since the head
-    # halved the model's speed, 47 to 59 of those on a VM where fits took 2.2 times as long),
-    # loose enough for a shared VM.
-    assert summary["recall"] >= 0.1, summary["recall"]
+    # Floors a regression would cross, loose enough for a shared VM. Measured: recall 0.53
+    # (fabric 0.76, the pill 0.33) at the 1/65 target; the rate streamed, 100 images/s since
+    # the defect head halved the model's speed, 47 to 59 of those on a VM where fits took 2.2
+    # times as long; p50 about 120 ms, and 243 ms while a second demo trained beside this one.
+    assert summary["recall"] >= 0.3, summary["recall"]
     assert summary["images_per_s"] >= 0.4 * 100, summary["images_per_s"]  # --rate 100
-    assert 0 < summary["latency_ms_p50"] <= 250, summary["latency_ms_p50"]
+    assert 0 < summary["latency_ms_p50"] <= 200, summary["latency_ms_p50"]
     assert summary["latency_ms_p50"] <= summary["latency_ms_p99"] <= 3000
     assert summary["urls"]["console"] == f"http://127.0.0.1:{api_port}/"
     assert summary["urls"]["ray_dashboard"].startswith("http://127.0.0.1:")
@@ -186,7 +131,7 @@ def _console_shows_where(page_of: Any, summary: dict[str, Any]) -> None:
 
 def test_digits_demo_keeps_its_own_summary(tmp_path: Path) -> None:
     # --dataset digits: one model shared by both lines, the test set split between them.
-    env, ray_tmp, home = _env(tmp_path)
+    env, ray_tmp, home = demo_env(tmp_path)
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [str(BIN), "demo", "--dataset", "digits", "--epochs", "1", "--rate", "2000",
