@@ -91,10 +91,11 @@ def _assert_inspection_summary(summary: dict[str, Any], api_port: int) -> None:
     # Floors a regression would cross, loose enough for a shared VM. Measured: recall 0.53
     # (fabric 0.76, the pill 0.33) at the 1/65 target; the rate streamed, 100 images/s since
     # the defect head halved the model's speed, 47 to 59 of those on a VM where fits took 2.2
-    # times as long; p50 about 120 ms, and 243 ms while a second demo trained beside this one.
+    # times as long, 45 in the clean-clone run; p50 120 ms in earlier runs, 192 ms in that
+    # run and 243 ms while a second demo trained beside this one.
     assert summary["recall"] >= 0.3, summary["recall"]
     assert summary["images_per_s"] >= 0.4 * 100, summary["images_per_s"]  # --rate 100
-    assert 0 < summary["latency_ms_p50"] <= 200, summary["latency_ms_p50"]
+    assert 0 < summary["latency_ms_p50"] <= 300, summary["latency_ms_p50"]
     assert summary["latency_ms_p50"] <= summary["latency_ms_p99"] <= 3000
     assert summary["urls"]["console"] == f"http://127.0.0.1:{api_port}/"
     assert summary["urls"]["ray_dashboard"].startswith("http://127.0.0.1:")
