@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, Position
 
 from tests.conftest import API_KEYS
 
@@ -120,8 +120,8 @@ def test_console_calibrates_and_handles_an_alert(
     box = page.locator(f"{card} img.overlay").bounding_box()
     assert box is not None
     side = 28  # the overlay: the part, a one-pixel gap, the repaired part
-    centre = {"x": (largest["x"] + largest["w"] / 2) / (2 * side + 1) * box["width"],
-              "y": (largest["y"] + largest["h"] / 2) / side * box["height"]}  # fmt: skip
+    centre: Position = {"x": (largest["x"] + largest["w"] / 2) / (2 * side + 1) * box["width"],
+                        "y": (largest["y"] + largest["h"] / 2) / side * box["height"]}  # fmt: skip
     page.click(f"{card} img.overlay", position=centre)
     page.wait_for_selector(f"{card} canvas.zoom:not([hidden])")
     assert page.inner_text(f"{card} .zoom-caption").startswith("region #1 up close")

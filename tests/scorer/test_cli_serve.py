@@ -21,9 +21,10 @@ from contract.redis_server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent / "vlaewatch"
 INGEST = "ingest-key-of-line-1-0123"
-# What --verbose adds to a command's terminal: a replica's forwarded lines (its access log),
-# Ray's INFO lines and Serve's.
-NOISE = ("(ServeReplica", "POST /v1/score", "INFO ")
+# What --verbose adds to the terminal: Ray's INFO lines, Serve's (the command's and its
+# controller's), and the replicas' (their access log), forwarded by Ray.
+NOISE = ("Started a local Ray instance", "Started Serve in namespace", "(ServeController",
+         "(ServeReplica", "POST /v1/score")  # fmt: skip
 
 
 class Served:
@@ -58,10 +59,13 @@ class Served:
             assert time.monotonic() < deadline, "scorer did not come up"
             time.sleep(0.5)
 
-    def stop(self) -> str:
-        """SIGINT, as Ctrl-C: a clean exit that leaves no process behind; its stderr."""
+    def interrupt(self) -> None:
+        """Ctrl-C, once (a second one aborts the stop)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+
+    def stopped(self) -> str:
+        """After ``interrupt``: a clean exit that leaves no process behind; its stderr."""
         self.proc.wait(timeout=120)
         text = self.err.read_text()
         assert self.proc.returncode == 0, text[-3000:]
@@ -98,20 +102,20 @@ def test_serve_answers_the_documented_curl_and_stops_cleanly(
         r = httpx.post(f"http://127.0.0.1:{quiet.port}/v1/score", files=[("files", b"x")])
         assert r.status_code == 401
         # The replica's access line reaches the verbose terminal through Ray's log monitor, a
-        # moment later; the quiet one has had the same time to show it.
+        # moment later; the quiet one, scored first, has had longer to show its own.
         deadline = time.monotonic() + 30
-        while "(ServeReplica" not in verbose.err.read_text():
+        while "POST /v1/score" not in verbose.err.read_text():
             assert time.monotonic() < deadline, verbose.err.read_text()[-3000:]
             time.sleep(0.2)
     finally:
-        for served in (quiet, verbose):  # both stop at once
-            if served.proc.poll() is None:
-                served.proc.send_signal(signal.SIGINT)
-        quiet_err, verbose_err = quiet.stop(), verbose.stop()
+        quiet.interrupt()
+        verbose.interrupt()  # both stop at once
+        quiet_err, verbose_err = quiet.stopped(), verbose.stopped()
     assert (quiet.home / "redis" / "appendonly.aof").exists()
     # Ray's, Serve's and the replicas' logs: in Ray's log folder by default, on the terminal
     # too with --verbose.
     for noise in NOISE:
         assert noise not in quiet_err, noise
         assert noise in verbose_err, noise
+    assert "INFO " not in quiet_err
     assert "Ray logs in /" in quiet_err
