@@ -116,10 +116,21 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     # stderr to a file, not a pipe: training prints more than a pipe holds unread.
     with err_file.open("w") as stderr:
         proc = subprocess.Popen(
-            [str(BIN), "demo", "--summary-json", str(out), "--scorer-port", str(free_port()),
-             "--api-port", str(api_port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
-        )  # fmt: skip
+            [
+                str(BIN),
+                "demo",
+                "--summary-json",
+                str(out),
+                "--scorer-port",
+                str(free_port()),
+                "--api-port",
+                str(api_port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
     run = DemoRun(proc, home, ray_tmp, api_port, err_file)
     try:
         run.summary = _summary_in_time(run, out)

@@ -17,8 +17,14 @@ def _make(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     (whose flags would add "Entering directory" lines), messages in English."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     start = time.monotonic()
-    done = subprocess.run(["make", *args], cwd=ROOT, env={**env, "LC_ALL": "C"},
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        ["make", *args],
+        cwd=ROOT,
+        env={**env, "LC_ALL": "C"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return done, time.monotonic() - start
 
 

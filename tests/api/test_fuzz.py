@@ -125,8 +125,12 @@ def _fuzz(
         for mode in modes:
             # Generation slows with the machine's load; too little generated fails the floors.
             @given(case=op.as_strategy(mode))
-            @settings(max_examples=examples, deadline=None, database=None,
-                      suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+            @settings(
+                max_examples=examples,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            )
             def fuzz(case: Any) -> None:
                 response = _send(http, case.as_transport_kwargs(base_url=url, headers=headers))
                 sent[case.meta.generation.mode] += 1

@@ -221,8 +221,16 @@ def test_api_annotates_threshold_changes(
             """Three scores of the new version; the last entry's id."""
             pipe = client.pipeline()
             for i in range(first, first + 3):
-                rec = ScoreRecord(item_id=f"m-{i}", line="cam3", ts_ingested=0, ts_scored=0,
-                                  score=1, recon=1, kl=0, model_version="feedc0ffee")  # fmt: skip
+                rec = ScoreRecord(
+                    item_id=f"m-{i}",
+                    line="cam3",
+                    ts_ingested=0,
+                    ts_scored=0,
+                    score=1,
+                    recon=1,
+                    kl=0,
+                    model_version="feedc0ffee",
+                )
                 pipe.xadd("annot:scores", rec.to_fields())  # type: ignore[arg-type]
             return str(pipe.execute()[-1].decode())
 

@@ -73,13 +73,21 @@ def test_console_calibrates_and_handles_an_alert(
     page.click("#history button.rollback[data-version='1']")
     page.wait_for_selector("#history tbody tr:has-text('rollback'):has-text('current')")
     current = httpx.get(f"{api_url}/v1/thresholds/{line}", headers=op).json()
-    assert (current["version"], current["value"], current["method"], current["who"],
-            current["why"], current["params"]["to_version"]) == (
-        3, 0.0, "rollback", "olga", "back to 0", 1)  # fmt: skip
+    assert (
+        current["version"],
+        current["value"],
+        current["method"],
+        current["who"],
+        current["why"],
+        current["params"]["to_version"],
+    ) == (3, 0.0, "rollback", "olga", "back to 0", 1)
     history = httpx.get(f"{api_url}/v1/thresholds/{line}/history", headers=op).json()
     rows = [(v["version"], v["value"], v["method"], v["who"]) for v in history["versions"]]
-    assert rows == [(3, 0.0, "rollback", "olga"), (2, 7.0, "manual", "olga"),
-                    (1, 0.0, "manual", "olga")]  # fmt: skip
+    assert rows == [
+        (3, 0.0, "rollback", "olga"),
+        (2, 7.0, "manual", "olga"),
+        (1, 0.0, "manual", "olga"),
+    ]
 
     # A pixel threshold for the line too: its alerts carry regions and show the overlay.
     r = httpx.post(f"{api_url}/v1/thresholds/calibrate", headers=op, json={
@@ -120,8 +128,10 @@ def test_console_calibrates_and_handles_an_alert(
     box = page.locator(f"{card} img.overlay").bounding_box()
     assert box is not None
     side = 28  # the overlay: the part, a one-pixel gap, the repaired part
-    centre: Position = {"x": (largest["x"] + largest["w"] / 2) / (2 * side + 1) * box["width"],
-                        "y": (largest["y"] + largest["h"] / 2) / side * box["height"]}  # fmt: skip
+    centre: Position = {
+        "x": (largest["x"] + largest["w"] / 2) / (2 * side + 1) * box["width"],
+        "y": (largest["y"] + largest["h"] / 2) / side * box["height"],
+    }
     page.click(f"{card} img.overlay", position=centre)
     page.wait_for_selector(f"{card} canvas.zoom:not([hidden])")
     assert page.inner_text(f"{card} .zoom-caption").startswith("region #1 up close")

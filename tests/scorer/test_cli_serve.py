@@ -23,8 +23,13 @@ BIN = Path(sys.executable).parent / "vlaewatch"
 INGEST = "ingest-key-of-line-1-0123"
 # What --verbose adds to the terminal: Ray's INFO lines, Serve's (the command's and its
 # controller's), and the replicas' (their access log), forwarded by Ray.
-NOISE = ("Started a local Ray instance", "Started Serve in namespace", "(ServeController",
-         "(ServeReplica", "POST /v1/score")  # fmt: skip
+NOISE = (
+    "Started a local Ray instance",
+    "Started Serve in namespace",
+    "(ServeController",
+    "(ServeReplica",
+    "POST /v1/score",
+)
 
 
 class Served:
@@ -34,17 +39,33 @@ class Served:
         self.home, self.err, self.port = home, home.with_suffix(".err"), free_port()
         self.ray_tmp = tempfile.mkdtemp(prefix="vwray", dir="/tmp")
         # With a key ring, as a deployment has one: the line's client sends its ingest key.
-        self.env = {**os.environ, "RAY_TMPDIR": self.ray_tmp, "VLAEWATCH_HOME": str(home),
-                    "RAY_ADDRESS": "", "VLAEWATCH_API_KEYS": f"{INGEST}:ingest:line-1",
-                    "INGEST_KEY": INGEST}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "RAY_TMPDIR": self.ray_tmp,
+            "VLAEWATCH_HOME": str(home),
+            "RAY_ADDRESS": "",
+            "VLAEWATCH_API_KEYS": f"{INGEST}:ingest:line-1",
+            "INGEST_KEY": INGEST,
+        }
         self.env.pop("REDIS_URL", None)
         # stderr to a file, not a pipe: --verbose writes more than a pipe holds unread.
         with self.err.open("w") as stderr:
             self.proc = subprocess.Popen(
-                [str(BIN), "serve", "--checkpoint", str(checkpoint), "--port", str(self.port),
-                 "--num-cpus", "0.5", *flags],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
-            )  # fmt: skip
+                [
+                    str(BIN),
+                    "serve",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--port",
+                    str(self.port),
+                    "--num-cpus",
+                    "0.5",
+                    *flags,
+                ],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 180
@@ -93,8 +114,16 @@ def test_serve_answers_the_documented_curl_and_stops_cleanly(
         assert command, "docs/http.md lacks the curl example"
         for served in (quiet, verbose):
             line = command.group(0).replace("8000", str(served.port))
-            out = subprocess.run(line, shell=True, cwd=tmp_path, capture_output=True, text=True,
-                                 check=True, timeout=60, env=served.env)  # fmt: skip
+            out = subprocess.run(
+                line,
+                shell=True,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+                env=served.env,
+            )
             body = json.loads(out.stdout)
             assert body["n_scored"] == 1 and body["n_failed"] == 1
             assert body["results"][0]["line"] == "cam1"

@@ -44,36 +44,56 @@ from vlae.checkpoint import load_checkpoint, read_card
 from vlae.score import score_images
 
 # name -> (category, image side, the demo's line whose model it is; None: trained here).
-MODELS = {"fabric": ("fabric", 64, "cam1"), "pill": ("pill", 64, "cam2"),
-          "pill128": ("pill", 128, None)}  # fmt: skip
+MODELS = {
+    "fabric": ("fabric", 64, "cam1"),
+    "pill": ("pill", 64, "cam2"),
+    "pill128": ("pill", 128, None),
+}
 N_TRAIN_128, EPOCHS_128 = 64, 1  # a model to route to, not to judge: no floors on it
 N_GOOD, N_PER_DEFECT, TEST_SEED = 40, 12, 1
 pytestmark = DEMO_TIMEOUT  # the first of these may be the one that waits for the demo's fits
 
 
 def _test_set(category: str, size: int) -> Any:
-    return make_split(category, n_train=1, n_test_good=N_GOOD, n_test_per_defect=N_PER_DEFECT,
-                      size=size, seed=TEST_SEED)[1]  # fmt: skip
+    return make_split(
+        category,
+        n_train=1,
+        n_test_good=N_GOOD,
+        n_test_per_defect=N_PER_DEFECT,
+        size=size,
+        seed=TEST_SEED,
+    )[1]
 
 
 def _train_here(category: str, size: int, out: Path) -> Path:
     train = good(category, N_TRAIN_128, size, seed=0)
-    src = Source(category, LabelledImages(train, np.full(len(train), "good", dtype=object)),
-                 LabelledImages(train[:2], np.full(2, "good", dtype=object)))  # fmt: skip
+    src = Source(
+        category,
+        LabelledImages(train, np.full(len(train), "good", dtype=object)),
+        LabelledImages(train[:2], np.full(2, "good", dtype=object)),
+    )
     model_cfg, profile = choose_model(src.train.images)
-    return Path(train_model(
-        split_normal(src, ["good"]), model_cfg, choose_training(model_cfg, epochs=EPOCHS_128),
-        DatasetInfo(f"inspection:{category}"),
-        lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)),
-        {"kind": "in-process"}, out=out, data_profile=profile.to_dict(),
-    ))  # fmt: skip
+    return Path(
+        train_model(
+            split_normal(src, ["good"]),
+            model_cfg,
+            choose_training(model_cfg, epochs=EPOCHS_128),
+            DatasetInfo(f"inspection:{category}"),
+            lambda m, c, d: fit(m, c, d, LoopContext(log=lambda _: None)),
+            {"kind": "in-process"},
+            out=out,
+            data_profile=profile.to_dict(),
+        )
+    )
 
 
 @pytest.fixture(scope="session")
 def inspection(
-    scorer_url: str, redis_server: Any, demo_run: DemoRun,
+    scorer_url: str,
+    redis_server: Any,
+    demo_run: DemoRun,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, dict[str, Any]]]:  # fmt: skip
+) -> Iterator[dict[str, dict[str, Any]]]:
     """Each model of ``MODELS`` served (route prefix ``/<name>``), with its test set."""
     from ray import serve
 
@@ -89,8 +109,7 @@ def inspection(
         options = DeploymentConfig(num_cpus=0.25).options()
         app = Scorer.options(user_config=cfg.model_dump(), **options).bind()  # type: ignore[attr-defined]
         serve.run(app, name=name, route_prefix=f"/{name}")
-        out[name] = {"url": f"{scorer_url}/{name}", "path": path,
-                     "test": _test_set(category, size)}  # fmt: skip
+        out[name] = {"url": f"{scorer_url}/{name}", "path": path, "test": _test_set(category, size)}
     yield out
     for name in MODELS:
         serve.delete(name)
