@@ -29,6 +29,7 @@ from api.ratelimit import RateLimiter, StreamSlots
 from api.routes import alerts, explore, items, stats, system, thresholds
 from api.schemas import ErrorBody
 from api.served_models import ModelCache
+from api.stats import ScoreWindow
 from api.thresholds import ThresholdStore
 from contract.auth import KeyRing
 from contract.keys import StreamKeys
@@ -63,6 +64,7 @@ def create_app(cfg: ApiConfig) -> FastAPI:
             keyring=KeyRing.of(cfg.api_keys),
             failed_logins=RateLimiter(cfg.login_failures_per_s, cfg.login_failure_burst),
             streams=StreamSlots(cfg.max_streams_per_key, cfg.max_streams),
+            window=ScoreWindow(client, keys, cfg.max_window_entries),
         )  # fmt: skip
         app.state.draining = asyncio.Event()  # set by ApiServer when shutdown starts
         if cfg.consume:

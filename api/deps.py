@@ -21,6 +21,7 @@ from api.previews import PreviewClient
 from api.ratelimit import RateLimiter, StreamSlots
 from api.schemas.thresholds import Target
 from api.served_models import ModelCache
+from api.stats import ScoreWindow
 from api.thresholds import ThresholdStore
 from contract.auth import (
     ANONYMOUS,
@@ -56,6 +57,7 @@ class Services:
     keyring: KeyRing
     failed_logins: RateLimiter  # per client address
     streams: StreamSlots  # live streams held open
+    window: ScoreWindow  # recent scores, read one at a time
 
     def threshold_store(self, target: Target) -> ThresholdStore:
         return self.thresholds if target == "image" else self.pixel_thresholds

@@ -24,7 +24,6 @@ from api.alerts import AlertFilter
 from api.deps import Services, ServicesDep, Viewer
 from api.errors import Conflict, NotFound, Unavailable, Unprocessable, Upstream
 from api.schemas import ErrorBody, example
-from api.stats import recent_scores
 from contract.http import (
     MAX_EXPLORE_STEPS,
     MAX_MAP_ITEMS,
@@ -117,8 +116,7 @@ async def map_request(
 ) -> LatentMapRequest:
     """The latent map's overlay: the newest ``limit`` items scored in the window (on one
     line, or all), those that raised an alert flagged."""
-    scores = await recent_scores(services.client, services.keys, window_s,
-                                 services.cfg.max_window_entries)  # fmt: skip
+    scores = await services.window.read(window_s)
     if line is not None:
         scores = scores[scores["line"] == line]
     scores = scores.drop_duplicates("item_id").head(min(limit, MAX_MAP_ITEMS))

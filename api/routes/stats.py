@@ -13,7 +13,7 @@ from api.deps import ServicesDep, Viewer
 from api.errors import Unprocessable
 from api.schemas import ErrorBody
 from api.schemas.stats import Me, ScoreHistogram, StatsResponse, StatsRow
-from api.stats import recent_scores, summarize
+from api.stats import summarize
 from contract.keys import LINE_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["stats"])
@@ -38,9 +38,7 @@ async def stats(
     """Summaries of the recent score stream (as far back as its retention reaches)."""
     if window_s / bucket_s > 10_000:
         raise Unprocessable(f"{window_s / bucket_s:.0f} buckets; use at most 10000")
-    scores = await recent_scores(
-        services.client, services.keys, window_s, services.cfg.max_window_entries
-    )
+    scores = await services.window.read(window_s)
     alert_times = await services.alerts.times_since(time.time() - window_s)
     if line is not None:
         scores = scores[scores["line"] == line]
@@ -70,9 +68,7 @@ async def histogram(
     range beyond it; scores above count as overflow, scores below in the first bin."""
     model = await services.models.get(model_version)
     cal = model.calibration if model is not None else np.array([])
-    window = await recent_scores(
-        services.client, services.keys, window_s, services.cfg.max_window_entries
-    )
+    window = await services.window.read(window_s)
     recent = window["score"].to_numpy(dtype=np.float64)
     pool = np.r_[cal, recent]
     if len(pool) == 0:

@@ -37,7 +37,6 @@ from api.schemas.thresholds import (
     ThresholdList,
 )
 from api.served_models import ServedModel
-from api.stats import recent_scores
 from api.thresholds import effective
 from contract.auth import Principal
 from contract.keys import DEFAULT_LINE, LINE_PATTERN
@@ -229,9 +228,7 @@ async def _impact(
 ) -> list[LineImpact]:
     """Alerts per affected line over the window, now and with the new value: a line's own
     threshold affects that line; the default affects every line without one."""
-    window = await recent_scores(
-        services.client, services.keys, window_s, services.cfg.max_window_entries
-    )
+    window = await services.window.read(window_s)
     current = await services.thresholds.current()
     lines = sorted(set(window["line"])) if not window.empty else []
     if line == DEFAULT_LINE:

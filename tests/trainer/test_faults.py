@@ -65,11 +65,13 @@ def _checkpointed_histories(run_dir: Path) -> dict[int, list[dict[str, float]]]:
     return out
 
 
-def _train_worker_pids() -> list[int]:
+def _train_worker_pids(address: str) -> list[int]:
+    """The live Train workers of the cluster at ``address``. Named, not found: with another
+    cluster on the machine, Ray's own lookup refuses to choose (or picks the other one)."""
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
-    return [int(a.pid) for a in actors if a.pid]
+    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    return [int(a.pid) for a in list_actors(address=address, filters=alive) if a.pid]
 
 
 @pytest.mark.parametrize("reader", ["memory", "stream"])
@@ -103,13 +105,13 @@ def test_worker_sigkilled_mid_fit_resumes_from_last_checkpoint(
         saved = _checkpointed_histories(run_dir)
         time.sleep(0.05)
     assert len(saved) >= 2, f"no checkpoints within the deadline: {result.get('error')}"
-    pids = _train_worker_pids()
+    pids = _train_worker_pids(ray_cluster["address"])
     assert len(pids) == 2, pids
     os.kill(pids[1], signal.SIGKILL)
     killed_after = sorted(saved)[-2]
     replacements: set[int] = set()
     while fitting.is_alive() and not replacements and time.monotonic() < deadline + 120:
-        replacements = set(_train_worker_pids()) - set(pids)
+        replacements = set(_train_worker_pids(ray_cluster["address"])) - set(pids)
         time.sleep(0.2)
     assert replacements, "Ray Train did not start a new worker group"
     fitting.join(timeout=300)
