@@ -75,12 +75,14 @@ bench-quality: install
 	$(BIN)/python -m bench.quality --data-dir "$(DATA_DIR)" $(QUALITY_ARGS)
 
 # Local defects on generated textures and objects (trainer/inspection/): image and pixel
-# AUROC per category and defect, beside the previous default and PyOD's VAE;
-# writes bench/results/inspection.{json,md}.
+# AUROC per category and defect, beside the previous default and PyOD's VAE; then the real
+# photographs under PHOTOS_DIR (bench/photos.py), reported apart; skipped when it is empty.
+# Writes bench/results/inspection.{json,md}.
+PHOTOS_DIR ?= $(or $(VLAEWATCH_PHOTOS_DIR),../shared/data/photos)
 INSPECTION_ARGS ?=
 bench-inspection: install
 	$(BIN)/python -m pip install --quiet pyod==3.6.7 tqdm==4.70.1
-	$(BIN)/python -m bench.inspection $(INSPECTION_ARGS)
+	$(BIN)/python -m bench.inspection $(if $(PHOTOS_DIR),--photos "$(PHOTOS_DIR)") $(INSPECTION_ARGS)
 
 # Raw model vs baselines vs the scorer over HTTP, frames, end to end, Ray Train vs the plain
 # loop, memory over a soak, then the same at inspection sizes (128 x 128 colour, 256 x 256 grey);
