@@ -83,12 +83,21 @@ def _train(src: Source, model_cfg: Any, cfg: TrainConfig, out: Path) -> Any:
 
 
 def _photo_source(name: str, args: argparse.Namespace) -> tuple[Source, np.ndarray]:
-    split = photo_split(args.photos, name, n_train=args.n_train, n_test_good=args.n_test_good,
-                        n_test_per_defect=args.n_test_per_defect, size=args.size,
-                        seed=args.seed)  # fmt: skip
+    split = photo_split(
+        args.photos,
+        name,
+        n_train=args.n_train,
+        n_test_good=args.n_test_good,
+        n_test_per_defect=args.n_test_per_defect,
+        size=args.size,
+        seed=args.seed,
+    )
     labels = np.full(len(split.train), "good", dtype=object)
-    src = Source(f"photo:{name}", LabelledImages(split.train, labels),
-                 LabelledImages(split.test, split.labels))  # fmt: skip
+    src = Source(
+        PHOTO + name,
+        LabelledImages(split.train, labels),
+        LabelledImages(split.test, split.labels),
+    )
     return src, split.masks
 
 
@@ -190,13 +199,19 @@ def _table(results: dict[str, Any], s: dict[str, Any], what: str) -> list[str]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Inspection benchmark", "",
-             f"Command: `{report['command']}`; wall {report['wall_s']:.0f} s on "
-             f"{report['machine']}.", ""]  # fmt: skip
+    lines = [
+        "# Inspection benchmark",
+        "",
+        f"Command: `{report['command']}`; wall {report['wall_s']:.0f} s on {report['machine']}.",
+        "",
+    ]
     if report["categories"]:
-        lines += ["Generated categories (`trainer.inspection`, seed "
-                  f"{report['config']['seed']}): image AUROC per category and defect (pixel "
-                  "AUROC of the default's map in the last column):", ""]  # fmt: skip
+        lines += [
+            "Generated categories (`trainer.inspection`, seed "
+            f"{report['config']['seed']}): image AUROC per category and defect (pixel "
+            "AUROC of the default's map in the last column):",
+            "",
+        ]
         lines += _table(report["categories"], report["summary"], "category")
     if report.get("photos"):
         lines += [
@@ -254,15 +269,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pyod", dest="pyod", action="store_false")
     p.add_argument("--pyod-epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--photos", type=Path, help="also the photographs' part (bench/photos.py): "
-                   "the folder of the photographs")  # fmt: skip
-    p.add_argument("--photo-names", default=",".join(PHOTOS),
-                   help="photographs of --photos to run (NAME.png each)")  # fmt: skip
+    p.add_argument(
+        "--photos",
+        type=Path,
+        help="also the photographs' part (bench/photos.py): the folder of the photographs",
+    )
+    p.add_argument(
+        "--photo-names",
+        default=",".join(PHOTOS),
+        help="photographs of --photos to run (NAME.png each)",
+    )
     p.add_argument("--stem", default="inspection")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--keep", type=Path, help="write each category's default checkpoint to "
-                   "KEEP/<category>, a photograph's to KEEP/photo-NAME (vlaewatch evaluate "
-                   "reads it)")  # fmt: skip
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="write each category's default checkpoint to "
+        "KEEP/<category>, a photograph's to KEEP/photo-NAME (vlaewatch evaluate "
+        "reads it)",
+    )
     p.add_argument("--jobs", type=int, help="categories trained at once (default: one a CPU, "
                    "at most one a category); TORCH_THREADS sets each one's threads")  # fmt: skip
     args = p.parse_args(argv)

@@ -71,8 +71,9 @@ def load_photo(folder: Path, name: str) -> Array:
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()
 
 
-def crops(photo: Array, band: tuple[float, float], n: int, size: int,
-          rng: np.random.Generator) -> Array:  # fmt: skip
+def crops(
+    photo: Array, band: tuple[float, float], n: int, size: int, rng: np.random.Generator
+) -> Array:
     """``n`` random ``size`` x ``size`` crops lying wholly within ``band`` (shares of the rows)."""
     _, h, w = photo.shape
     first, last = int(band[0] * h), int(band[1] * h) - size
@@ -84,8 +85,9 @@ def crops(photo: Array, band: tuple[float, float], n: int, size: int,
     return np.stack([photo[:, t : t + size, x : x + size] for t, x in at])
 
 
-def _shape(size: int, draw: Callable[[ImageDraw.ImageDraw, float], None],
-           blur: float = 0.0) -> Array:  # fmt: skip
+def _shape(
+    size: int, draw: Callable[[ImageDraw.ImageDraw, float], None], blur: float = 0.0
+) -> Array:
     """An alpha (size, size) in [0, 1]: ``draw`` paints white on black at SUPERSAMPLE times the
     size (its second argument: that scale), softened by a Gaussian of ``blur`` pixels."""
     big = Image.new("L", (size * SUPERSAMPLE,) * 2, 0)
@@ -108,8 +110,11 @@ def _scratch(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
     width = rng.uniform(1.5, 2.5)
 
     def draw(d: ImageDraw.ImageDraw, k: float) -> None:
-        d.line([((cx - dx) * k, (cy - dy) * k), ((cx + dx) * k, (cy + dy) * k)], fill=255,
-               width=round(width * k))  # fmt: skip
+        d.line(
+            [((cx - dx) * k, (cy - dy) * k), ((cx + dx) * k, (cy + dy) * k)],
+            fill=255,
+            width=round(width * k),
+        )
 
     shift = rng.uniform(0.25, 0.45) * rng.choice([-1.0, 1.0])
     return _shape(size, draw), np.clip(x + shift, 0, 1)
@@ -131,27 +136,28 @@ def _crack(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
     return _shape(size, draw), x * rng.uniform(0.25, 0.5)
 
 
-def _ellipse(size: int, rng: np.random.Generator, lo: float, hi: float) -> tuple[Array, float]:
-    """A soft-edged ellipse's alpha, and its smaller radius."""
+def _ellipse(size: int, rng: np.random.Generator, lo: float, hi: float) -> Array:
+    """A soft-edged ellipse's alpha, its edge softened by 0.3 of its smaller radius."""
     (cx, cy), rx, ry = _point(size, rng), rng.uniform(lo, hi) * size, rng.uniform(lo, hi) * size
 
     def draw(d: ImageDraw.ImageDraw, k: float) -> None:
         d.ellipse([(cx - rx) * k, (cy - ry) * k, (cx + rx) * k, (cy + ry) * k], fill=255)
 
-    radius = min(rx, ry)
-    return _shape(size, draw, blur=0.3 * radius), radius
+    return _shape(size, draw, blur=0.3 * min(rx, ry))
 
 
 def _stain(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
-    alpha, _ = _ellipse(x.shape[-1], rng, 0.10, 0.22)
+    alpha = _ellipse(x.shape[-1], rng, 0.10, 0.22)
     return alpha, x * (1 - rng.uniform(0.08, 0.18))
 
 
 def _worn(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
-    alpha, _ = _ellipse(x.shape[-1], rng, 0.10, 0.20)
+    alpha = _ellipse(x.shape[-1], rng, 0.10, 0.20)
     radius = rng.uniform(1.5, 3.0)
-    blurred = [Image.fromarray(np.uint8(np.round(c * 255))).filter(ImageFilter.GaussianBlur(radius))
-               for c in x]  # fmt: skip
+    blurred = [
+        Image.fromarray(np.uint8(np.round(c * 255))).filter(ImageFilter.GaussianBlur(radius))
+        for c in x
+    ]
     return alpha, np.stack([np.asarray(b, np.float32) / 255.0 for b in blurred])
 
 
@@ -161,8 +167,9 @@ def _hole(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
     n = int(rng.integers(6, 10))
     angles = np.sort(rng.uniform(0, 2 * math.pi, n))
     radii = rng.uniform(0.04, 0.09, n) * size
-    poly = [(cx + r * math.cos(a), cy + r * math.sin(a))
-            for a, r in zip(angles, radii, strict=True)]  # fmt: skip
+    poly = [
+        (cx + r * math.cos(a), cy + r * math.sin(a)) for a, r in zip(angles, radii, strict=True)
+    ]
 
     def draw(d: ImageDraw.ImageDraw, k: float) -> None:
         d.polygon([(px * k, py * k) for px, py in poly], fill=255)
@@ -174,8 +181,10 @@ def _hole(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
 def _contamination(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
     size = x.shape[-1]
     cx, cy = _point(size, rng)
-    specks = [(cx + rng.normal(0, 0.06 * size), cy + rng.normal(0, 0.06 * size),
-               rng.uniform(0.8, 2.0)) for _ in range(int(rng.integers(3, 9)))]  # fmt: skip
+    specks = [
+        (cx + rng.normal(0, 0.06 * size), cy + rng.normal(0, 0.06 * size), rng.uniform(0.8, 2.0))
+        for _ in range(int(rng.integers(3, 9)))
+    ]
 
     def draw(d: ImageDraw.ImageDraw, k: float) -> None:
         for px, py, r in specks:
@@ -188,9 +197,14 @@ def _contamination(x: Array, rng: np.random.Generator) -> tuple[Array, Array]:
     return _shape(size, draw), np.broadcast_to(colour[:, None, None], x.shape).astype(np.float32)
 
 
-PAINTERS: dict[str, Paint] = {"scratch": _scratch, "crack": _crack, "stain": _stain,
-                              "worn": _worn, "hole": _hole,
-                              "contamination": _contamination}  # fmt: skip
+PAINTERS: dict[str, Paint] = {
+    "scratch": _scratch,
+    "crack": _crack,
+    "stain": _stain,
+    "worn": _worn,
+    "hole": _hole,
+    "contamination": _contamination,
+}
 
 
 def paint(crop: Array, defect: str, rng: np.random.Generator) -> tuple[Array, Array]:
@@ -232,10 +246,13 @@ def photo_split(
     labels = ["good"] * n_test_good
     for k, defect in enumerate(DEFECTS):
         draw = rng(100 + k)
-        painted = [paint(c, defect, draw) for c in crops(photo, TEST_BAND, n_test_per_defect,
-                                                        size, rng(2 + k))]  # fmt: skip
+        painted = [
+            paint(c, defect, draw)
+            for c in crops(photo, TEST_BAND, n_test_per_defect, size, rng(2 + k))
+        ]
         images.append(np.stack([p[0] for p in painted]))
         masks.append(np.stack([p[1] for p in painted]))
         labels += [defect] * n_test_per_defect
-    return PhotoSplit(train, np.concatenate(images), np.array(labels, dtype=object),
-                      np.concatenate(masks))  # fmt: skip
+    return PhotoSplit(
+        train, np.concatenate(images), np.array(labels, dtype=object), np.concatenate(masks)
+    )

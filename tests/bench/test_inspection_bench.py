@@ -38,8 +38,15 @@ def test_a_tiny_run_reports_each_defect_and_keeps_its_checkpoint(tmp_path: Path)
     _, test = make_split("washer", n_train=40, n_test_good=8, n_test_per_defect=4, size=32)
     scores = score_images(model, test.images, maps=True)
     assert scores.maps is not None
-    assert_recomputed(washer["image_auroc"]["local"], washer["pixel_auroc"], test.labels,
-                      test.masks, scores.score, scores.maps, defects)  # fmt: skip
+    assert_recomputed(
+        washer["image_auroc"]["local"],
+        washer["pixel_auroc"],
+        test.labels,
+        test.masks,
+        scores.score,
+        scores.maps,
+        defects,
+    )
 
 
 def test_categories_side_by_side_give_the_figures_of_one_after_another(

@@ -83,8 +83,9 @@ def test_a_split_holds_each_defect_on_crops_of_its_own(photos: Path) -> None:
     assert not split.masks[:6].any() and all(m.any() for m in split.masks[6:])
     again = photo_split(photos, "cells", n_train=20, n_test_good=6, n_test_per_defect=3, size=32)
     assert (again.test == split.test).all() and (again.train == split.train).all()
-    other = photo_split(photos, "cells", n_train=20, n_test_good=6, n_test_per_defect=3, size=32,
-                        seed=1)  # fmt: skip
+    other = photo_split(
+        photos, "cells", n_train=20, n_test_good=6, n_test_per_defect=3, size=32, seed=1
+    )
     assert not (other.train == split.train).all()
     # No training crop is a test crop.
     train = {c.tobytes() for c in split.train}
@@ -93,16 +94,42 @@ def test_a_split_holds_each_defect_on_crops_of_its_own(photos: Path) -> None:
 
 def test_the_photographs_are_reported_apart(photos: Path, tmp_path: Path) -> None:
     keep = tmp_path / "keep"
-    tiny = ["--categories", "", "--photos", str(photos), "--photo-names", "grain,cells",
-            "--size", "32", "--n-train", "40", "--n-test-good", "8", "--n-test-per-defect", "4",
-            "--epochs", "1", "--baseline-epochs", "0", "--no-pyod", "--out", str(tmp_path),
-            "--keep", str(keep), "--jobs", "1"]  # fmt: skip
+    tiny = [
+        "--categories",
+        "",
+        "--photos",
+        str(photos),
+        "--photo-names",
+        "grain,cells",
+        "--size",
+        "32",
+        "--n-train",
+        "40",
+        "--n-test-good",
+        "8",
+        "--n-test-per-defect",
+        "4",
+        "--epochs",
+        "1",
+        "--baseline-epochs",
+        "0",
+        "--no-pyod",
+        "--out",
+        str(tmp_path),
+        "--keep",
+        str(keep),
+        "--jobs",
+        "1",
+    ]
     assert main(tiny) == 0
     report = json.loads((tmp_path / "inspection.json").read_text())
     assert report["categories"] == {} and report["summary"] is None
     assert list(report["photos"]) == ["grain", "cells"]
-    assert set(report["photos_summary"]["goals"]) == {"mean_image_auroc", "min_image_auroc",
-                                                      "mean_pixel_auroc"}  # fmt: skip
+    assert set(report["photos_summary"]["goals"]) == {
+        "mean_image_auroc",
+        "min_image_auroc",
+        "mean_pixel_auroc",
+    }
     assert report["photos_summary"]["goals"]["mean_image_auroc"][1] == 0.95
     assert "Real photographs" in (tmp_path / "inspection.md").read_text()
     # The figures are sklearn's on the kept model's scores of the same crops, each painted
@@ -111,16 +138,27 @@ def test_the_photographs_are_reported_apart(photos: Path, tmp_path: Path) -> Non
     split = photo_split(photos, "grain", n_train=40, n_test_good=8, n_test_per_defect=4, size=32)
     scores = score_images(load_checkpoint(keep / "photo-grain").model, split.test, maps=True)
     assert scores.maps is not None
-    assert_recomputed(grain["image_auroc"]["local"], grain["pixel_auroc"], split.labels,
-                      split.masks, scores.score, scores.maps, DEFECTS)  # fmt: skip
+    assert_recomputed(
+        grain["image_auroc"]["local"],
+        grain["pixel_auroc"],
+        split.labels,
+        split.masks,
+        scores.score,
+        scores.maps,
+        DEFECTS,
+    )
 
 
 def test_nothing_to_run_or_a_missing_photograph_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for argv, says in ((["--categories", ""], "nothing to run"),
-                       (["--categories", "", "--photos", str(tmp_path)],
-                        f"--photos: no moon.png, ihc.png in {tmp_path}")):  # fmt: skip
+    for argv, says in (
+        (["--categories", ""], "nothing to run"),
+        (
+            ["--categories", "", "--photos", str(tmp_path)],
+            f"--photos: no moon.png, ihc.png in {tmp_path}",
+        ),
+    ):
         with pytest.raises(SystemExit) as exc:
             main([*argv, "--out", str(tmp_path)])
         assert exc.value.code == 2 and says in capsys.readouterr().err

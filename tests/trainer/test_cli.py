@@ -203,8 +203,15 @@ def test_evaluate_a_folder_of_known_defects_with_masks(tmp_path: Path, capsys) -
     assert report["auroc"]["score"] == pytest.approx(roc_auc_score(~good, scores.score), abs=1e-6)
     pixel = roc_auc_score(test.masks.ravel(), scores.maps.ravel())
     assert report["pixel_auroc"] == pytest.approx(pixel, abs=1e-6)
-    assert_recomputed(report["auroc_by_class"], report["pixel_auroc_by_class"], test.labels,
-                      test.masks, scores.score, scores.maps, defects)  # fmt: skip
+    assert_recomputed(
+        report["auroc_by_class"],
+        report["pixel_auroc_by_class"],
+        test.labels,
+        test.masks,
+        scores.score,
+        scores.maps,
+        defects,
+    )
     # A defective image without its mask is refused, not counted as normal pixels.
     next((root / "masks" / "hole").iterdir()).unlink()
     code, _, err = _cli(capsys, evaluate)
